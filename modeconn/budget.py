@@ -1,0 +1,43 @@
+"""Comparing ensembles at equal training budgets (paper, Sec. 5; DESIGN decision 4).
+
+B is the number of epochs of one standard training run. Every ensemble
+member carries ``cost``: the total epochs its method had spent when the member
+became available, everything counted (pretraining included). The ensemble of
+a method at budget kB is made of all its members with cost ≤ kB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import ensemble
+
+
+@dataclass
+class Member:
+    method: str
+    cost: float  # cumulative epochs spent by the method when this member exists
+    logprobs: torch.Tensor  # (N, K)
+
+
+def at_budget(members: list[Member], budget: float, labels: torch.Tensor, method: str = "probs") -> dict | None:
+    """Accuracy and NLL of the members affordable within ``budget`` epochs; None if there are none."""
+    chosen = [m.logprobs for m in sorted(members, key=lambda m: m.cost) if m.cost <= budget + 1e-9]
+    if not chosen:
+        return None
+    lp = ensemble.combine(chosen, method)
+    return {"accuracy": ensemble.accuracy(lp, labels), "nll": ensemble.nll(lp, labels),
+            "error": 1 - ensemble.accuracy(lp, labels), "members": len(chosen)}
+
+
+def over_cost(members: list[Member], labels: torch.Tensor, method: str = "probs") -> list[dict]:
+    """The ensemble's accuracy and NLL each time a member joins (the paper's Fig. 5)."""
+    rows, chosen = [], []
+    for m in sorted(members, key=lambda m: m.cost):
+        chosen.append(m.logprobs)
+        lp = ensemble.combine(chosen, method)
+        rows.append({"method": m.method, "epochs": m.cost, "members": len(chosen),
+                     "accuracy": ensemble.accuracy(lp, labels), "nll": ensemble.nll(lp, labels)})
+    return rows

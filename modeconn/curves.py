@@ -1,0 +1,222 @@
+"""Parametric curves between two networks in weight space (paper, Sec. 3).
+
+A curve φ_θ: [0, 1] → R^|net| with φ_θ(0) = ŵ1 and φ_θ(1) = ŵ2 is a weighted
+sum of control points ("bends") θ_0 = ŵ1, θ_1 … θ_{n−2}, θ_{n−1} = ŵ2:
+
+    φ_θ(t) = Σ_k c_k(t) θ_k
+
+- Bezier: Bernstein coefficients c_k(t) = C(n−1, k) t^k (1−t)^(n−1−k).
+  With n = 3 this is the quadratic curve (1−t)² ŵ1 + 2t(1−t) θ + t² ŵ2.
+- Polygonal chain: hat functions, piecewise linear through the bends at
+  t = k/(n−1); c_k(t) = max(0, 1 − |(n−1)t − k|).
+- Segment: n = 2, (1−t) ŵ1 + t ŵ2 (either family); nothing to train.
+
+:class:`Curve` works on any ``nn.Module`` (DESIGN decision 1): it keeps, per
+parameter of a template network, the endpoints as fixed buffers and the
+interior bends as one trainable tensor ``[n − 2, *shape]``, and runs the
+template at φ_θ(t) with ``torch.func.functional_call``. No curve layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .errors import CheckpointError, ConfigError
+
+KINDS = ("bezier", "polychain")
+
+
+def bezier_coefficients(t: float | torch.Tensor, num_bends: int) -> torch.Tensor:
+    """Bernstein basis [..., n] at t (scalar or tensor of any shape)."""
+    t = torch.as_tensor(t, dtype=torch.float64)[..., None]
+    k = torch.arange(num_bends, dtype=torch.float64)
+    binom = torch.tensor([math.comb(num_bends - 1, i) for i in range(num_bends)], dtype=torch.float64)
+    return binom * t**k * (1 - t) ** (num_bends - 1 - k)
+
+
+def polychain_coefficients(t: float | torch.Tensor, num_bends: int) -> torch.Tensor:
+    """Hat functions [..., n] at t: piecewise linear, 1 at bend k's t = k/(n−1)."""
+    t = torch.as_tensor(t, dtype=torch.float64)[..., None]
+    k = torch.arange(num_bends, dtype=torch.float64)
+    return (1 - ((num_bends - 1) * t - k).abs()).clamp(min=0)
+
+
+COEFFICIENTS = {"bezier": bezier_coefficients, "polychain": polychain_coefficients}
+
+
+def check_curve_args(kind: str, num_bends: int) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"curve.type {kind!r} unknown; use one of {', '.join(KINDS)}")
+    if not isinstance(num_bends, int) or num_bends < 3:
+        raise ConfigError(
+            f"curve.num_bends = {num_bends!r}: a {kind} needs at least 3 bends counting the two endpoints "
+            "(3 = one trainable bend; the straight segment is evaluated separately)"
+        )
+
+
+def trainable_names(module: nn.Module) -> list[str]:
+    return [name for name, _ in module.named_parameters()]
+
+
+class Curve(nn.Module):
+    """A curve of ``kind`` with ``num_bends`` control points between two weight sets of ``template``.
+
+    ``start`` and ``end`` map each parameter name of ``template`` to a tensor
+    (e.g. two endpoint state dicts). The template's buffers (BatchNorm running
+    statistics) are shared by all t and must be recalibrated per point
+    (:mod:`modeconn.bn`). ``num_bends = 2`` gives the segment (no parameters).
+    """
+
+    def __init__(self, template: nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
+                 kind: str = "bezier", num_bends: int = 3):
+        super().__init__()
+        if kind not in KINDS:
+            raise ConfigError(f"curve.type {kind!r} unknown; use one of {', '.join(KINDS)}")
+        if num_bends < 2:
+            raise ConfigError(f"curve.num_bends = {num_bends}: a path needs at least its 2 endpoints")
+        self.kind, self.num_bends = kind, num_bends
+        self.template = template
+        for p in template.parameters():
+            p.requires_grad_(False)
+        self.names = trainable_names(template)
+        check_compatible(template, start, "start")
+        check_compatible(template, end, "end")
+        self.bends = nn.ParameterList()
+        for i, name in enumerate(self.names):
+            a, b = start[name].detach().float(), end[name].detach().float()
+            self.register_buffer(f"start_{i}", a.clone())
+            self.register_buffer(f"end_{i}", b.clone())
+            # Interior bends initialised on the segment: θ_k = ŵ1 + k/(n−1) (ŵ2 − ŵ1).
+            s = torch.arange(1, num_bends - 1, dtype=a.dtype) / (num_bends - 1)
+            s = s.view(-1, *([1] * a.dim()))
+            self.bends.append(nn.Parameter(a + s * (b - a)))  # (n-2, *shape)
+
+    def _start(self, i: int) -> torch.Tensor:
+        return getattr(self, f"start_{i}")
+
+    def _end(self, i: int) -> torch.Tensor:
+        return getattr(self, f"end_{i}")
+
+    def coefficients(self, t: float) -> torch.Tensor:
+        return COEFFICIENTS[self.kind](t, self.num_bends).float()
+
+    def weights(self, t: float) -> dict[str, torch.Tensor]:
+        """φ_θ(t) as a dict name → tensor (differentiable w.r.t. the bends)."""
+        c = self.coefficients(t).to(self._start(0).device if self.names else "cpu")  # (n,)
+        out = {}
+        for i, name in enumerate(self.names):
+            w = c[0] * self._start(i) + c[-1] * self._end(i)
+            if self.num_bends > 2:
+                w = w + torch.tensordot(c[1:-1], self.bends[i], dims=1)
+            out[name] = w
+        return out
+
+    def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        return functional_call(self.template, self.weights(t), (x,), strict=False)
+
+    def l2(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """‖φ_θ(t)‖² summed over all parameters (the paper's regulariser is 0.5·wd·this)."""
+        return sum((w.float() ** 2).sum() for w in weights.values())
+
+    @torch.no_grad()
+    def state_at(self, t: float) -> dict[str, torch.Tensor]:
+        """An ordinary state dict of the template at φ_θ(t) (with the template's current buffers)."""
+        state = {k: v.detach().clone() for k, v in self.template.state_dict().items()}
+        state.update({k: v.detach().clone() for k, v in self.weights(t).items()})
+        return state
+
+    def control_points(self) -> dict[str, torch.Tensor]:
+        """Per parameter, the stacked control points [n, *shape] (endpoints included)."""
+        return {
+            name: torch.cat([self._start(i)[None], self.bends[i].detach(), self._end(i)[None]])
+            for i, name in enumerate(self.names)
+        }
+
+    def load_control_points(self, points: dict[str, torch.Tensor], source: str = "<curve>") -> None:
+        """Set the interior bends from stacked control points (as saved by :meth:`control_points`)."""
+        missing = [n for n in self.names if n not in points]
+        if missing:
+            raise CheckpointError(f"{source}: control points missing for {missing[:3]}…; was it made for another model?")
+        with torch.no_grad():
+            for i, name in enumerate(self.names):
+                p = points[name]
+                if p.shape != (self.num_bends, *self._start(i).shape):
+                    raise CheckpointError(
+                        f"{source}: control points of {name} have shape {tuple(p.shape)}, expected "
+                        f"{(self.num_bends, *self._start(i).shape)} (curve.num_bends or the model differ)"
+                    )
+                self.bends[i].copy_(p[1:-1])
+
+
+def check_compatible(template: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
+    """Raise CheckpointError unless ``state`` has every parameter of ``template`` with the right shape."""
+    for name, p in template.named_parameters():
+        if name not in state:
+            raise CheckpointError(f"{label} weights lack parameter {name!r}: the endpoints are of different architectures")
+        if tuple(state[name].shape) != tuple(p.shape):
+            raise CheckpointError(
+                f"{label} weights: {name!r} has shape {tuple(state[name].shape)}, the template {tuple(p.shape)}: "
+                "the endpoints are of different architectures or sizes"
+            )
+
+
+def flat(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """All tensors of a weight dict as one flat float vector (in dict order)."""
+    return torch.cat([w.detach().float().reshape(-1) for w in weights.values()])
+
+
+def curve_loss(curve: Curve, wd: float, generator: torch.Generator):
+    """The paper's training objective as a ``loss_fn(x, y)`` for :func:`modeconn.train.train_epoch`.
+
+    Each call draws t ~ U(0, 1) from ``generator`` and returns
+    ``CE(f(x; φ_θ(t)), y) + 0.5 · wd · ‖φ_θ(t)‖²`` — an unbiased estimate of the
+    gradient of ℓ(θ) = E_t L(φ_θ(t)). The optimiser's own weight decay must be 0.
+    """
+    import torch.nn.functional as F
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.rand((), generator=generator).item()
+        weights = curve.weights(t)
+        logits = functional_call(curve.template, weights, (x,), strict=False)
+        loss = F.cross_entropy(logits.float(), y)
+        if wd > 0:
+            loss = loss + 0.5 * wd * curve.l2(weights)
+        return loss, logits
+
+    return loss_fn
+
+
+def save_curve(path, curve: Curve, spec: dict, **extra) -> None:
+    """Write a curve (model spec, family, control points) atomically."""
+    from .io import atomic_torch_save
+
+    atomic_torch_save({"format": "modeconn.curve/1", "spec": spec, "kind": curve.kind,
+                       "num_bends": curve.num_bends,
+                       "control_points": {k: v.cpu() for k, v in curve.control_points().items()}, **extra}, path)
+
+
+def load_curve(path, build_template, hint: str = "Run `dvc repro fit_curve` to create it.") -> tuple[Curve, dict]:
+    """Read a curve written by :func:`save_curve`; ``build_template(spec)`` makes the network."""
+    from .io import load_file
+
+    blob = load_file(path, "curve file", hint)
+    if not isinstance(blob, dict) or blob.get("format") != "modeconn.curve/1":
+        raise CheckpointError(f"{path} is not a modeconn curve file. {hint}")
+    points = blob["control_points"]
+    template = build_template(blob["spec"])
+    start = {k: v[0] for k, v in points.items()}
+    end = {k: v[-1] for k, v in points.items()}
+    curve = Curve(template, start, end, blob["kind"], blob["num_bends"])
+    curve.load_control_points(points, str(path))
+    return curve, blob
+
+
+def segment_of(curve: Curve, template: nn.Module) -> Curve:
+    """The straight segment between a curve's two endpoints, on its own template copy."""
+    start = {n: curve._start(i) for i, n in enumerate(curve.names)}
+    end = {n: curve._end(i) for i, n in enumerate(curve.names)}
+    return Curve(template, start, end, "bezier", 2)

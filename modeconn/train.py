@@ -1,0 +1,156 @@
+"""Training and evaluation loops, device rule and seeding.
+
+One loop serves every kind of training in the paper — endpoints, curves,
+FGE, SSE — because each supplies only a ``loss_fn(x, y) -> (loss, logits)``
+and a learning rate per iteration. Data comes from the in-memory
+:class:`modeconn.data.Loader`; no per-sample Python runs here.
+
+Device rule (DESIGN §6): CUDA when present, with bf16 autocast and
+channels_last; otherwise CPU in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto`` → CUDA if available, else CPU. Any torch device string otherwise."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here: use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, torch (CPU and CUDA). Same params on the same machine → same numbers."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op on CPU (fp32 there: bf16 matmuls are slow on most CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_module(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move to device; channels_last memory format for conv nets on CUDA."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    n: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else float("nan")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_epoch(
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    lr_at: Callable[[int], float],
+    iteration: int,
+    device: torch.device,
+    on_step: Callable[[int], None] | None = None,
+    what: str = "training",
+) -> tuple[EpochStats, int]:
+    """One pass over ``batches``; returns the epoch's mean loss/accuracy and the next iteration.
+
+    ``iteration`` counts from 1 over the whole run; ``lr_at(i)`` gives the rate of
+    iteration ``i``. ``on_step(i)`` runs after the optimiser step of iteration
+    ``i`` (FGE/SSE take snapshots there). Raises :class:`TrainingError` if the
+    loss becomes NaN or infinite.
+    """
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in batches:
+        set_lr(optimizer, lr_at(iteration))
+        with autocast(device):
+            loss, logits = loss_fn(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        n += y.shape[0]
+        if iteration % 50 == 0 and not torch.isfinite(loss_sum):
+            raise TrainingError(_nan_message(what, iteration, lr_at(iteration)))
+        if on_step is not None:
+            on_step(iteration)
+        iteration += 1
+    mean_loss = (loss_sum / max(n, 1)).item()
+    if not math.isfinite(mean_loss):
+        raise TrainingError(_nan_message(what, iteration - 1, lr_at(iteration - 1)))
+    return EpochStats(mean_loss, correct.item() / max(n, 1), n, time.perf_counter() - start), iteration
+
+
+def _nan_message(what: str, iteration: int, lr: float) -> str:
+    return (
+        f"{what} diverged: the loss became NaN or infinite by iteration {iteration} (lr {lr:g}). "
+        "Lower the learning rate or check the data; nothing was written."
+    )
+
+
+@torch.no_grad()
+def predict(forward: Forward, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities [N, K] (float32, on CPU) and labels [N] of a pass over ``batches``."""
+    outs, labels = [], []
+    for x, y in batches:
+        with autocast(device):
+            logits = forward(x)
+        outs.append(F.log_softmax(logits.float(), dim=1).cpu())
+        labels.append(y.cpu())
+    return torch.cat(outs), torch.cat(labels)
+
+
+def make_sgd(params, lr: float, momentum: float, wd: float) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
+
+
+def cross_entropy_step(model: torch.nn.Module) -> LossFn:
+    """The plain supervised loss: cross-entropy of ``model(x)``."""
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits.float(), y), logits
+
+    return loss_fn

@@ -1,0 +1,252 @@
+"""Curves: coefficients against closed forms, endpoints exact for every model, gradients, training,
+export of a point, and BatchNorm recalibration against torch.optim.swa_utils.update_bn."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.optim.swa_utils import update_bn
+
+from modeconn import ensemble
+from modeconn.bn import recalibrate
+from modeconn.curves import (Curve, bezier_coefficients, check_curve_args, curve_loss, flat,
+                             polychain_coefficients, segment_of)
+from modeconn.errors import CheckpointError, ConfigError
+from modeconn.models import create_model, list_models
+from modeconn.paths import forward_at
+from modeconn.train import make_sgd, predict, train_epoch
+
+TS = torch.linspace(0, 1, 101)
+
+SMALL_ARGS = {"preresnet": {"depth": 20}, "wideresnet": {"depth": 10, "widen_factor": 1},
+              "convfc": {"width": 4, "fc_width": 16}, "mlp": {"width": 16}}
+
+
+def pair(name, seed_a=0, seed_b=1, **kw):
+    args = {**SMALL_ARGS.get(name, {}), **kw}
+    torch.manual_seed(seed_a)
+    a = create_model(name, 5, in_channels=1, input_size=28, **args)
+    torch.manual_seed(seed_b)
+    b = create_model(name, 5, in_channels=1, input_size=28, **args)
+    return a, b
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("coeffs", [bezier_coefficients, polychain_coefficients])
+def test_coefficients_nonnegative_and_partition_of_unity(coeffs, n):
+    c = coeffs(TS, n)
+    assert c.shape == (101, n)
+    assert (c >= 0).all()
+    assert torch.allclose(c.sum(1), torch.ones(101, dtype=c.dtype))
+
+
+def test_bezier_closed_form():
+    t = TS.double()
+    c = bezier_coefficients(t, 3)
+    assert torch.allclose(c, torch.stack([(1 - t) ** 2, 2 * t * (1 - t), t**2], 1))
+    c4 = bezier_coefficients(t, 4)
+    assert torch.allclose(c4[:, 1], 3 * t * (1 - t) ** 2) and torch.allclose(c4[:, 2], 3 * t**2 * (1 - t))
+
+
+@pytest.mark.parametrize("n", [3, 4, 6])
+def test_polychain_hits_each_bend_and_is_linear_between(n):
+    for k in range(n):
+        c = polychain_coefficients(k / (n - 1), n)
+        expected = torch.zeros(n, dtype=c.dtype)
+        expected[k] = 1
+        assert torch.equal(c, expected)
+    # One bend: the paper's formula 2(tθ + (0.5 − t)ŵ1) on [0, 0.5].
+    for t in (0.1, 0.3, 0.5):
+        c = polychain_coefficients(t, 3)
+        assert c[0].item() == pytest.approx(2 * (0.5 - t)) and c[1].item() == pytest.approx(2 * t)
+    for t in (0.6, 0.9):
+        c = polychain_coefficients(t, 3)
+        assert c[1].item() == pytest.approx(2 * (1 - t)) and c[2].item() == pytest.approx(2 * (t - 0.5))
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("kind", ["bezier", "polychain"])
+def test_curve_ends_are_the_endpoints_exactly(name, kind):
+    a, b = pair(name)
+    curve = Curve(copy.deepcopy(a), a.state_dict(), b.state_dict(), kind, 3)
+    with torch.no_grad():
+        curve.bends[0].add_(0.1)  # move the bends off the segment
+    w0, w1 = curve.weights(0.0), curve.weights(1.0)
+    for n, p in a.named_parameters():
+        assert torch.equal(w0[n], p), n
+    for n, p in b.named_parameters():
+        assert torch.equal(w1[n], p), n
+
+
+def test_curve_formula_and_segment_init():
+    a, b = pair("mlp")
+    sa, sb = a.state_dict(), b.state_dict()
+    curve = Curve(copy.deepcopy(a), sa, sb, "bezier", 3)
+    # Initialised on the segment: θ = (ŵ1 + ŵ2) / 2, and a Bezier with collinear equidistant bends is the segment.
+    name = "net.0.weight" if "net.0.weight" in sa else next(iter(dict(a.named_parameters())))
+    assert torch.allclose(curve.control_points()[name][1], (sa[name] + sb[name]) / 2)
+    for t in (0.2, 0.7):
+        assert torch.allclose(curve.weights(t)[name], (1 - t) * sa[name] + t * sb[name], atol=1e-6)
+    theta = torch.randn_like(curve.bends[curve.names.index(name)][0])
+    with torch.no_grad():
+        curve.bends[curve.names.index(name)][0].copy_(theta)
+    t = 0.3
+    expected = (1 - t) ** 2 * sa[name] + 2 * t * (1 - t) * theta + t**2 * sb[name]
+    assert torch.allclose(curve.weights(t)[name], expected, atol=1e-6)
+
+
+def test_gradients_reach_only_interior_bends(tiny_data, loader_of):
+    a, b = pair("convfc", batch_norm=True)
+    template = create_model("convfc", 5, in_channels=1, input_size=28, **SMALL_ARGS["convfc"], batch_norm=True)
+    curve = Curve(template, a.state_dict(), b.state_dict(), "bezier", 4)
+    trainable = [n for n, p in curve.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("bends.") for n in trainable)
+    before = {k: v.clone() for k, v in curve.named_buffers() if k.startswith(("start_", "end_"))}
+    bends_before = [p.detach().clone() for p in curve.bends]
+    x = torch.randn(8, 1, 28, 28)
+    y = torch.randint(0, 5, (8,))
+    opt = make_sgd(curve.bends.parameters(), 0.1, 0.9, 0.0)
+    loss, _ = curve_loss(curve, 5e-4, torch.Generator().manual_seed(0))(x, y)
+    loss.backward()
+    for i, p in enumerate(curve.bends):
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for bend {curve.names[i]}"
+    assert all(p.grad is None for p in curve.template.parameters())
+    opt.step()
+    for k, v in curve.named_buffers():
+        if k in before:
+            assert torch.equal(v, before[k]), f"endpoint buffer {k} changed"
+    assert any(not torch.equal(p, q) for p, q in zip(curve.bends, bends_before))
+
+
+def test_l2_term_matches_definition():
+    a, b = pair("mlp")
+    curve = Curve(copy.deepcopy(a), a.state_dict(), b.state_dict(), "polychain", 3)
+    w = curve.weights(0.4)
+    assert curve.l2(w).item() == pytest.approx(sum((v**2).sum().item() for v in w.values()), rel=1e-5)
+
+
+def test_bad_curve_args_and_incompatible_endpoints():
+    with pytest.raises(ConfigError, match="at least 3 bends"):
+        check_curve_args("bezier", 2)
+    with pytest.raises(ConfigError, match="unknown"):
+        check_curve_args("spline", 3)
+    a, _ = pair("mlp")
+    torch.manual_seed(0)
+    wide = create_model("mlp", 5, in_channels=1, input_size=28, width=32)
+    with pytest.raises(CheckpointError, match="different architectures"):
+        Curve(copy.deepcopy(a), a.state_dict(), wide.state_dict())
+    conv = create_model("convfc", 5, in_channels=1, input_size=28, width=4, fc_width=16)
+    with pytest.raises(CheckpointError, match="different architectures"):
+        Curve(copy.deepcopy(a), a.state_dict(), conv.state_dict())
+
+
+class UserNet(nn.Module):
+    """A module a researcher might write: not in the registry, with BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.head(h.mean((2, 3)))
+
+
+def _train(model, batches, epochs=4, lr=0.05):
+    opt = make_sgd(model.parameters(), lr, 0.9, 0.0)
+    step = lambda x, y: (nn.functional.cross_entropy(model(x), y), model(x))  # noqa: E731
+    it = 1
+    for _ in range(epochs):
+        _, it = train_epoch(step, opt, batches, lambda i: lr, it, torch.device("cpu"))
+    return model
+
+
+def test_user_module_trains_along_a_curve(tiny_data, loader_of):
+    train_b = loader_of(tiny_data.train, tiny_data.info, 16, train=True, seed=0)
+    torch.manual_seed(0)
+    a = _train(UserNet(), train_b)
+    torch.manual_seed(1)
+    b = _train(UserNet(), train_b)
+    curve = Curve(UserNet(), a.state_dict(), b.state_dict(), "bezier", 3)
+    opt = make_sgd(curve.bends.parameters(), 0.05, 0.9, 0.0)
+    step = curve_loss(curve, 0.0, torch.Generator().manual_seed(0))
+    losses, it = [], 1
+    for _ in range(6):
+        stats, it = train_epoch(step, opt, train_b, lambda i: 0.05, it, torch.device("cpu"))
+        losses.append(stats.loss)
+    assert losses[-1] < losses[0]
+    assert not torch.equal(curve.bends[0], (a.conv.weight + b.conv.weight).detach()[None] / 2)
+
+
+def test_bn_recalibration_equals_update_bn(tiny_data, loader_of):
+    torch.manual_seed(0)
+    model = UserNet()
+    batches = loader_of(tiny_data.train, tiny_data.info, 20, train=False)  # last batch smaller on purpose
+    reference = copy.deepcopy(model)
+    update_bn(batches, reference)
+    recalibrate(model, batches)
+    assert torch.allclose(model.bn.running_mean, reference.bn.running_mean, atol=1e-6)
+    assert torch.allclose(model.bn.running_var, reference.bn.running_var, atol=1e-6)
+    assert model.bn.momentum == reference.bn.momentum == 0.1
+
+
+def test_bn_recalibration_of_a_curve_point_and_export(tiny_data, loader_of):
+    """Recalibrating the curve's template at φ(t) equals update_bn on a plain copy holding φ(t); the
+    point exported as a checkpoint predicts exactly as the curve at t."""
+    torch.manual_seed(0)
+    a, b = UserNet(), UserNet()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    curve = Curve(UserNet(), a.state_dict(), b.state_dict(), "bezier", 3)
+    with torch.no_grad():
+        curve.bends[0].mul_(1.5)
+    t = 0.35
+    batches = loader_of(tiny_data.train, tiny_data.info, 32)
+    test_b = loader_of(tiny_data.test, tiny_data.info, 16)
+    weights = {k: v.detach() for k, v in curve.weights(t).items()}
+    recalibrate(curve.template, batches, forward=forward_at(curve.template, weights))
+    plain = UserNet()
+    plain.load_state_dict({**plain.state_dict(), **weights})
+    update_bn(batches, plain)
+    assert torch.allclose(curve.template.bn.running_mean, plain.bn.running_mean, atol=1e-6)
+    assert torch.allclose(curve.template.bn.running_var, plain.bn.running_var, atol=1e-5)
+    exported = UserNet()
+    exported.load_state_dict(curve.state_at(t))
+    exported.eval()
+    curve.template.eval()
+    lp_curve, y = predict(forward_at(curve.template, weights), test_b, torch.device("cpu"))
+    lp_export, _ = predict(exported, test_b, torch.device("cpu"))
+    assert torch.allclose(lp_curve, lp_export, atol=1e-5)
+    assert ensemble.accuracy(lp_curve, y) == ensemble.accuracy(lp_export, y)
+
+
+def test_recalibrate_without_bn_is_a_no_op(tiny_data, loader_of):
+    model = create_model("mlp", 3, in_channels=1, input_size=12, width=8)
+    assert recalibrate(model, loader_of(tiny_data.train, tiny_data.info)) is False
+
+
+def test_segment_and_length():
+    a, b = pair("mlp")
+    curve = Curve(copy.deepcopy(a), a.state_dict(), b.state_dict(), "polychain", 3)
+    seg = segment_of(curve, copy.deepcopy(a))
+    d = (flat(dict(b.named_parameters())) - flat(dict(a.named_parameters()))).norm().item()
+    # Length of the segment over a grid equals ‖ŵ2 − ŵ1‖; the polychain through a bend off the segment is longer.
+    ts = torch.linspace(0, 1, 5).tolist()
+    def length(path):
+        pts = [flat(path.weights(t)) for t in ts]
+        return sum((q - p).norm().item() for p, q in zip(pts, pts[1:]))
+    assert length(seg) == pytest.approx(d, rel=1e-4)
+    with torch.no_grad():
+        for p in curve.bends:
+            p.add_(torch.randn_like(p))
+    mid = flat(curve.weights(0.5))
+    ends = flat(curve.weights(0.0)), flat(curve.weights(1.0))
+    expected = (mid - ends[0]).norm().item() + (ends[1] - mid).norm().item()
+    assert length(curve) == pytest.approx(expected, rel=1e-4)
+    assert length(curve) > d
+    assert math.isfinite(length(curve))
