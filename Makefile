@@ -24,7 +24,7 @@ data:
 
 run: $(STAMP) data
 	test -d .git || git init -q
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -54,3 +54,68 @@ def along_t(rows: list[dict], path: Path | str, title: str = "") -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     save(fig, path)
+
+
+def plane_contours(alpha, beta, values, points: dict, curve, segment, path: Path | str, label: str,
+                   title: str = "", levels: int = 20) -> None:
+    """Contours of a measure over the plane of ŵ1, ŵ2 and the bend (paper, Fig. 1).
+
+    ``values`` is [len(alpha), len(beta)] (values[i, j] at α_i, β_j); contour
+    levels are log-spaced (a valley spanning orders of magnitude of loss stays
+    visible). ``points`` maps a label to its (α, β); ``curve`` and ``segment``
+    are [P, 2] projected paths. Axes are equal, as (α, β) are distances in weight space, unless the
+    grid is more than 5 times longer one way than the other (a barely trained bend).
+    """
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    alpha, beta = np.asarray(alpha, dtype=float), np.asarray(beta, dtype=float)
+    z = np.asarray(values, dtype=float).T  # (len(beta), len(alpha)): rows are β, as contourf expects
+    finite = z[np.isfinite(z)]
+    lo = max(float(finite.min()), 1e-4 * float(finite.max()), 1e-12)
+    hi = max(float(finite.max()), lo * 1.0001)
+    z = np.clip(np.nan_to_num(z, nan=hi, posinf=hi), lo, hi)
+    fig, ax = plt.subplots(figsize=(6.4, 5))
+    steps = np.geomspace(lo, hi, levels)
+    cs = ax.contourf(alpha, beta, z, levels=steps, norm=LogNorm(lo, hi), cmap="viridis_r", extend="neither")
+    ax.contour(alpha, beta, z, levels=steps, norm=LogNorm(lo, hi), colors="k", linewidths=0.3, alpha=0.5)
+    bar = fig.colorbar(cs, ax=ax, format="%.3g")
+    bar.set_label(label + " (log scale)")
+    seg = np.asarray(segment, dtype=float)
+    ax.plot(seg[:, 0], seg[:, 1], "--", color="white", lw=1.8, label="segment")
+    cur = np.asarray(curve, dtype=float)
+    ax.plot(cur[:, 0], cur[:, 1], "-", color="tab:orange", lw=2.2, label="curve")
+    for (name, (a, b)), marker in zip(points.items(), ("o", "o", "D", "s", "^")):
+        ax.plot([a], [b], marker, ms=8, mec="k", mfc="white" if marker == "o" else "tab:orange", zorder=5)
+        ax.annotate(name, (a, b), textcoords="offset points", xytext=(6, 6), fontsize=9, color="k",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+    ax.set_xlabel("α (along ŵ2 − ŵ1)")
+    ax.set_ylabel("β (towards the bend)")
+    width, height = float(np.ptp(alpha)), float(np.ptp(beta))
+    if height > 0 and 0.2 <= height / width <= 5:
+        ax.set_aspect("equal", adjustable="box")  # true geometry: (α, β) are distances in weight space
+    else:
+        ax.set_ylabel("β (towards the bend; axes not to scale)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or f"{label} in the plane of the endpoints and the bend")
+    save(fig, path)
+
+
+def path_ensembles(rows: list[dict], path: Path | str, endpoint_error: float | None = None, title: str = "") -> None:
+    """Test error of the ensemble {ŵ1, point at t} on the curve, the segment and a random ray (paper, Fig. 4).
+
+    ``rows`` have ``t`` and ``<path>_error`` (ensemble) and ``<path>_point_error`` (the point alone).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    t = [r["t"] for r in rows]
+    for name, color in (("curve", "tab:orange"), ("segment", "tab:blue"), ("random", "tab:green")):
+        ax.plot(t, [100 * r[f"{name}_error"] for r in rows], "-", marker=".", color=color,
+                label=f"ensemble with {name} point")
+    if endpoint_error is not None:
+        ax.axhline(100 * endpoint_error, color="grey", lw=0.8, ls=":", label="ŵ1 alone")
+    ax.set_xlabel("t (position on the path; t = 0 is ŵ1)")
+    ax.set_ylabel("two-network ensemble test error (%)")
+    ax.set_title(title or "Ensemble of ŵ1 and one point of a path")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save(fig, path)

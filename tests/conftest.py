@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# Tiny workloads run faster on one thread, and two test processes on 2 cores don't oversubscribe.
+torch.set_num_threads(1)
+
 from modeconn.data import DATASETS, Loader, Prepared, make_synthetic
 
 

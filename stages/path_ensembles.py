@@ -1,0 +1,183 @@
+"""Stage path_ensembles: ensembles of an endpoint and one point of a path (paper, Fig. 4).
+
+For each t of eval_curve's grid, the test error of the two-network ensemble
+{ŵ1, w(t)} where w(t) is the point at t on the curve, on the segment to ŵ2,
+or on a random ray from ŵ1 at the same distance as the curve point,
+‖w(t) − ŵ1‖ = ‖φ(t) − ŵ1‖ (one random unit direction, drawn once from
+``path_ensembles.seed``). Curve and segment points reuse the test predictions
+eval_curve stored; only the random points are evaluated (BN recalibration,
+then the test set). On the curve the ensemble improves already at small t:
+nearby points of the curve are different functions; on a random ray of the
+same length they are not, or they are much worse networks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import typer
+
+from modeconn import ensemble
+from modeconn.bn import recalibrate
+from modeconn.curves import flat, load_curve
+from modeconn.data import Loader
+from modeconn.errors import CheckpointError
+from modeconn.io import load_file
+from modeconn.paths import forward_at
+from modeconn.plane import unflatten
+from modeconn.plots import path_ensembles as plot_path_ensembles
+from modeconn.train import predict, prepare_module, resolve_device, seed_everything
+
+from .common import (DeviceOpt, ParamsOpt, PreparedOpt, build_model, console, load_prepared, log, progress,
+                     read_params, require, section, user_errors, write_csv, write_json)
+
+PATHS = ("curve", "segment", "random")
+SUMMARY_T = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class PathEnsemblesConfig:
+    """``path_ensembles``: how members are combined, the random direction's seed, BN recalibration size."""
+
+    ensemble: str = "probs"
+    batch_size: int = 500
+    bn_samples: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.ensemble in ensemble.METHODS,
+                f"path_ensembles.ensemble {self.ensemble!r} unknown; use one of {', '.join(ensemble.METHODS)}")
+        require(self.batch_size >= 1, f"path_ensembles.batch_size must be at least 1, got {self.batch_size}")
+        require(self.bn_samples >= 0,
+                f"path_ensembles.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
+
+
+def load_path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """eval_curve's t grid [P], test log-probs per path [P, N, K], and the test labels [N]."""
+    hint = "Run `dvc repro eval_curve` to create it."
+    blobs = {name: load_file(curve_eval / f"{name}.pt", f"{name} evaluation", hint) for name in ("curve", "segment")}
+    for name, blob in blobs.items():
+        if not isinstance(blob, dict) or not {"t", "logprobs", "labels"} <= set(blob):
+            raise CheckpointError(f"{curve_eval / f'{name}.pt'} lacks t/logprobs/labels: rerun `dvc repro eval_curve`")
+    c, s = blobs["curve"], blobs["segment"]
+    if not (torch.equal(c["t"], s["t"]) and torch.equal(c["labels"], s["labels"])):
+        raise CheckpointError(f"{curve_eval}: curve.pt and segment.pt are of different t grids or test sets: "
+                              "rerun `dvc repro eval_curve`")
+    return c["t"].double(), {"curve": c["logprobs"], "segment": s["logprobs"]}, c["labels"]
+
+
+def random_direction(size: int, seed: int) -> torch.Tensor:
+    """A unit vector [size], uniformly distributed on the sphere, from its own seeded generator."""
+    d = torch.randn(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return d / d.norm()
+
+
+def error(logprobs: torch.Tensor, labels: torch.Tensor) -> float:
+    return 1 - ensemble.accuracy(logprobs, labels)
+
+
+def run(cfg: PathEnsemblesConfig, prepared: Path, curve_dir: Path, curve_eval: Path, device_name: str,
+        ) -> tuple[list[dict], dict]:
+    device = resolve_device(device_name)
+    seed_everything(cfg.seed)
+    ts, stored, labels = load_path_predictions(curve_eval)
+    curve, blob = load_curve(curve_dir / "curve.pt", build_model)
+    points = curve.control_points()
+    like = {k: v[0] for k, v in points.items()}
+    w1 = flat(like).double()  # (D,)
+    direction = random_direction(w1.numel(), cfg.seed)  # (D,)
+    template = prepare_module(build_model(blob["spec"]), device)
+    like = {k: v.to(device) for k, v in like.items()}
+    data = load_prepared(prepared, device)
+    if not torch.equal(data.test.y.cpu(), labels):
+        raise CheckpointError(f"{curve_eval} holds predictions on another test set than {prepared}: "
+                              "rerun `dvc repro eval_curve`")
+    channels_last = device.type == "cuda"
+    bn_b = Loader(data.train, data.info, cfg.batch_size, train=False, seed=cfg.seed,
+                  max_samples=cfg.bn_samples or None, channels_last=channels_last)
+    test_b = Loader(data.test, data.info, cfg.batch_size, train=False, channels_last=channels_last)
+    start = stored["curve"][0]  # ŵ1's test log-probs (BN recalibrated by eval_curve)
+    rows = []
+    t0 = time.perf_counter()
+    log.info("ensembles of ŵ1 with points of the curve, the segment and a random ray at %d t on %s", len(ts),
+             data.info.name)
+    with progress("path_ensembles", len(ts)) as advance:
+        for p, t in enumerate(ts.tolist()):
+            with torch.no_grad():
+                distance = (flat(curve.weights(t)).double() - w1).norm().item()
+            if distance == 0:
+                random_lp = start  # the random point is ŵ1 itself
+            else:
+                weights = unflatten(w1 + distance * direction, like)
+                forward = forward_at(template, weights)
+                recalibrate(template, bn_b, forward=forward, device=device)
+                template.eval()
+                random_lp, _ = predict(forward, test_b, device)  # (N, K)
+            members = {"curve": stored["curve"][p], "segment": stored["segment"][p], "random": random_lp}
+            row = {"t": t, "distance": distance}
+            for name, lp in members.items():
+                row[f"{name}_error"] = error(ensemble.combine([start, lp], cfg.ensemble), labels)
+            for name, lp in members.items():
+                row[f"{name}_point_error"] = error(lp, labels)
+            rows.append(row)
+            advance(f"t={t:.2f} ensemble error curve {row['curve_error']:.4f} segment {row['segment_error']:.4f} "
+                    f"random {row['random_error']:.4f}")
+    seconds = time.perf_counter() - t0
+    summary = {
+        "ensemble": cfg.ensemble, "direction_seed": cfg.seed,
+        "endpoint_error": rows[0]["curve_point_error"], "other_endpoint_error": rows[-1]["curve_point_error"],
+        "endpoints_ensemble_error": rows[-1]["curve_error"],
+        "by_t": at_t(rows, SUMMARY_T),
+        "best": {name: min(r[f"{name}_error"] for r in rows) for name in PATHS},
+        "setup": {"dataset": data.info.name, "model": blob["spec"]["name"], "type": blob["kind"],
+                  "num_bends": blob["num_bends"], "endpoints": blob.get("endpoints"), "num_points": len(rows),
+                  "test_samples": int(labels.numel()), "device": str(device)},
+        "seconds": seconds,
+    }
+    return rows, summary
+
+
+def at_t(rows: list[dict], targets) -> dict:
+    """Each path's ensemble error at the grid t nearest to each target (keys ``t=0.10`` …, the grid's t)."""
+    out = {}
+    for target in targets:
+        r = min(rows, key=lambda r: abs(r["t"] - target))
+        out[f"t={r['t']:.2f}"] = {"t": r["t"], **{f"{name}_error": r[f"{name}_error"] for name in PATHS}}
+    return out
+
+
+def main(
+    params: Path = ParamsOpt,
+    prepared: Path = PreparedOpt,
+    curve: Path = typer.Option(Path("data/curve"), "--curve", help="Folder written by fit_curve."),
+    curve_eval: Path = typer.Option(Path("data/curve_eval"), "--curve-eval",
+                                    help="Folder written by eval_curve (test log-probabilities per t)."),
+    metrics: Path = typer.Option(Path("metrics/path_ensembles.json"), "--metrics", help="Summary JSON."),
+    table: Path = typer.Option(Path("metrics/path_ensembles.csv"), "--table", help="One row per t (DVC plot)."),
+    figure: Path = typer.Option(Path("metrics/path_ensembles.png"), "--figure", help="PNG of the errors along t."),
+    device: str = DeviceOpt,
+) -> None:
+    """Two-network ensembles of an endpoint with a point of the curve, segment or a random ray (params:
+    path_ensembles)."""
+    with user_errors():
+        cfg = section(read_params(params), "path_ensembles", PathEnsemblesConfig)
+        rows, summary = run(cfg, prepared, curve, curve_eval, device)
+        write_csv(table, rows)
+        write_json(metrics, summary)
+        s = summary["setup"]
+        plot_path_ensembles(rows, figure, summary["endpoint_error"],
+                            title=f"Ensemble of ŵ1 and a point at t: {s['type']}, {s['model']} on {s['dataset']}")
+        half = list(summary["by_t"].values())[-1]
+        console.print(f"ensemble error of ŵ1 with the point at t≈{half['t']:.2f}: curve {half['curve_error']:.4f}, "
+                      f"segment {half['segment_error']:.4f}, random {half['random_error']:.4f} (ŵ1 alone "
+                      f"{summary['endpoint_error']:.4f}; {summary['seconds']:.0f} s) → {table}")
+
+
+app = typer.Typer(add_completion=False)
+app.command()(main)
+
+if __name__ == "__main__":
+    app()

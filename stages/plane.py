@@ -1,0 +1,203 @@
+"""Stage plane: train loss and test error over the plane of the endpoints and the bend (paper, Fig. 1).
+
+The plane through ŵ1, ŵ2 and the curve's middle bend θ (control point
+(n − 1) // 2; a quadratic Bezier lies in it) gets an orthonormal basis by
+Gram-Schmidt (modeconn.plane). At each point of a ``plane.grid_points`` ×
+``plane.grid_points`` grid covering the three points and the projected curve,
+with margins of ``plane.margin`` × their extent on each side: BatchNorm
+recalibration, then train loss (NLL + 0.5·wd·‖w‖², wd of the curve's
+training) on ``plane.train_samples`` training images and test NLL/error. The
+curve (at the t grid of eval_curve) and the segment are projected onto the
+plane and drawn over log-scaled contours. The three points themselves are
+measured too (their values go to metrics/plane.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import typer
+
+from modeconn import plane as pl
+from modeconn.curves import flat, load_curve
+from modeconn.data import Loader
+from modeconn.errors import CheckpointError
+from modeconn.io import atomic_dir, atomic_torch_save, load_file
+from modeconn.paths import measure
+from modeconn.plots import plane_contours
+from modeconn.train import prepare_module, resolve_device, seed_everything
+
+from .common import (DeviceOpt, ParamsOpt, PreparedOpt, build_model, console, load_prepared, log, progress,
+                     read_params, require, section, user_errors, write_json)
+
+MEASURES = ("train_loss", "train_nll", "train_error", "test_nll", "test_error")
+POINTS = ("w1", "w2", "bend")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaneConfig:
+    """``plane``: the grid and evaluation sizes (official code: 21 × 21, margin 0.2, whole sets)."""
+
+    grid_points: int = 9
+    margin: float = 0.2
+    batch_size: int = 500
+    bn_samples: int = 0
+    train_samples: int = 5000
+    test_samples: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.grid_points >= 2, f"plane.grid_points must be at least 2, got {self.grid_points}")
+        require(self.margin >= 0, f"plane.margin must be non-negative, got {self.margin}")
+        require(self.batch_size >= 1, f"plane.batch_size must be at least 1, got {self.batch_size}")
+        require(self.bn_samples >= 0, f"plane.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
+        require(self.train_samples >= 0,
+                f"plane.train_samples must be 0 (all) or positive, got {self.train_samples}")
+        require(self.test_samples >= 0, f"plane.test_samples must be 0 (all) or positive, got {self.test_samples}")
+
+
+def curve_t(curve_eval: Path) -> torch.Tensor:
+    """The t grid eval_curve measured the curve at (data/curve_eval/curve.pt, key "t")."""
+    blob = load_file(curve_eval / "curve.pt", "curve evaluation", "Run `dvc repro eval_curve` to create it.")
+    if not isinstance(blob, dict) or "t" not in blob:
+        raise CheckpointError(f"{curve_eval / 'curve.pt'} has no t grid: rerun `dvc repro eval_curve`")
+    return blob["t"].double()
+
+
+def compute(cfg: PlaneConfig, prepared: Path, curve_dir: Path, curve_eval: Path, out: Path,
+            device_name: str) -> dict:
+    device = resolve_device(device_name)
+    seed_everything(cfg.seed)
+    curve, blob = load_curve(curve_dir / "curve.pt", build_model)
+    ts = curve_t(curve_eval)  # (P,)
+    wd = float(blob.get("wd", 0.0))
+    points = curve.control_points()  # name -> (n, *shape)
+    n, bend = curve.num_bends, (curve.num_bends - 1) // 2
+    like = {k: v[0] for k, v in points.items()}
+    w1, w2, theta = (flat({k: v[i] for k, v in points.items()}) for i in (0, n - 1, bend))
+    b = pl.basis(w1, w2, theta)
+    frame = (b.origin, b.u, b.v)
+    curve_xy, segment_xy, off_plane = [], [], []  # one point at a time: P × |net| may not fit in memory
+    for t in ts.tolist():
+        with torch.no_grad():
+            w = flat(curve.weights(t))
+        curve_xy.append(pl.project(w, *frame))
+        off_plane.append(pl.distance(w, *frame))
+        segment_xy.append(pl.project((1 - t) * b.origin + t * w2.double(), *frame))
+    curve_xy, segment_xy, off_plane = torch.stack(curve_xy), torch.stack(segment_xy), torch.stack(off_plane)
+    # (P, 2), (P, 2), (P,)
+    alpha, beta = pl.grid(torch.cat([b.coords, curve_xy]), cfg.grid_points, cfg.margin)
+
+    template = prepare_module(build_model(blob["spec"]), device)
+    like = {k: v.to(device) for k, v in like.items()}
+    data = load_prepared(prepared, device)
+    channels_last = device.type == "cuda"
+
+    def loader(split, count):
+        return Loader(split, data.info, cfg.batch_size, train=False, seed=cfg.seed, max_samples=count or None,
+                      channels_last=channels_last)
+
+    bn_b = loader(data.train, cfg.bn_samples)
+    train_b = loader(data.train, cfg.train_samples)
+    test_b = loader(data.test, cfg.test_samples)
+
+    def at(a: float, bb: float) -> dict:
+        weights = pl.to_weights(b.origin, b.u, b.v, a, bb, like)
+        r = measure(template, weights, bn_batches=bn_b, train_batches=train_b, test_batches=test_b,
+                    val_batches=None, device=device)
+        return {"train_loss": r.train_nll + 0.5 * wd * r.l2, "train_nll": r.train_nll,
+                "train_error": r.train_error, "test_nll": r.test_nll, "test_error": r.test_error}
+
+    G = cfg.grid_points
+    grids = {m: torch.full((G, G), float("nan"), dtype=torch.float64) for m in MEASURES}  # [α, β]
+    log.info("plane of a %s (%d bends, bend %d): %d × %d grid on %s, train loss over %d images, test over %d, "
+             "device %s", blob["kind"], n, bend, G, G, data.info.name, train_b.n, test_b.n, device)
+    t0 = time.perf_counter()
+    with progress("plane", G * G + len(POINTS)) as advance:
+        at_points = {}
+        for name, (a, bb) in zip(POINTS, b.coords.tolist()):
+            at_points[name] = {"alpha": a, "beta": bb, **at(a, bb)}
+            advance(f"{name}: test err {at_points[name]['test_error']:.4f}")
+        for i, a in enumerate(alpha.tolist()):
+            for j, bb in enumerate(beta.tolist()):
+                r = at(a, bb)
+                for m in MEASURES:
+                    grids[m][i, j] = r[m]
+                advance(f"α={a:.2f} β={bb:.2f} train loss {r['train_loss']:.3f} test err {r['test_error']:.3f}")
+    seconds = time.perf_counter() - t0
+    with atomic_dir(out) as tmp:
+        atomic_torch_save({"format": "modeconn.plane/1", "alpha": alpha, "beta": beta, **grids,
+                           "points": POINTS, "coords": b.coords, "t": ts, "curve": curve_xy,
+                           "segment": segment_xy, "curve_off_plane": off_plane, "bend_index": bend,
+                           "num_bends": n, "kind": blob["kind"]}, tmp / "grid.pt")
+    scale = b.coords[1, 0].item()  # ‖ŵ2 − ŵ1‖
+    return {
+        "grid_points": G, "margin": cfg.margin,
+        "alpha": [alpha[0].item(), alpha[-1].item()], "beta": [beta[0].item(), beta[-1].item()],
+        "grid": {m: {"min": grids[m].min().item(), "max": grids[m].max().item()} for m in MEASURES},
+        "points": at_points,
+        "curve_off_plane": {"max_distance": off_plane.max().item(),
+                            "max_relative": off_plane.max().item() / scale},
+        "endpoint_distance": scale,
+        "setup": {"dataset": data.info.name, "model": blob["spec"]["name"], "type": blob["kind"],
+                  "num_bends": n, "bend_index": bend, "endpoints": blob.get("endpoints"), "wd": wd,
+                  "bn_samples": bn_b.n if _has_bn(template) else 0, "train_samples": train_b.n,
+                  "test_samples": test_b.n, "device": str(device)},
+        "seconds": seconds, "seconds_per_point": seconds / (G * G + len(POINTS)),
+    }
+
+
+def _has_bn(template) -> bool:
+    from modeconn.bn import has_bn
+
+    return has_bn(template)
+
+
+def figures(grid_file: Path, summary: dict, train_png: Path, error_png: Path) -> None:
+    g = load_file(grid_file, "plane grid", "Run `dvc repro plane` to create it.")
+    s = summary["setup"]
+    pts = {"ŵ1": g["coords"][0].tolist(), "ŵ2": g["coords"][1].tolist(), "θ (bend)": g["coords"][2].tolist()}
+    where = f"{s['type']} ({s['num_bends']} bends), {s['model']} on {s['dataset']}"
+    plane_contours(g["alpha"], g["beta"], g["train_loss"], pts, g["curve"], g["segment"], train_png,
+                   "train loss (with L2 term)", title=f"Train loss in the plane: {where}")
+    plane_contours(g["alpha"], g["beta"], g["test_error"], pts, g["curve"], g["segment"], error_png,
+                   "test error", title=f"Test error in the plane: {where}")
+
+
+def main(
+    params: Path = ParamsOpt,
+    prepared: Path = PreparedOpt,
+    curve: Path = typer.Option(Path("data/curve"), "--curve", help="Folder written by fit_curve."),
+    curve_eval: Path = typer.Option(Path("data/curve_eval"), "--curve-eval",
+                                    help="Folder written by eval_curve (its t grid is used to draw the curve)."),
+    out: Path = typer.Option(Path("data/plane"), "--out", help="Output folder (grid.pt)."),
+    metrics: Path = typer.Option(Path("metrics/plane.json"), "--metrics", help="Summary JSON."),
+    train_png: Path = typer.Option(Path("metrics/plane_train_loss.png"), "--train-figure",
+                                   help="PNG of train loss contours."),
+    error_png: Path = typer.Option(Path("metrics/plane_test_error.png"), "--error-figure",
+                                   help="PNG of test error contours."),
+    device: str = DeviceOpt,
+) -> None:
+    """Measure train loss and test error over the plane of the endpoints and the bend (params: plane)."""
+    with user_errors():
+        cfg = section(read_params(params), "plane", PlaneConfig)
+        summary = compute(cfg, prepared, curve, curve_eval, out, device)
+        write_json(metrics, summary)
+        figures(out / "grid.pt", summary, train_png, error_png)
+        p, g = summary["points"], summary["grid"]
+        console.print(
+            f"plane {cfg.grid_points}×{cfg.grid_points}: train loss {g['train_loss']['min']:.4f}–"
+            f"{g['train_loss']['max']:.4f}, test error {g['test_error']['min']:.4f}–{g['test_error']['max']:.4f}; "
+            f"test error at ŵ1 {p['w1']['test_error']:.4f}, ŵ2 {p['w2']['test_error']:.4f}, bend "
+            f"{p['bend']['test_error']:.4f}; curve leaves the plane by at most "
+            f"{summary['curve_off_plane']['max_distance']:.3g} ({summary['seconds']:.0f} s) → {out / 'grid.pt'}")
+
+
+app = typer.Typer(add_completion=False)
+app.command()(main)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,172 @@
+"""Every stage command through Typer's CliRunner, on a tiny synthetic workspace, including bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
+
+from .stage_utils import invoke, tiny_params, write_params
+
+ALL = [prepare, train_endpoint, fit_curve, eval_curve, fge, sse, compare, plane, path_ensembles, report]
+
+
+@pytest.mark.parametrize("module", ALL, ids=lambda m: m.__name__)
+def test_help_explains_every_option(module):
+    result = invoke(module, "--help")
+    assert result.exit_code == 0
+    assert "--params" in result.output
+    if module not in (prepare, compare, report):
+        assert "--device" in result.output
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A workspace after prepare, two endpoints and a curve (shared by the tests below, read-only)."""
+    root = tmp_path_factory.mktemp("ws")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    write_params(root, tiny_params())
+    assert invoke(prepare).exit_code == 0
+    for seed in (0, 1):
+        r = invoke(train_endpoint, "--seed", seed, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+    r = invoke(fit_curve, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    yield root
+    mp.undo()
+
+
+def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    meta = json.loads((workspace / "data/prepared/meta.json").read_text())
+    assert meta["name"] == "synthetic" and meta["n_train"] == 240 - 48 and meta["n_val"] == 48
+    m = json.loads((workspace / "metrics/endpoints/seed_0.json").read_text())
+    assert m["epochs"] == 2 and 0 <= m["test_accuracy"] <= 1 and m["test_nll"] > 0
+    assert (workspace / "data/endpoints/seed_0/epoch_1.pt").is_file()
+    assert (workspace / "data/endpoints/seed_0/test_logprobs.pt").is_file()
+    for module in (eval_curve, fge, sse):
+        r = invoke(module, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+    r = invoke(compare)
+    assert r.exit_code == 0, r.output
+    curve = json.loads((workspace / "metrics/curve.json").read_text())
+    assert set(curve) >= {"curve", "segment", "length", "ensemble", "setup"}
+    assert curve["setup"]["bn_samples"] == 192  # convfc with BN: recalibrated on every training image
+    assert curve["length"]["ratio"] >= 1 - 1e-6  # the segment is the shortest path
+    res = json.loads((workspace / "metrics/compare.json").read_text())
+    assert res["1B"]["ind"]["members"] == 1 and res["2B"]["ind"]["members"] == 2
+    # FGE at 1B: start epoch 1 + 1 FGE epoch = 2 = B, two snapshots (cycle 0.5 epoch).
+    assert res["1B"]["fge"]["members"] == 2 and res["2B"]["fge"]["members"] == 4
+    assert res["1B"]["sse"]["members"] == 2
+    assert "| FGE |" in (workspace / "metrics/compare.md").read_text()
+
+
+def _bad(tmp_path, monkeypatch, module, *args, **overrides):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params(**overrides))
+    r = invoke(module, *args)
+    assert r.exit_code != 0
+    return r.output
+
+
+def test_negative_epochs(tmp_path, monkeypatch):
+    out = _bad(tmp_path, monkeypatch, train_endpoint, "--seed", 0, train__epochs=-1)
+    assert "train.epochs" in out and "Traceback" not in out
+
+
+def test_unknown_model(workspace, tmp_path, monkeypatch):
+    out = _bad(tmp_path, monkeypatch, train_endpoint, "--seed", 0, "--prepared", workspace / "data/prepared",
+               model={"name": "resnet9000", "args": {}})
+    assert "resnet9000" in out and "convfc" in out
+    assert not (tmp_path / "data/endpoints").exists()
+
+
+def test_unknown_and_missing_keys(tmp_path, monkeypatch):
+    params = tiny_params()
+    params["train"]["learning_rate"] = 0.1
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, params)
+    r = invoke(train_endpoint, "--seed", 0)
+    assert r.exit_code == 1 and "train.learning_rate" in r.output
+    del params["train"]["learning_rate"], params["train"]["epochs"]
+    write_params(tmp_path, params)
+    r = invoke(train_endpoint, "--seed", 0)
+    assert r.exit_code == 1 and "missing key train.epochs" in r.output
+
+
+def test_unknown_dataset(tmp_path, monkeypatch):
+    data = dict(tiny_params()["data"], name="imagenet22k")
+    out = _bad(tmp_path, monkeypatch, prepare, data=data)
+    assert "imagenet22k" in out and "fashion_mnist" in out
+
+
+def test_missing_data(tmp_path, monkeypatch):
+    out = _bad(tmp_path, monkeypatch, train_endpoint, "--seed", 0)
+    assert "prepare" in out and "Traceback" not in out
+
+
+def test_missing_raw_files(tmp_path, monkeypatch):
+    data = dict(tiny_params()["data"], name="cifar10", raw_dir=str(tmp_path / "raw"))
+    out = _bad(tmp_path, monkeypatch, prepare, data=data)
+    assert "cifar" in out.lower() and not (tmp_path / "data/prepared").exists()
+
+
+def test_same_seed_twice_and_bad_bends(workspace, tmp_path, monkeypatch):
+    args = ("--prepared", workspace / "data/prepared", "--endpoints", workspace / "data/endpoints")
+    out = _bad(tmp_path, monkeypatch, fit_curve, *args, curve__endpoints=[1, 1])
+    assert "twice" in out
+    out = _bad(tmp_path, monkeypatch, fit_curve, *args, curve__num_bends=2)
+    assert "curve.num_bends" in out
+    out = _bad(tmp_path, monkeypatch, eval_curve, "--prepared", workspace / "data/prepared", eval__num_points=1)
+    assert "eval.num_points" in out
+
+
+def test_missing_curve_file(workspace, tmp_path, monkeypatch):
+    out = _bad(tmp_path, monkeypatch, eval_curve, "--prepared", workspace / "data/prepared",
+               "--curve", tmp_path / "nowhere")
+    assert "curve.pt" in out and "fit_curve" in out
+
+
+def test_corrupt_checkpoint(workspace, tmp_path, monkeypatch):
+    import shutil
+
+    endpoints = tmp_path / "endpoints"
+    shutil.copytree(workspace / "data/endpoints", endpoints)
+    (endpoints / "seed_1/model.pt").write_bytes(b"not a checkpoint")
+    out = _bad(tmp_path, monkeypatch, fit_curve, "--prepared", workspace / "data/prepared", "--endpoints", endpoints)
+    assert "seed_1/model.pt" in out and "corrupt" in out
+    assert not (tmp_path / "data/curve/curve.pt").exists()
+
+
+def test_endpoints_of_different_architectures(workspace, tmp_path, monkeypatch):
+    import shutil
+
+    endpoints = tmp_path / "endpoints"
+    shutil.copytree(workspace / "data/endpoints", endpoints)
+    ckpt = torch.load(endpoints / "seed_1/model.pt", weights_only=True)
+    ckpt["spec"]["args"] = dict(ckpt["spec"]["args"], width=8)
+    torch.save(ckpt, endpoints / "seed_1/model.pt")
+    out = _bad(tmp_path, monkeypatch, fit_curve, "--prepared", workspace / "data/prepared", "--endpoints", endpoints)
+    assert "different architectures" in out
+
+
+def test_fge_bad_cycle_lrs_and_missing_start(workspace, tmp_path, monkeypatch):
+    args = ("--prepared", workspace / "data/prepared", "--endpoints", workspace / "data/endpoints")
+    out = _bad(tmp_path, monkeypatch, fge, *args, fge__cycle=3, fge__epochs=4)
+    assert "fge.cycle" in out and "even" in out
+    out = _bad(tmp_path, monkeypatch, fge, *args, fge__lr_1=0.001, fge__lr_2=0.01)
+    assert "fge.lr_2" in out
+    out = _bad(tmp_path, monkeypatch, fge, *args, fge__start_epoch=2 + 5)
+    assert "train.save_epochs" in out and not (tmp_path / "data/fge").exists()
+
+
+def test_nan_loss_is_a_clear_error_and_writes_nothing(workspace, tmp_path, monkeypatch):
+    out = _bad(tmp_path, monkeypatch, train_endpoint, "--seed", 0, "--prepared", workspace / "data/prepared",
+               "--device", "cpu", train__lr=1e12, train__momentum=0.0)
+    assert "diverged" in out and "NaN" in out
+    assert not (tmp_path / "data/endpoints/seed_0").exists()
+    assert not (tmp_path / "metrics/endpoints/seed_0.json").exists()

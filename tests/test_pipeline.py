@@ -1,0 +1,105 @@
+"""End to end: `dvc repro` of the whole pipeline in a temporary git repo on the tiny config, then
+`dvc exp run -S …` runs that must rerun only the stages a key touches."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .stage_utils import ROOT, tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+
+COPY = ["modeconn", "stages", "dvc.yaml", ".dvcignore"]
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               MODECONN_DEVICE="cpu", PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(src, root / name)
+    # FGE of 2 epochs from epoch 1 so that the issue's `-S fge.cycle=4` is a valid change below.
+    write_params(root, tiny_params(fge__epochs=2, fge__cycle=2))
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "test@modeconn"], root)
+    run(["git", "config", "user.name", "modeconn test"], root)
+    run(dvc + ["init", "-q"], root)
+    run(dvc + ["config", "core.analytics", "false"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny project"], root)
+    return root
+
+
+def test_repro_then_only_changed_stages_rerun(repo):
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    out = run(dvc + ["repro"], repo)
+    stages = ran(out)
+    assert stages == {"prepare", "train_endpoint@0", "train_endpoint@1", "fit_curve", "eval_curve", "fge", "sse",
+                      "compare", "plane", "path_ensembles", "report"}
+    for f in ["metrics/endpoints/seed_0.json", "metrics/endpoints/seed_1.json", "metrics/curve.json",
+              "metrics/curve_eval.csv", "metrics/fge.json", "metrics/sse.json", "metrics/compare.json",
+              "metrics/compare.md", "metrics/compare.png", "metrics/curve_along_t.png", "metrics/plane.json",
+              "metrics/plane_train_loss.png", "metrics/plane_test_error.png", "data/plane/grid.pt",
+              "metrics/path_ensembles.csv", "metrics/path_ensembles.json", "metrics/path_ensembles.png",
+              "metrics/report.md"]:
+        assert (repo / f).is_file(), f
+    curve = json.loads((repo / "metrics/curve.json").read_text())
+    assert curve["setup"]["num_points"] == 3
+    plane = json.loads((repo / "metrics/plane.json").read_text())
+    assert plane["grid_points"] == 3
+    assert plane["curve_off_plane"]["max_relative"] < 1e-5  # a 3-bend Bezier lies in the plane
+    import pandas as pd
+
+    first = pd.read_csv(repo / "metrics/path_ensembles.csv").iloc[0]
+    assert first["t"] == 0 and first["curve_error"] == first["segment_error"] == first["random_error"]
+    report = (repo / "metrics/report.md").read_text()
+    assert "compare.png" in report and "plane_train_loss.png" in report
+
+    # Nothing changed: nothing reruns.
+    assert ran(run(dvc + ["repro"], repo)) == set()
+    shown = run(dvc + ["metrics", "show"], repo)
+    assert "metrics/endpoints/seed_0.json" in shown and "test_accuracy" in shown
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline run"], repo)
+
+    # A training key: everything downstream of the endpoints reruns, prepare does not.
+    stages = ran(run(dvc + ["exp", "run", "-S", "train.lr=0.04"], repo))
+    assert "prepare" not in stages
+    assert stages == {"train_endpoint@0", "train_endpoint@1", "fit_curve", "eval_curve", "fge", "compare", "plane",
+                      "path_ensembles", "report"}  # not prepare; not sse (it reads model and sse, not train.lr)
+
+    # The FGE cycle: only fge and compare (and the report that shows them).
+    stages = ran(run(dvc + ["exp", "run", "-S", "fge.cycle=4"], repo))
+    assert stages == {"fge", "compare", "report"}
+
+    # The number of bends: only the curve stages and what draws them.
+    stages = ran(run(dvc + ["exp", "run", "-S", "curve.num_bends=4"], repo))
+    assert stages == {"fit_curve", "eval_curve", "plane", "path_ensembles", "report"}
+
+    diff = run(dvc + ["metrics", "diff"], repo)
+    assert "metrics/compare.json" in diff or "metrics/curve.json" in diff

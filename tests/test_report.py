@@ -1,0 +1,64 @@
+"""The report stage on a whole tiny run: every file it claims to read is linked, every link exists."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
+
+from .stage_utils import invoke, tiny_params, write_params
+
+FIGURES = ("curve_along_t.png", "compare.png", "plane_train_loss.png", "plane_test_error.png", "path_ensembles.png")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Every stage of the pipeline on the tiny config, in the order of dvc.yaml."""
+    root = tmp_path_factory.mktemp("report_ws")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    write_params(root, tiny_params())
+    assert invoke(prepare).exit_code == 0
+    steps = [(train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,), (eval_curve,), (fge,),
+             (sse,), (plane,), (path_ensembles,)]
+    for module, *args in steps:
+        r = invoke(module, *args, "--device", "cpu")
+        assert r.exit_code == 0, f"{module.__name__}: {r.output}"
+    for module in (compare, report):
+        r = invoke(module)
+        assert r.exit_code == 0, f"{module.__name__}: {r.output}"
+    yield root
+    mp.undo()
+
+
+def test_report_links_every_source_and_each_link_exists(run):
+    md = run / "metrics/report.md"
+    text = md.read_text()
+    targets = report.links(text)
+    assert targets, "the report links nothing"
+    for target in targets:
+        assert not Path(target).is_absolute() and (md.parent / target).is_file(), f"broken link {target}"
+    sources = report.sources(Path("metrics"), tiny_params()["train"]["seeds"])
+    linked = {(md.parent / t).resolve() for t in targets}
+    for path, stage in sources.items():
+        assert (run / path).resolve() in linked, f"{path} (from {stage}) is read but not listed"
+    for png in FIGURES:
+        assert re.search(rf"!\[[^\]]+\]\({re.escape(png)}\)", text), f"{png} not embedded as an image"
+    for section in ("## What ran", "## Endpoints", "## Curve against segment", "## The plane",
+                    "## Ensembles of an endpoint", "## Ensembles at equal budgets", "## Sources"):
+        assert section in text, section
+    assert "±" in text and "| FGE |" in text and "synthetic" in text and "cpu" in text
+
+
+def test_report_names_a_missing_file_and_its_stage(run, tmp_path, monkeypatch):
+    shutil.copytree(run / "metrics", tmp_path / "metrics")
+    (tmp_path / "metrics/plane.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params())
+    r = invoke(report)
+    assert r.exit_code == 1
+    assert "metrics/plane.json" in r.output and "dvc repro plane" in r.output and "Traceback" not in r.output
