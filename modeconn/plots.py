@@ -75,11 +75,14 @@ def plane_contours(alpha, beta, values, points: dict, curve, segment, path: Path
     lo = max(float(finite.min()), 1e-4 * float(finite.max()), 1e-12)
     hi = max(float(finite.max()), lo * 1.0001)
     z = np.clip(np.nan_to_num(z, nan=hi, posinf=hi), lo, hi)
-    fig, ax = plt.subplots(figsize=(6.4, 5))
+    width, height = float(np.ptp(alpha)), float(np.ptp(beta))
+    equal = height > 0 and 0.2 <= height / width <= 5
+    ratio = min(max(height / width if equal else 0.6, 0.25), 1.2)
+    fig, ax = plt.subplots(figsize=(7.5, 7.5 * ratio + 2.4))
     steps = np.geomspace(lo, hi, levels)
     cs = ax.contourf(alpha, beta, z, levels=steps, norm=LogNorm(lo, hi), cmap="viridis_r", extend="neither")
     ax.contour(alpha, beta, z, levels=steps, norm=LogNorm(lo, hi), colors="k", linewidths=0.3, alpha=0.5)
-    bar = fig.colorbar(cs, ax=ax, format="%.3g")
+    bar = fig.colorbar(cs, ax=ax, format="%.3g", orientation="horizontal", pad=0.2, aspect=40)
     bar.set_label(label + " (log scale)")
     seg = np.asarray(segment, dtype=float)
     ax.plot(seg[:, 0], seg[:, 1], "--", color="white", lw=1.8, label="segment")
@@ -91,13 +94,12 @@ def plane_contours(alpha, beta, values, points: dict, curve, segment, path: Path
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
     ax.set_xlabel("α (along ŵ2 − ŵ1)")
     ax.set_ylabel("β (towards the bend)")
-    width, height = float(np.ptp(alpha)), float(np.ptp(beta))
-    if height > 0 and 0.2 <= height / width <= 5:
+    if equal:
         ax.set_aspect("equal", adjustable="box")  # true geometry: (α, β) are distances in weight space
     else:
         ax.set_ylabel("β (towards the bend; axes not to scale)")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title or f"{label} in the plane of the endpoints and the bend")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, facecolor="0.8")
+    fig.suptitle(title or f"{label} in the plane of the endpoints and the bend", fontsize=11)
     save(fig, path)
 
 

@@ -26,7 +26,7 @@ from rich.logging import RichHandler
 
 from modeconn.errors import ConfigError, ModeconnError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # long summary lines are not cut at 80 columns in logs
 log = logging.getLogger("modeconn")
 
 PARAMS = Path("params.yaml")
