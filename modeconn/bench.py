@@ -48,7 +48,6 @@ from typing import Any
 
 import torch
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -123,14 +122,9 @@ class Result:
 
 def read_sections(path: Path) -> dict[str, dict]:
     """The sections of params.yaml the bench reads (data, model, train, curve), each a mapping."""
-    if not Path(path).is_file():
-        raise ConfigError(f"params file {path} not found: run from the project root or pass --params")
-    try:
-        params = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path} must be a mapping of sections (data, model, train, ...)")
+    from stages.common import read_params  # the one params reader (bench is a tool beside the stages)
+
+    params = read_params(Path(path))
     sections = {}
     for name in ("data", "model", "train", "curve"):
         value = params.get(name, {})
