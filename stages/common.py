@@ -157,6 +157,15 @@ def require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_sgd(name: str, cfg: Any) -> None:
+    """The SGD settings every training section shares: batch_size, momentum, wd (and lr where it has one)."""
+    require(cfg.batch_size >= 1, f"{name}.batch_size must be at least 1, got {cfg.batch_size}")
+    if hasattr(cfg, "lr"):
+        require(cfg.lr > 0, f"{name}.lr must be positive, got {cfg.lr}")
+    require(0 <= cfg.momentum < 1, f"{name}.momentum must be in [0, 1), got {cfg.momentum}")
+    require(cfg.wd >= 0, f"{name}.wd must be non-negative, got {cfg.wd}")
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Rows of dicts as CSV, atomically (pandas keeps column order)."""
     import pandas as pd

@@ -25,7 +25,7 @@ from modeconn.fge import Snapshot, cycle_iterations, fge_schedule, run_snapshots
 from modeconn.io import atomic_dir, atomic_torch_save, build_from_checkpoint, load_checkpoint
 from modeconn.train import cross_entropy_step, make_sgd, prepare_module, resolve_device, seed_everything
 
-from .common import (ENDPOINTS, EVAL_BATCH, DeviceOpt, ParamsOpt, PreparedOpt, console, load_prepared, log,
+from .common import (check_sgd, ENDPOINTS, EVAL_BATCH, DeviceOpt, ParamsOpt, PreparedOpt, console, load_prepared, log,
                      progress, read_params, require, section, user_errors, write_csv, write_json)
 
 
@@ -57,9 +57,7 @@ class FgeConfig:
         require(self.lr_1 > 0 and self.lr_2 > 0, "fge.lr_1 and fge.lr_2 must be positive")
         require(self.lr_2 <= self.lr_1, f"fge.lr_2 ({self.lr_2}) must not exceed fge.lr_1 ({self.lr_1}): "
                 "the LR cycles down from lr_1 to its minimum lr_2")
-        require(self.batch_size >= 1, f"fge.batch_size must be at least 1, got {self.batch_size}")
-        require(0 <= self.momentum < 1, f"fge.momentum must be in [0, 1), got {self.momentum}")
-        require(self.wd >= 0, f"fge.wd must be non-negative, got {self.wd}")
+        check_sgd("fge", self)
 
 
 def start_checkpoint(endpoints: Path, seed: int, epoch: int) -> dict:

@@ -21,7 +21,7 @@ from modeconn.errors import CheckpointError
 from modeconn.io import load_checkpoint
 from modeconn.train import make_sgd, prepare_module, resolve_device, seed_everything, train_epoch
 
-from .common import (ENDPOINTS, DeviceOpt, ParamsOpt, PreparedOpt, build_model, console, load_prepared, log,
+from .common import (check_sgd, ENDPOINTS, DeviceOpt, ParamsOpt, PreparedOpt, build_model, console, load_prepared, log,
                      progress, read_params, require, section, user_errors, write_csv, write_json)
 
 
@@ -46,10 +46,7 @@ class CurveConfig:
                 f"curve.endpoints names seed {self.endpoints[0]} twice: a curve joins two different networks")
         check_curve_args(self.type, self.num_bends)
         require(self.epochs >= 1, f"curve.epochs must be at least 1, got {self.epochs}")
-        require(self.batch_size >= 1, f"curve.batch_size must be at least 1, got {self.batch_size}")
-        require(self.lr > 0, f"curve.lr must be positive, got {self.lr}")
-        require(0 <= self.momentum < 1, f"curve.momentum must be in [0, 1), got {self.momentum}")
-        require(self.wd >= 0, f"curve.wd must be non-negative, got {self.wd}")
+        check_sgd("curve", self)
 
 
 def load_endpoints(endpoints_dir: Path, seeds) -> tuple[dict, list[dict]]:

@@ -19,7 +19,7 @@ from modeconn.data import Loader
 from modeconn.fge import run_snapshots, sse_schedule
 from modeconn.train import cross_entropy_step, make_sgd, prepare_module, resolve_device, seed_everything
 
-from .common import (EVAL_BATCH, DeviceOpt, ModelConfig, ParamsOpt, PreparedOpt, build_model, console,
+from .common import (check_sgd, EVAL_BATCH, DeviceOpt, ModelConfig, ParamsOpt, PreparedOpt, build_model, console,
                      load_prepared, log, model_spec, progress, read_params, require, section, user_errors,
                      write_csv, write_json)
 from .fge import run_summary, save_runs, snapshot_rows
@@ -40,10 +40,7 @@ class SseConfig:
     def __post_init__(self):
         require(self.epochs >= 1, f"sse.epochs must be at least 1, got {self.epochs}")
         require(self.cycles >= 1, f"sse.cycles must be at least 1, got {self.cycles}")
-        require(self.lr > 0, f"sse.lr must be positive, got {self.lr}")
-        require(self.batch_size >= 1, f"sse.batch_size must be at least 1, got {self.batch_size}")
-        require(0 <= self.momentum < 1, f"sse.momentum must be in [0, 1), got {self.momentum}")
-        require(self.wd >= 0, f"sse.wd must be non-negative, got {self.wd}")
+        check_sgd("sse", self)
 
 
 def main(

@@ -22,7 +22,7 @@ from modeconn.io import atomic_dir, atomic_torch_save, save_checkpoint
 from modeconn.train import (cross_entropy_step, make_sgd, predict, prepare_module, resolve_device,
                             seed_everything, train_epoch)
 
-from .common import (EVAL_BATCH, DeviceOpt, ModelConfig, ParamsOpt, PreparedOpt, build_model, console,
+from .common import (check_sgd, EVAL_BATCH, DeviceOpt, ModelConfig, ParamsOpt, PreparedOpt, build_model, console,
                      load_prepared, log, model_spec, progress, read_params, require, section, user_errors,
                      write_csv, write_json)
 
@@ -43,10 +43,7 @@ class TrainConfig:
         require(len(self.seeds) >= 1, "train.seeds must list at least one seed")
         require(len(set(self.seeds)) == len(self.seeds), f"train.seeds has a seed twice: {list(self.seeds)}")
         require(self.epochs >= 1, f"train.epochs must be at least 1, got {self.epochs}")
-        require(self.batch_size >= 1, f"train.batch_size must be at least 1, got {self.batch_size}")
-        require(self.lr > 0, f"train.lr must be positive, got {self.lr}")
-        require(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
-        require(self.wd >= 0, f"train.wd must be non-negative, got {self.wd}")
+        check_sgd("train", self)
         for e in self.save_epochs:
             require(1 <= e <= self.epochs, f"train.save_epochs: {e} is outside 1..train.epochs ({self.epochs})")
 
