@@ -80,11 +80,12 @@ def gather(train: TrainConfig, endpoints: Path, fge_path: Path, sse_path: Path):
 def compare(cfg: CompareConfig, train: TrainConfig, members, labels, singles) -> tuple[dict, list[dict]]:
     B = train.epochs
     methods = ("ind", "sse", "fge")
-    result: dict = {"setup": {"B": B, "seeds": list(train.seeds), "ensemble": cfg.ensemble,
+    # Scalars only: `dvc metrics` skips lists and nulls (seeds as text, an unaffordable budget as 0 members).
+    result: dict = {"setup": {"B": B, "seeds": ",".join(map(str, train.seeds)), "ensemble": cfg.ensemble,
                               "test_samples": int(labels.numel())}}
     for k in cfg.budgets:
         result[f"{k}B"] = {m: at_budget([x for x in members if x.method == m], k * B, labels, cfg.ensemble)
-                           for m in methods}
+                           or {"members": 0} for m in methods}
     spread = {}
     for m, reps in singles.items():
         accs = [r["accuracy"] for r in (at_budget(rep, B, labels, cfg.ensemble) for rep in reps) if r]
@@ -109,7 +110,7 @@ def markdown(result: dict, budgets) -> str:
         cells = []
         for k in budgets:
             r = result[f"{k}B"][m]
-            cells.append("—" if r is None else f"{100 * r['error']:.2f} / {r['nll']:.4f} / {r['members']}")
+            cells.append("—" if not r["members"] else f"{100 * r['error']:.2f} / {r['nll']:.4f} / {r['members']}")
         lines.append(f"| {names[m]} | " + " | ".join(cells) + " |")
     lines += ["", "At 1B over seeds (each replicate a different endpoint seed; SSE has one run):", ""]
     for m, s in result["1B_over_seeds"].items():

@@ -64,6 +64,16 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
     assert res["1B"]["sse"]["members"] == 2
     assert "| FGE |" in (workspace / "metrics/compare.md").read_text()
 
+    def leaves(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                yield from leaves(v)
+        else:
+            yield x
+
+    # `dvc metrics show/diff` read scalars only: no list or null in the comparison.
+    assert all(isinstance(v, (int, float, str)) for v in leaves(res))
+
 
 def _bad(tmp_path, monkeypatch, module, *args, **overrides):
     monkeypatch.chdir(tmp_path)
