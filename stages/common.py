@@ -175,10 +175,31 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
 
 
+def metrics_tree(obj: Any) -> Any:
+    """``obj`` with every list turned into a mapping by position ("0", "1", …).
+
+    `dvc metrics show/diff` read scalar leaves only and report a failure for any
+    list; as mappings, ``endpoints: [0, 1]`` becomes ``endpoints.0``/``endpoints.1``.
+    """
+    if isinstance(obj, dict):
+        return {k: metrics_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return {str(i): metrics_tree(v) for i, v in enumerate(obj)}
+    return obj
+
+
+def seq(value: Any) -> list:
+    """A list written by :func:`write_json` (a mapping by position), back as a list."""
+    if isinstance(value, dict):
+        return [value[k] for k in sorted(value, key=int)]
+    return list(value)
+
+
 def write_json(path: Path, obj: Any) -> None:
+    """A metrics JSON, atomically, with scalar leaves only (see :func:`metrics_tree`)."""
     from modeconn.io import atomic_write_json
 
-    atomic_write_json(path, obj)
+    atomic_write_json(path, metrics_tree(obj))
 
 
 def read_json(path: Path, hint: str) -> Any:

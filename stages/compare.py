@@ -80,8 +80,8 @@ def gather(train: TrainConfig, endpoints: Path, fge_path: Path, sse_path: Path):
 def compare(cfg: CompareConfig, train: TrainConfig, members, labels, singles) -> tuple[dict, list[dict]]:
     B = train.epochs
     methods = ("ind", "sse", "fge")
-    # Scalars only: `dvc metrics` skips lists and nulls (seeds as text, an unaffordable budget as 0 members).
-    result: dict = {"setup": {"B": B, "seeds": ",".join(map(str, train.seeds)), "ensemble": cfg.ensemble,
+    # An unaffordable budget is 0 members, not null: `dvc metrics` reads scalar leaves only.
+    result: dict = {"setup": {"B": B, "seeds": list(train.seeds), "ensemble": cfg.ensemble,
                               "test_samples": int(labels.numel())}}
     for k in cfg.budgets:
         result[f"{k}B"] = {m: at_budget([x for x in members if x.method == m], k * B, labels, cfg.ensemble)

@@ -21,7 +21,7 @@ import typer
 from modeconn.errors import CheckpointError
 from modeconn.io import atomic_write_text
 
-from .common import ParamsOpt, console, read_params, section, user_errors
+from .common import ParamsOpt, console, read_params, section, seq, user_errors
 from .train_endpoint import TrainConfig
 
 METRICS = Path("metrics")
@@ -114,8 +114,8 @@ def build(metrics: Path, out: Path, seeds) -> str:
          f"**{first['model']}**({args}), device(s): {', '.join(devices)}.",
          f"- Endpoints: seeds {', '.join(str(s) for s in seeds)}, {first['epochs']} epochs each (B = "
          f"{cmp['setup']['B']}), standard schedule.",
-         f"- Curve: {fit['type']} with {fit['num_bends']} bends between seeds {fit['endpoints'][0]} and "
-         f"{fit['endpoints'][1]}, {fit['epochs']} epochs ({fit['seconds']:.0f} s).",
+         f"- Curve: {fit['type']} with {fit['num_bends']} bends between seeds {seq(fit['endpoints'])[0]} and "
+         f"{seq(fit['endpoints'])[1]}, {fit['epochs']} epochs ({fit['seconds']:.0f} s).",
          f"- Evaluation along t: {cur['setup']['num_points']} points, train measures on "
          f"{cur['setup']['train_samples']} images, test on {cur['setup']['test_samples']}.",
          f"- FGE: {fge['runs']} run(s) from epoch {fge['start_epoch']}, {fge['epochs']} epochs, cycle "
@@ -166,8 +166,8 @@ def build(metrics: Path, out: Path, seeds) -> str:
 
     pts, g, off = pl["points"], pl["grid"], pl["curve_off_plane"]
     L += ["## The plane of the endpoints and the bend (Fig. 1)", "",
-          f"Grid α ∈ [{pl['alpha'][0]:.2f}, {pl['alpha'][1]:.2f}], "
-          f"β ∈ [{pl['beta'][0]:.2f}, {pl['beta'][1]:.2f}] (‖ŵ2 − ŵ1‖ = {pl['endpoint_distance']:.2f}); the curve "
+          f"Grid α ∈ [{seq(pl['alpha'])[0]:.2f}, {seq(pl['alpha'])[1]:.2f}], "
+          f"β ∈ [{seq(pl['beta'])[0]:.2f}, {seq(pl['beta'])[1]:.2f}] (‖ŵ2 − ŵ1‖ = {pl['endpoint_distance']:.2f}); the curve "
           f"leaves the plane by at most {off['max_distance']:.3g} ({off['max_relative']:.2g} of ‖ŵ2 − ŵ1‖; "
           "≈ 0 for a quadratic Bezier).", "",
           "| | train loss | test error |", "|---|---|---|"]
@@ -182,7 +182,7 @@ def build(metrics: Path, out: Path, seeds) -> str:
           "| method | runs | snapshots per run | mean distance between snapshots | single snapshot accuracy | "
           "final ensemble accuracy |", "|---|---|---|---|---|---|"]
     for name, r in (("FGE", fge), ("SSE", sse)):
-        L.append(f"| {name} | {r['runs']} | {', '.join(str(n) for n in r['snapshots_per_run'])} | "
+        L.append(f"| {name} | {r['runs']} | {', '.join(str(n) for n in seq(r['snapshots_per_run']))} | "
                  f"{num(r.get('mean_distance'), 2)} | {pct(r['snapshot_accuracy'])} | {pct(r['ensemble_accuracy'])} |")
     L += ["", f"![Ensemble accuracy against training epochs]({rel(metrics / 'compare.png')})", "",
           "## Sources", "", "This report was generated from:", ""]

@@ -71,8 +71,10 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
         else:
             yield x
 
-    # `dvc metrics show/diff` read scalars only: no list or null in the comparison.
-    assert all(isinstance(v, (int, float, str)) for v in leaves(res))
+    # `dvc metrics show/diff` read scalar leaves only: no list or null in any metrics file.
+    for path in (workspace / "metrics").rglob("*.json"):
+        assert all(isinstance(v, (int, float, str)) for v in leaves(json.loads(path.read_text()))), path
+    assert res["setup"]["seeds"] == {"0": 0, "1": 1}
 
 
 def _bad(tmp_path, monkeypatch, module, *args, **overrides):
