@@ -23,13 +23,16 @@ class Member:
 
 
 def at_budget(members: list[Member], budget: float, labels: torch.Tensor, method: str = "probs") -> dict | None:
-    """Accuracy and NLL of the members affordable within ``budget`` epochs; None if there are none."""
+    """Accuracy, NLL and error of the members affordable within ``budget`` epochs; None if there are none.
+
+    The error is named ``test_error``: `dvc metrics` takes a key named ``error`` for a failure.
+    """
     chosen = [m.logprobs for m in sorted(members, key=lambda m: m.cost) if m.cost <= budget + 1e-9]
     if not chosen:
         return None
     lp = ensemble.combine(chosen, method)
     return {"accuracy": ensemble.accuracy(lp, labels), "nll": ensemble.nll(lp, labels),
-            "error": 1 - ensemble.accuracy(lp, labels), "members": len(chosen)}
+            "test_error": 1 - ensemble.accuracy(lp, labels), "members": len(chosen)}
 
 
 def over_cost(members: list[Member], labels: torch.Tensor, method: str = "probs") -> list[dict]:

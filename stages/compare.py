@@ -110,7 +110,7 @@ def markdown(result: dict, budgets) -> str:
         cells = []
         for k in budgets:
             r = result[f"{k}B"][m]
-            cells.append("—" if not r["members"] else f"{100 * r['error']:.2f} / {r['nll']:.4f} / {r['members']}")
+            cells.append("—" if not r["members"] else f"{100 * r['test_error']:.2f} / {r['nll']:.4f} / {r['members']}")
         lines.append(f"| {names[m]} | " + " | ".join(cells) + " |")
     lines += ["", "At 1B over seeds (each replicate a different endpoint seed; SSE has one run):", ""]
     for m, s in result["1B_over_seeds"].items():
