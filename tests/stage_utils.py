@@ -52,3 +52,17 @@ def write_params(folder: Path, params: dict) -> Path:
 def invoke(module, *args):
     """Run a stage command through Typer's CliRunner; returns the click Result."""
     return CliRunner().invoke(module.app, [str(a) for a in args], catch_exceptions=False)
+
+
+def build_workspace(root: Path, steps) -> Path:
+    """Run ``steps`` — (stage module, *args) — in ``root`` on the tiny config, as dvc.yaml would.
+
+    The caller has already made ``root`` the working directory. Training stages get ``--device cpu``;
+    every step must succeed.
+    """
+    write_params(root, tiny_params())
+    for module, *args in steps:
+        device = [] if module.__name__.endswith((".prepare", ".compare", ".report")) else ["--device", "cpu"]
+        r = invoke(module, *args, *device)
+        assert r.exit_code == 0, f"{module.__name__}: {r.output}"
+    return root

@@ -9,7 +9,7 @@ import torch
 
 from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
 
-from .stage_utils import invoke, tiny_params, write_params
+from .stage_utils import build_workspace, invoke, tiny_params, write_params
 
 ALL = [prepare, train_endpoint, fit_curve, eval_curve, fge, sse, compare, plane, path_ensembles, report]
 
@@ -29,13 +29,7 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("ws")
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    write_params(root, tiny_params())
-    assert invoke(prepare).exit_code == 0
-    for seed in (0, 1):
-        r = invoke(train_endpoint, "--seed", seed, "--device", "cpu")
-        assert r.exit_code == 0, r.output
-    r = invoke(fit_curve, "--device", "cpu")
-    assert r.exit_code == 0, r.output
+    build_workspace(root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,)])
     yield root
     mp.undo()
 

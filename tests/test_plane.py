@@ -16,7 +16,7 @@ from modeconn.errors import ModeconnError
 from modeconn.models import create_model
 from stages import eval_curve, fit_curve, path_ensembles, plane, prepare, train_endpoint
 
-from .stage_utils import invoke, tiny_params, write_params
+from .stage_utils import build_workspace, invoke, tiny_params, write_params
 
 
 def three_points(d: int = 50, seed: int = 0):
@@ -100,14 +100,8 @@ def curve_workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("plane_ws")
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    write_params(root, tiny_params())
-    assert invoke(prepare).exit_code == 0
-    for args in (("--seed", 0), ("--seed", 1), ()):
-        module = train_endpoint if args else fit_curve
-        r = invoke(module, *args, "--device", "cpu")
-        assert r.exit_code == 0, r.output
-    r = invoke(eval_curve, "--device", "cpu")
-    assert r.exit_code == 0, r.output
+    build_workspace(root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,),
+                           (eval_curve,)])
     yield root
     mp.undo()
 

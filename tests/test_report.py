@@ -10,7 +10,7 @@ import pytest
 
 from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
 
-from .stage_utils import invoke, tiny_params, write_params
+from .stage_utils import build_workspace, invoke, tiny_params, write_params
 
 FIGURES = ("curve_along_t.png", "compare.png", "plane_train_loss.png", "plane_test_error.png", "path_ensembles.png")
 
@@ -21,16 +21,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report_ws")
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    write_params(root, tiny_params())
-    assert invoke(prepare).exit_code == 0
-    steps = [(train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,), (eval_curve,), (fge,),
-             (sse,), (plane,), (path_ensembles,)]
-    for module, *args in steps:
-        r = invoke(module, *args, "--device", "cpu")
-        assert r.exit_code == 0, f"{module.__name__}: {r.output}"
-    for module in (compare, report):
-        r = invoke(module)
-        assert r.exit_code == 0, f"{module.__name__}: {r.output}"
+    build_workspace(root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,),
+                           (eval_curve,), (fge,), (sse,), (plane,), (path_ensembles,), (compare,), (report,)])
     yield root
     mp.undo()
 
