@@ -5,7 +5,10 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test bench data clean-venv
+.PHONY: help run test lint format bench data clean-venv
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,22 +18,30 @@ $(STAMP): pyproject.toml
 
 # Fashion-MNIST from Debian's package where apt exists and the files are missing
 # (data/raw/ and a torchvision download are the other sources, see README).
-data:
+data:  ## install Fashion-MNIST from Debian's package when it is missing
 	@if [ ! -d $(FMNIST) ] && ! ls data/raw/*ubyte* >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist \
 		|| echo "could not install dataset-fashion-mnist; prepare will try data/raw/ and a download"; \
 	fi
 
-run: $(STAMP) data
+run: $(STAMP) data  ## install, then run the whole pipeline (dvc repro)
 	test -d .git || git init -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 
-test: $(STAMP)
+test: $(STAMP) lint  ## install, lint (ruff), then run the test suite (pytest)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) data
-	$(BIN)/python -m modeconn.bench
+lint: $(STAMP)  ## ruff: lint and format check (configured in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
-clean-venv:
+format: $(STAMP)  ## ruff: fix what can be fixed and format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP) data  ## throughput figures of the default model and data
+	$(BIN)/python -m stages.bench
+
+clean-venv:  ## remove the virtual environment
 	rm -rf $(VENV)

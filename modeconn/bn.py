@@ -10,12 +10,12 @@ Here the forward pass is any callable, so a curve point (run through
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
-from .train import autocast
+from .runtime import CPU, Runtime
 
 
 def bn_modules(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -27,9 +27,12 @@ def has_bn(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def recalibrate(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                device: torch.device | None = None) -> bool:
+def recalibrate(
+    module: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    runtime: Runtime = CPU,
+) -> bool:
     """Recompute the running statistics of every BatchNorm in ``module``.
 
     ``forward(x)`` runs the network (default: ``module(x)``); it must go
@@ -46,9 +49,8 @@ def recalibrate(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
         bn.momentum = None  # cumulative moving average over the batches
     was_training = module.training
     module.train()
-    device = device or next((b for b in module.buffers()), torch.empty(0)).device
     for x, _ in batches:
-        with autocast(device):
+        with runtime.autocast():
             forward(x)
     for bn, m in zip(bns, momenta):
         bn.momentum = m

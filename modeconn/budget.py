@@ -31,8 +31,12 @@ def at_budget(members: list[Member], budget: float, labels: torch.Tensor, method
     if not chosen:
         return None
     lp = ensemble.combine(chosen, method)
-    return {"accuracy": ensemble.accuracy(lp, labels), "nll": ensemble.nll(lp, labels),
-            "test_error": 1 - ensemble.accuracy(lp, labels), "members": len(chosen)}
+    return {
+        "accuracy": ensemble.accuracy(lp, labels),
+        "nll": ensemble.nll(lp, labels),
+        "test_error": 1 - ensemble.accuracy(lp, labels),
+        "members": len(chosen),
+    }
 
 
 def over_cost(members: list[Member], labels: torch.Tensor, method: str = "probs") -> list[dict]:
@@ -41,6 +45,13 @@ def over_cost(members: list[Member], labels: torch.Tensor, method: str = "probs"
     for m in sorted(members, key=lambda m: m.cost):
         chosen.append(m.logprobs)
         lp = ensemble.combine(chosen, method)
-        rows.append({"method": m.method, "epochs": m.cost, "members": len(chosen),
-                     "accuracy": ensemble.accuracy(lp, labels), "nll": ensemble.nll(lp, labels)})
+        rows.append(
+            {
+                "method": m.method,
+                "epochs": m.cost,
+                "members": len(chosen),
+                "accuracy": ensemble.accuracy(lp, labels),
+                "nll": ensemble.nll(lp, labels),
+            }
+        )
     return rows

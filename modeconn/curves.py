@@ -20,12 +20,17 @@ template at φ_θ(t) with ``torch.func.functional_call``. No curve layers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from .errors import CheckpointError, ConfigError
+from .io import atomic_torch_save, load_file
+from .weights import sq_norm
 
 KINDS = ("bezier", "polychain")
 
@@ -71,8 +76,14 @@ class Curve(nn.Module):
     (:mod:`modeconn.bn`). ``num_bends = 2`` gives the segment (no parameters).
     """
 
-    def __init__(self, template: nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
-                 kind: str = "bezier", num_bends: int = 3):
+    def __init__(
+        self,
+        template: nn.Module,
+        start: dict[str, torch.Tensor],
+        end: dict[str, torch.Tensor],
+        kind: str = "bezier",
+        num_bends: int = 3,
+    ):
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"curve.type {kind!r} unknown; use one of {', '.join(KINDS)}")
@@ -105,22 +116,24 @@ class Curve(nn.Module):
         return COEFFICIENTS[self.kind](t, self.num_bends).float()
 
     def weights(self, t: float) -> dict[str, torch.Tensor]:
-        """φ_θ(t) as a dict name → tensor (differentiable w.r.t. the bends)."""
-        c = self.coefficients(t).to(self._start(0).device if self.names else "cpu")  # (n,)
+        """φ_θ(t) as a dict name → tensor (differentiable w.r.t. the bends), always in float32.
+
+        Autocast is off here: under bf16 autocast the weighted sum would otherwise be rounded to bf16
+        before the forward pass casts what it needs.
+        """
+        device = self._start(0).device if self.names else torch.device("cpu")
+        c = self.coefficients(t).to(device)  # (n,)
         out = {}
-        for i, name in enumerate(self.names):
-            w = c[0] * self._start(i) + c[-1] * self._end(i)
-            if self.num_bends > 2:
-                w = w + torch.tensordot(c[1:-1], self.bends[i], dims=1)
-            out[name] = w
+        with torch.autocast(device.type, enabled=False):
+            for i, name in enumerate(self.names):
+                w = c[0] * self._start(i) + c[-1] * self._end(i)
+                if self.num_bends > 2:
+                    w = w + torch.tensordot(c[1:-1], self.bends[i], dims=1)
+                out[name] = w
         return out
 
     def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
         return functional_call(self.template, self.weights(t), (x,), strict=False)
-
-    def l2(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        """‖φ_θ(t)‖² summed over all parameters (the paper's regulariser is 0.5·wd·this)."""
-        return sum((w.float() ** 2).sum() for w in weights.values())
 
     @torch.no_grad()
     def state_at(self, t: float) -> dict[str, torch.Tensor]:
@@ -140,7 +153,9 @@ class Curve(nn.Module):
         """Set the interior bends from stacked control points (as saved by :meth:`control_points`)."""
         missing = [n for n in self.names if n not in points]
         if missing:
-            raise CheckpointError(f"{source}: control points missing for {missing[:3]}…; was it made for another model?")
+            raise CheckpointError(
+                f"{source}: control points missing for {missing[:3]}…; was it made for another model?"
+            )
         with torch.no_grad():
             for i, name in enumerate(self.names):
                 p = points[name]
@@ -156,17 +171,14 @@ def check_compatible(template: nn.Module, state: dict[str, torch.Tensor], label:
     """Raise CheckpointError unless ``state`` has every parameter of ``template`` with the right shape."""
     for name, p in template.named_parameters():
         if name not in state:
-            raise CheckpointError(f"{label} weights lack parameter {name!r}: the endpoints are of different architectures")
+            raise CheckpointError(
+                f"{label} weights lack parameter {name!r}: the endpoints are of different architectures"
+            )
         if tuple(state[name].shape) != tuple(p.shape):
             raise CheckpointError(
                 f"{label} weights: {name!r} has shape {tuple(state[name].shape)}, the template {tuple(p.shape)}: "
                 "the endpoints are of different architectures or sizes"
             )
-
-
-def flat(weights: dict[str, torch.Tensor]) -> torch.Tensor:
-    """All tensors of a weight dict as one flat float vector (in dict order)."""
-    return torch.cat([w.detach().float().reshape(-1) for w in weights.values()])
 
 
 def curve_loss(curve: Curve, wd: float, generator: torch.Generator):
@@ -176,7 +188,6 @@ def curve_loss(curve: Curve, wd: float, generator: torch.Generator):
     ``CE(f(x; φ_θ(t)), y) + 0.5 · wd · ‖φ_θ(t)‖²`` — an unbiased estimate of the
     gradient of ℓ(θ) = E_t L(φ_θ(t)). The optimiser's own weight decay must be 0.
     """
-    import torch.nn.functional as F
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.rand((), generator=generator).item()
@@ -184,25 +195,36 @@ def curve_loss(curve: Curve, wd: float, generator: torch.Generator):
         logits = functional_call(curve.template, weights, (x,), strict=False)
         loss = F.cross_entropy(logits.float(), y)
         if wd > 0:
-            loss = loss + 0.5 * wd * curve.l2(weights)
+            loss = loss + 0.5 * wd * sq_norm(weights)
         return loss, logits
 
     return loss_fn
 
 
-def save_curve(path, curve: Curve, spec: dict, **extra) -> None:
+def save_curve(path: Path | str, curve: Curve, spec: dict, **extra) -> None:
     """Write a curve (model spec, family, control points) atomically."""
-    from .io import atomic_torch_save
+    atomic_torch_save(
+        {
+            "format": "modeconn.curve/1",
+            "spec": spec,
+            "kind": curve.kind,
+            "num_bends": curve.num_bends,
+            "control_points": {k: v.cpu() for k, v in curve.control_points().items()},
+            **extra,
+        },
+        path,
+    )
 
-    atomic_torch_save({"format": "modeconn.curve/1", "spec": spec, "kind": curve.kind,
-                       "num_bends": curve.num_bends,
-                       "control_points": {k: v.cpu() for k, v in curve.control_points().items()}, **extra}, path)
 
+def load_curve(
+    path: Path | str,
+    build_template: Callable[[dict], nn.Module],
+    hint: str = "Fit it again and save it with save_curve.",
+) -> tuple[Curve, dict]:
+    """Read a curve written by :func:`save_curve`; ``build_template(spec)`` makes the network.
 
-def load_curve(path, build_template, hint: str = "Run `dvc repro fit_curve` to create it.") -> tuple[Curve, dict]:
-    """Read a curve written by :func:`save_curve`; ``build_template(spec)`` makes the network."""
-    from .io import load_file
-
+    ``hint`` ends the error message of a missing or corrupt file: how the caller's user makes it again.
+    """
     blob = load_file(path, "curve file", hint)
     if not isinstance(blob, dict) or blob.get("format") != "modeconn.curve/1":
         raise CheckpointError(f"{path} is not a modeconn curve file. {hint}")

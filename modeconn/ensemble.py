@@ -10,7 +10,7 @@ fitted by NLL on held-out data.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,15 @@ def nll(logprobs: torch.Tensor, y: torch.Tensor) -> float:
 
 def accuracy(logprobs: torch.Tensor, y: torch.Tensor) -> float:
     return (logprobs.argmax(1) == y).float().mean().item()
+
+
+def error(logprobs: torch.Tensor, y: torch.Tensor) -> float:
+    """1 − accuracy."""
+    return 1 - accuracy(logprobs, y)
+
+
+def scores(logprobs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    return {"accuracy": accuracy(logprobs, y), "nll": nll(logprobs, y)}
 
 
 def combine(members: Sequence[torch.Tensor], method: str = "probs") -> torch.Tensor:
@@ -47,11 +56,7 @@ def combine(members: Sequence[torch.Tensor], method: str = "probs") -> torch.Ten
 
 def running(members: Sequence[torch.Tensor], y: torch.Tensor, method: str = "probs") -> list[dict]:
     """Accuracy and NLL of the ensemble of the first k members, for k = 1..M."""
-    rows = []
-    for k in range(1, len(members) + 1):
-        ens = combine(members[:k], method)
-        rows.append({"size": k, "accuracy": accuracy(ens, y), "nll": nll(ens, y)})
-    return rows
+    return [{"size": k, **scores(combine(members[:k], method), y)} for k in range(1, len(members) + 1)]
 
 
 def scale(logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -59,7 +64,9 @@ def scale(logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.log_softmax(logprobs.float() / temperature, dim=1)
 
 
-def fit_temperature(logprobs: torch.Tensor, y: torch.Tensor, lo: float = 0.05, hi: float = 20.0, iters: int = 60) -> float:
+def fit_temperature(
+    logprobs: torch.Tensor, y: torch.Tensor, lo: float = 0.05, hi: float = 20.0, iters: int = 60
+) -> float:
     """The temperature T minimising NLL of ``softmax(logits / T)`` on (logprobs, y).
 
     NLL is convex in β = 1/T (log-sum-exp of a linear function minus a linear
@@ -84,3 +91,26 @@ def fit_temperature(logprobs: torch.Tensor, y: torch.Tensor, lo: float = 0.05, h
             d = a + g * (b - a)
             fd = f(d)
     return 1.0 / ((a + b) / 2)
+
+
+def curve_ensembles(
+    curve: Sequence[torch.Tensor],
+    segment: Sequence[torch.Tensor],
+    y: torch.Tensor,
+    method: str = "probs",
+    temperatures: Sequence[float] | None = None,
+) -> dict:
+    """The ensembles of Sec. 4 from the predictions at the t grid of a curve and of its segment.
+
+    ``curve[0]`` and ``curve[-1]`` are the endpoints. Returns accuracy and NLL of the ensembles of the two
+    endpoints, of every curve point and of every segment point; with ``temperatures`` (one per curve point,
+    fitted on held-out data), also of the temperature-scaled curve points and endpoints.
+    """
+    out: dict = {"members": len(curve)}
+    for label, members in (("endpoints", [curve[0], curve[-1]]), ("curve", curve), ("segment", segment)):
+        out[label] = scores(combine(list(members), method), y)
+    if temperatures is not None:
+        scaled = [scale(lp, temp) for lp, temp in zip(curve, temperatures, strict=True)]
+        out["curve_scaled"] = scores(combine(scaled, method), y)
+        out["endpoints_scaled"] = scores(combine([scaled[0], scaled[-1]], method), y)
+    return out

@@ -16,14 +16,17 @@ log-probabilities and its distance in weight space to the previous snapshot
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from . import schedules
+from . import ensemble, schedules
+from .runtime import CPU, Runtime
 from .train import EpochStats, LossFn, predict, train_epoch
+from .weights import flat
 
 
 @dataclass
@@ -40,14 +43,19 @@ def cycle_iterations(cycle_epochs: float, iters_per_epoch: int) -> int:
     return c + (c % 2)
 
 
-def _flat(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
-
-
-def run_snapshots(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, train_batches,
-                  test_batches, epochs: int, lr_at: Callable[[int], float], is_snapshot: Callable[[int], bool],
-                  device: torch.device, on_epoch: Callable[[int, EpochStats], None] | None = None,
-                  what: str = "training") -> list[Snapshot]:
+def run_snapshots(
+    model: nn.Module,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    train_batches,
+    test_batches,
+    epochs: int,
+    lr_at: Callable[[int], float],
+    is_snapshot: Callable[[int], bool],
+    runtime: Runtime = CPU,
+    on_epoch: Callable[[int, EpochStats], None] | None = None,
+    what: str = "training",
+) -> list[Snapshot]:
     """Train for ``epochs``; after every iteration ``i`` with ``is_snapshot(i)``, record a snapshot."""
     n = len(train_batches)
     snapshots: list[Snapshot] = []
@@ -57,9 +65,9 @@ def run_snapshots(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
         if not is_snapshot(i):
             return
         model.eval()
-        logprobs, _ = predict(model, test_batches, device)
+        logprobs, _ = predict(model, test_batches, runtime)
         model.train()
-        w = _flat(model)
+        w = flat(dict(model.named_parameters()))
         dist = (w - prev[0]).norm().item() if prev[0] is not None else float("nan")
         prev[0] = w
         snapshots.append(Snapshot(iteration=i, epoch=i / n, logprobs=logprobs, distance=dist))
@@ -67,8 +75,9 @@ def run_snapshots(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
     iteration = 1
     for epoch in range(1, epochs + 1):
         model.train()
-        stats, iteration = train_epoch(loss_fn, optimizer, train_batches, lr_at, iteration, device,
-                                       on_step=on_step, what=what)
+        stats, iteration = train_epoch(
+            loss_fn, optimizer, train_batches, lr_at, iteration, runtime, on_step=on_step, what=what
+        )
         if on_epoch is not None:
             on_epoch(epoch, stats)
     return snapshots
@@ -76,11 +85,53 @@ def run_snapshots(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Opti
 
 def fge_schedule(cycle_iters: int, lr_1: float, lr_2: float):
     """(lr_at, is_snapshot) of FGE for a cycle of ``cycle_iters`` iterations."""
-    return (lambda i: schedules.fge_lr(i, cycle_iters, lr_1, lr_2),
-            lambda i: schedules.fge_is_snapshot(i, cycle_iters))
+    return (lambda i: schedules.fge_lr(i, cycle_iters, lr_1, lr_2), lambda i: schedules.fge_is_snapshot(i, cycle_iters))
 
 
 def sse_schedule(total_iters: int, cycles: int, lr: float):
     """(lr_at, is_snapshot) of Snapshot Ensembles over ``total_iters`` in ``cycles`` cycles."""
-    return (lambda i: schedules.sse_lr(i, total_iters, cycles, lr),
-            lambda i: schedules.sse_is_snapshot(i, total_iters, cycles))
+    return (
+        lambda i: schedules.sse_lr(i, total_iters, cycles, lr),
+        lambda i: schedules.sse_is_snapshot(i, total_iters, cycles),
+    )
+
+
+def snapshot_rows(
+    run: int, seed: int, snapshots: list[Snapshot], labels: torch.Tensor, offset: float, method: str = "probs"
+) -> list[dict]:
+    """One row per snapshot of a run: its own accuracy and NLL, and those of the run's ensemble so far.
+
+    ``offset`` is the epochs spent before the run (FGE: its pretraining), so ``cost`` = offset + epoch.
+    """
+    running = ensemble.running([s.logprobs for s in snapshots], labels, method)
+    return [
+        {
+            "run": run,
+            "seed": seed,
+            "snapshot": j + 1,
+            "epoch": s.epoch,
+            "cost": offset + s.epoch,
+            **ensemble.scores(s.logprobs, labels),
+            "ensemble_accuracy": ens["accuracy"],
+            "ensemble_nll": ens["nll"],
+            "distance": s.distance,
+        }
+        for j, (s, ens) in enumerate(zip(snapshots, running))
+    ]
+
+
+def runs_summary(rows: list[dict]) -> dict:
+    """Over the rows of :func:`snapshot_rows` of one or more runs: the final ensembles (mean over runs),
+    the single snapshots, and the mean distance between consecutive snapshots."""
+    runs = sorted({r["run"] for r in rows})
+    per_run = [[r for r in rows if r["run"] == i] for i in runs]
+    finals = [rr[-1] for rr in per_run]
+    dists = [r["distance"] for r in rows if not math.isnan(r["distance"])]
+    return {
+        "runs": len(runs),
+        "snapshots_per_run": [len(rr) for rr in per_run],
+        "ensemble_accuracy": sum(f["ensemble_accuracy"] for f in finals) / len(finals),
+        "ensemble_nll": sum(f["ensemble_nll"] for f in finals) / len(finals),
+        "snapshot_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
+        "mean_distance": sum(dists) / len(dists) if dists else None,
+    }

@@ -15,12 +15,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from .errors import CheckpointError
+from .models import from_spec
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -85,7 +87,7 @@ def load_file(path: Path | str, what: str, hint: str) -> Any:
     """``torch.load(weights_only=True)`` with errors for people.
 
     ``what`` names the artifact ("endpoint checkpoint"), ``hint`` says how to
-    make it ("run `dvc repro train_endpoint`").
+    make it again ("Train it again.").
     """
     path = Path(path)
     if not path.is_file():
@@ -109,7 +111,7 @@ def save_checkpoint(path: Path | str, spec: dict, state_dict: dict, **extra: Any
     atomic_torch_save({"format": "modeconn.checkpoint/1", "spec": spec, "state_dict": state, **extra}, path)
 
 
-def load_checkpoint(path: Path | str, hint: str = "Run `dvc repro` to create it.") -> dict:
+def load_checkpoint(path: Path | str, hint: str = "Save it again with save_checkpoint.") -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`; validates its layout."""
     ckpt = load_file(path, "checkpoint", hint)
     if not isinstance(ckpt, dict) or ckpt.get("format") != "modeconn.checkpoint/1" or "spec" not in ckpt:
@@ -119,13 +121,8 @@ def load_checkpoint(path: Path | str, hint: str = "Run `dvc repro` to create it.
 
 def build_from_checkpoint(ckpt: dict, path: Path | str = "<checkpoint>") -> torch.nn.Module:
     """Rebuild the network of a checkpoint and load its weights (strict)."""
-    from .models import create_model
-
     spec = ckpt["spec"]
-    model = create_model(
-        spec["name"], spec["num_classes"], in_channels=spec["in_channels"],
-        input_size=spec["input_size"], **spec.get("args", {}),
-    )
+    model = from_spec(spec)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

@@ -8,7 +8,8 @@ along with that integral divided by the length (the arc-length average).
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from collections.abc import Sequence
 
 
 def trapezoid(y: Sequence[float], x: Sequence[float]) -> float:
@@ -31,3 +32,14 @@ def path_summary(t: Sequence[float], values: Sequence[float], arc: Sequence[floa
         "int_arc": integral,
         "mean_arc": integral / length if length > 0 else values[0],
     }
+
+
+def path_summaries(rows: list[dict], arc: Sequence[float], measures: Sequence[str]) -> dict[str, dict[str, float]]:
+    """:func:`path_summary` of each of ``measures`` over the rows of one path (one row per grid t, in order)."""
+    t = [r["t"] for r in rows]
+    return {m: path_summary(t, [r[m] for r in rows], arc) for m in measures}
+
+
+def length_ratio(curve: float, segment: float) -> dict[str, float]:
+    """The lengths of a curve and of its segment, and their ratio (the paper: 1.30–2.13 for Bezier curves)."""
+    return {"curve": curve, "segment": segment, "ratio": curve / segment if segment > 0 else math.nan}

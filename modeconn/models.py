@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from modeconn.errors import ConfigError
 
-__all__ = ["MODELS", "create_model", "list_models", "register"]
+__all__ = ["MODELS", "create_model", "from_spec", "list_models", "model_spec", "register"]
 
 # name -> builder(num_classes, in_channels, input_size, **options) -> nn.Module
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -48,9 +49,7 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
             raise ValueError(f"model {name!r} is registered twice")
         params = tuple(inspect.signature(builder).parameters)
         if params[: len(_DATA_ARGS)] != _DATA_ARGS:
-            raise TypeError(
-                f"builder for {name!r} must start with arguments {_DATA_ARGS}, has {params}"
-            )
+            raise TypeError(f"builder for {name!r} must start with arguments {_DATA_ARGS}, has {params}")
         MODELS[name] = builder
         return builder
 
@@ -62,9 +61,7 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def create_model(
-    name: str, num_classes: int, in_channels: int = 3, input_size: int = 32, **kwargs: Any
-) -> nn.Module:
+def create_model(name: str, num_classes: int, in_channels: int = 3, input_size: int = 32, **kwargs: Any) -> nn.Module:
     """Build model ``name`` for inputs of shape (B, in_channels, input_size, input_size).
 
     ``kwargs`` are the model's own options (e.g. ``depth`` for ``preresnet``);
@@ -72,16 +69,35 @@ def create_model(
     :class:`~modeconn.errors.ConfigError` with a message that names them.
     """
     if name not in MODELS:
-        raise ConfigError(
-            f"unknown model {name!r}; registered models: {', '.join(list_models())}"
-        )
-    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels),
-                       ("input_size", input_size)):
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("input_size", input_size)):
         if not _is_int(value) or value < 1:
             raise ConfigError(f"model {name!r}: {arg} must be a positive integer, got {value!r}")
     builder = MODELS[name]
     _check_options(name, builder, kwargs)
     return builder(num_classes, in_channels, input_size, **kwargs)
+
+
+def model_spec(name: str, num_classes: int, in_channels: int, input_size: int, args: dict | None = None) -> dict:
+    """The plain-data description of a network that checkpoints carry: enough for :func:`from_spec`."""
+    return {
+        "name": name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "input_size": input_size,
+        "args": dict(args or {}),
+    }
+
+
+def from_spec(spec: dict) -> nn.Module:
+    """The network described by a :func:`model_spec` dict (fresh weights)."""
+    return create_model(
+        spec["name"],
+        spec["num_classes"],
+        in_channels=spec["in_channels"],
+        input_size=spec["input_size"],
+        **spec.get("args", {}),
+    )
 
 
 def _is_int(value: Any) -> bool:
@@ -90,14 +106,13 @@ def _is_int(value: Any) -> bool:
 
 def _check_options(name: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
     """Check ``kwargs`` against the builder's options: known names, types of the defaults."""
-    params = list(inspect.signature(builder).parameters.values())[len(_DATA_ARGS):]
+    params = list(inspect.signature(builder).parameters.values())[len(_DATA_ARGS) :]
     defaults = {p.name: p.default for p in params}
     accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
     for key, value in kwargs.items():
         if key not in defaults:
             raise ConfigError(
-                f"model {name!r} got unknown argument {key!r}; "
-                f"accepted arguments (with defaults): {accepted}"
+                f"model {name!r} got unknown argument {key!r}; accepted arguments (with defaults): {accepted}"
             )
         default = defaults[key]
         if isinstance(default, bool):
@@ -147,8 +162,15 @@ class ConvFC(nn.Module):
     hidden Linear, before the ReLU (the paper's code has no such variant).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 32,
-                 width: int = 32, fc_width: int = 1000, batch_norm: bool = False):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        input_size: int = 32,
+        width: int = 32,
+        fc_width: int = 1000,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         channels = [in_channels, width, 2 * width, 4 * width]
         size = input_size
@@ -158,8 +180,10 @@ class ConvFC(nn.Module):
             if batch_norm:
                 conv_layers.append(nn.BatchNorm2d(c_out))
             conv_layers += [nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2)]
-            _require(size >= 3, f"model 'convfc' needs input_size >= 15 (three 3x3 max pools "
-                                f"with stride 2), got {input_size}")
+            _require(
+                size >= 3,
+                f"model 'convfc' needs input_size >= 15 (three 3x3 max pools with stride 2), got {input_size}",
+            )
             size = (size - 3) // 2 + 1  # 32 -> 15 -> 7 -> 3, 28 -> 13 -> 6 -> 2
         # Same layer indices as the paper code's conv_part / fc_part when batch_norm=False.
         self.conv_part = nn.Sequential(*conv_layers)
@@ -182,8 +206,14 @@ class ConvFC(nn.Module):
 
 
 @register("convfc")
-def convfc(num_classes: int, in_channels: int = 3, input_size: int = 32,
-           width: int = 32, fc_width: int = 1000, batch_norm: bool = False) -> ConvFC:
+def convfc(
+    num_classes: int,
+    in_channels: int = 3,
+    input_size: int = 32,
+    width: int = 32,
+    fc_width: int = 1000,
+    batch_norm: bool = False,
+) -> ConvFC:
     """ConvFC of the paper (Section 5, "ConvFC"; models/convfc.py of its code):
     conv(w)-conv(2w)-conv(4w), 5x5 kernels, each followed by ReLU and a 3x3/2 max
     pool, then Linear(fc_width)-Linear(fc_width)-Linear(num_classes)."""
@@ -199,8 +229,15 @@ def convfc(num_classes: int, in_channels: int = 3, input_size: int = 32,
 class MLP(nn.Module):
     """Flatten, ``depth`` hidden Linear(+BatchNorm1d)+ReLU layers, output Linear."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 32,
-                 width: int = 256, depth: int = 2, batch_norm: bool = False):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        input_size: int = 32,
+        width: int = 256,
+        depth: int = 2,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         f_in = in_channels * input_size * input_size
@@ -219,8 +256,14 @@ class MLP(nn.Module):
 
 
 @register("mlp")
-def mlp(num_classes: int, in_channels: int = 3, input_size: int = 32,
-        width: int = 256, depth: int = 2, batch_norm: bool = False) -> MLP:
+def mlp(
+    num_classes: int,
+    in_channels: int = 3,
+    input_size: int = 32,
+    width: int = 256,
+    depth: int = 2,
+    batch_norm: bool = False,
+) -> MLP:
     """A fully connected ReLU network with ``depth`` hidden layers of ``width``
     units. Not one of the paper's models: a small, fast model for quick runs."""
     _require(width >= 1, f"model 'mlp': width must be >= 1, got {width}")
@@ -249,8 +292,15 @@ class VGG(nn.Module):
     1x1 (28 -> 14 -> 7 -> 4 -> 2 -> 1); for 32x32 this changes nothing.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 32,
-                 depth: int = 16, batch_norm: bool = False, dropout: float = 0.5):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        input_size: int = 32,
+        depth: int = 16,
+        batch_norm: bool = False,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c_in, size = in_channels, input_size
@@ -283,36 +333,33 @@ class VGG(nn.Module):
         return self.classifier(x)  # (B, num_classes)
 
 
-def _vgg(name: str, num_classes: int, in_channels: int, input_size: int, depth: int,
-         batch_norm: bool, dropout: float) -> VGG:
+def _vgg(
+    name: str, num_classes: int, in_channels: int, input_size: int, depth: int, batch_norm: bool, dropout: float
+) -> VGG:
     _require(0.0 <= dropout < 1.0, f"model {name!r}: dropout must be in [0, 1), got {dropout}")
     return VGG(num_classes, in_channels, input_size, depth, batch_norm, dropout)
 
 
 @register("vgg16")
-def vgg16(num_classes: int, in_channels: int = 3, input_size: int = 32,
-          dropout: float = 0.5) -> VGG:
+def vgg16(num_classes: int, in_channels: int = 3, input_size: int = 32, dropout: float = 0.5) -> VGG:
     """VGG-16 without batch norm (paper: VGG16; code: models/vgg.py)."""
     return _vgg("vgg16", num_classes, in_channels, input_size, 16, False, dropout)
 
 
 @register("vgg16_bn")
-def vgg16_bn(num_classes: int, in_channels: int = 3, input_size: int = 32,
-             dropout: float = 0.5) -> VGG:
+def vgg16_bn(num_classes: int, in_channels: int = 3, input_size: int = 32, dropout: float = 0.5) -> VGG:
     """VGG-16 with batch norm after each conv (paper code: VGG16BN, see :class:`VGG`)."""
     return _vgg("vgg16_bn", num_classes, in_channels, input_size, 16, True, dropout)
 
 
 @register("vgg19")
-def vgg19(num_classes: int, in_channels: int = 3, input_size: int = 32,
-          dropout: float = 0.5) -> VGG:
+def vgg19(num_classes: int, in_channels: int = 3, input_size: int = 32, dropout: float = 0.5) -> VGG:
     """VGG-19 without batch norm (paper code: VGG19)."""
     return _vgg("vgg19", num_classes, in_channels, input_size, 19, False, dropout)
 
 
 @register("vgg19_bn")
-def vgg19_bn(num_classes: int, in_channels: int = 3, input_size: int = 32,
-             dropout: float = 0.5) -> VGG:
+def vgg19_bn(num_classes: int, in_channels: int = 3, input_size: int = 32, dropout: float = 0.5) -> VGG:
     """VGG-19 with batch norm after each conv (paper code: VGG19BN, see :class:`VGG`)."""
     return _vgg("vgg19_bn", num_classes, in_channels, input_size, 19, True, dropout)
 
@@ -326,8 +373,7 @@ class PreActBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes)
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
@@ -348,8 +394,7 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes)
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
@@ -377,9 +422,14 @@ class PreResNet(nn.Module):
     ``AdaptiveAvgPool2d(1)`` here (the same on 32x32, and it also works on 28x28).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 32,
-                 block: type[PreActBasicBlock] | type[PreActBottleneck] = PreActBasicBlock,
-                 n: int = 18):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        input_size: int = 32,
+        block: type[PreActBasicBlock] | type[PreActBottleneck] = PreActBasicBlock,
+        n: int = 18,
+    ):
         super().__init__()
         self.inplanes = 16
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
@@ -393,13 +443,13 @@ class PreResNet(nn.Module):
         self.fc = nn.Linear(64 * block.expansion, num_classes)
         _init_weights(self)
 
-    def _make_layer(self, block: type[PreActBasicBlock] | type[PreActBottleneck], planes: int,
-                    blocks: int, stride: int) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[PreActBasicBlock] | type[PreActBottleneck], planes: int, blocks: int, stride: int
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1,
-                          stride=stride, bias=False),
+                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
             )
         layers = [block(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * block.expansion
@@ -417,8 +467,9 @@ class PreResNet(nn.Module):
 
 
 @register("preresnet")
-def preresnet(num_classes: int, in_channels: int = 3, input_size: int = 32,
-              depth: int = 110, block: str = "auto") -> PreResNet:
+def preresnet(
+    num_classes: int, in_channels: int = 3, input_size: int = 32, depth: int = 110, block: str = "auto"
+) -> PreResNet:
     """Pre-activation ResNet (He et al. 2016, "Identity Mappings in Deep Residual
     Networks") as in the paper's code (models/preresnet.py, from
     bearpaw/pytorch-classification); the paper uses depths 110 and 164.
@@ -434,19 +485,18 @@ def preresnet(num_classes: int, in_channels: int = 3, input_size: int = 32,
     bottleneck_rule = "bottleneck blocks need depth = 9n + 2 (e.g. 29, 56, 110, 164)"
     if block == "auto":
         block = "bottleneck" if depth >= 44 else "basic"
-        hint = (f"; with block='auto' (the paper code's rule) depth < 44 uses basic blocks "
-                f"and depth >= 44 uses bottleneck blocks")
+        hint = (
+            "; with block='auto' (the paper code's rule) depth < 44 uses basic blocks "
+            "and depth >= 44 uses bottleneck blocks"
+        )
     elif block in ("basic", "bottleneck"):
         hint = ""
     else:
-        raise ConfigError(f"model 'preresnet': block must be 'auto', 'basic' or "
-                          f"'bottleneck', got {block!r}")
+        raise ConfigError(f"model 'preresnet': block must be 'auto', 'basic' or 'bottleneck', got {block!r}")
     if block == "basic":
-        _require(depth >= 8 and (depth - 2) % 6 == 0,
-                 f"model 'preresnet': invalid depth {depth}: {basic_rule}{hint}")
+        _require(depth >= 8 and (depth - 2) % 6 == 0, f"model 'preresnet': invalid depth {depth}: {basic_rule}{hint}")
         return PreResNet(num_classes, in_channels, input_size, PreActBasicBlock, (depth - 2) // 6)
-    _require(depth >= 11 and (depth - 2) % 9 == 0,
-             f"model 'preresnet': invalid depth {depth}: {bottleneck_rule}{hint}")
+    _require(depth >= 11 and (depth - 2) % 9 == 0, f"model 'preresnet': invalid depth {depth}: {bottleneck_rule}{hint}")
     return PreResNet(num_classes, in_channels, input_size, PreActBottleneck, (depth - 2) // 9)
 
 
@@ -493,8 +543,15 @@ class WideResNet(nn.Module):
     PyTorch's default).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 32,
-                 depth: int = 28, widen_factor: int = 10, dropout: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        input_size: int = 32,
+        depth: int = 28,
+        widen_factor: int = 10,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         n = (depth - 4) // 6
         stages = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
@@ -528,15 +585,20 @@ class WideResNet(nn.Module):
 
 
 @register("wideresnet")
-def wideresnet(num_classes: int, in_channels: int = 3, input_size: int = 32,
-               depth: int = 28, widen_factor: int = 10, dropout: float = 0.0) -> WideResNet:
+def wideresnet(
+    num_classes: int,
+    in_channels: int = 3,
+    input_size: int = 32,
+    depth: int = 28,
+    widen_factor: int = 10,
+    dropout: float = 0.0,
+) -> WideResNet:
     """Wide ResNet (Zagoruyko & Komodakis 2016) as in the paper's code
     (models/wide_resnet.py); the paper uses WRN-28-10 without dropout."""
-    _require(depth >= 10 and (depth - 4) % 6 == 0,
-             f"model 'wideresnet': invalid depth {depth}: depth must be 6n + 4 with n >= 1 "
-             f"(e.g. 10, 16, 22, 28, 40)")
-    _require(widen_factor >= 1,
-             f"model 'wideresnet': widen_factor must be >= 1, got {widen_factor}")
-    _require(0.0 <= dropout < 1.0,
-             f"model 'wideresnet': dropout must be in [0, 1), got {dropout}")
+    _require(
+        depth >= 10 and (depth - 4) % 6 == 0,
+        f"model 'wideresnet': invalid depth {depth}: depth must be 6n + 4 with n >= 1 (e.g. 10, 16, 22, 28, 40)",
+    )
+    _require(widen_factor >= 1, f"model 'wideresnet': widen_factor must be >= 1, got {widen_factor}")
+    _require(0.0 <= dropout < 1.0, f"model 'wideresnet': dropout must be in [0, 1), got {dropout}")
     return WideResNet(num_classes, in_channels, input_size, depth, widen_factor, dropout)

@@ -14,7 +14,7 @@ this plane; longer curves leave it, and :func:`distance` says by how much.
 The grid follows the official code: ``grid_points`` × ``grid_points`` points
 covering the three points with a margin of ``margin`` × their extent on each
 side (official default 21 × 21, margin 0.2). Everything here works on flat
-vectors (see :func:`modeconn.curves.flat`) and is pure; measuring the network
+vectors (see :mod:`modeconn.weights`) and is pure; measuring the network
 at a grid point is :func:`modeconn.paths.measure`.
 """
 
@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 
 from .errors import ModeconnError
+from .weights import unflatten
 
 
 class Basis(NamedTuple):
@@ -42,8 +43,9 @@ def basis(w1: torch.Tensor, w2: torch.Tensor, theta: torch.Tensor) -> Basis:
     """
     w1, w2, theta = (x.detach().double().reshape(-1) for x in (w1, w2, theta))
     if not (w1.shape == w2.shape == theta.shape):
-        raise ModeconnError(f"plane: the three points have different sizes ({w1.numel()}, {w2.numel()}, "
-                            f"{theta.numel()})")
+        raise ModeconnError(
+            f"plane: the three points have different sizes ({w1.numel()}, {w2.numel()}, {theta.numel()})"
+        )
     d = w2 - w1
     dx = d.norm()
     if dx == 0:
@@ -53,11 +55,18 @@ def basis(w1: torch.Tensor, w2: torch.Tensor, theta: torch.Tensor) -> Basis:
     r = r - (r @ u) * u
     dy = r.norm()
     if dy <= 1e-5 * max(dx.item(), (theta - w1).norm().item()):  # float32 rounding of a point on the segment
-        raise ModeconnError("plane: the bend lies on the segment between the endpoints (is the curve trained? "
-                            "curve.init = linear puts the bends on the segment), so the three points span no plane")
+        raise ModeconnError(
+            "plane: the bend lies on the segment between the endpoints (is the curve trained? "
+            "curve.init = linear puts the bends on the segment), so the three points span no plane"
+        )
     v = r / dy
-    coords = torch.stack([torch.zeros(2, dtype=torch.float64), torch.stack([dx, torch.zeros((), dtype=torch.float64)]),
-                          torch.stack([(theta - w1) @ u, dy])])
+    coords = torch.stack(
+        [
+            torch.zeros(2, dtype=torch.float64),
+            torch.stack([dx, torch.zeros((), dtype=torch.float64)]),
+            torch.stack([(theta - w1) @ u, dy]),
+        ]
+    )
     return Basis(w1, u, v, coords)
 
 
@@ -97,20 +106,8 @@ def point(origin: torch.Tensor, u: torch.Tensor, v: torch.Tensor, a: float, b: f
     return origin + a * u + b * v
 
 
-def to_weights(origin: torch.Tensor, u: torch.Tensor, v: torch.Tensor, a: float, b: float,
-               like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_weights(
+    origin: torch.Tensor, u: torch.Tensor, v: torch.Tensor, a: float, b: float, like: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """w(α, β) as a weight dict with the names, shapes, dtypes and devices of ``like`` (in its order)."""
     return unflatten(point(origin, u, v, a, b), like)
-
-
-def unflatten(w: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The flat vector ``w`` [D] as a weight dict shaped like ``like`` (inverse of modeconn.curves.flat)."""
-    total = sum(t.numel() for t in like.values())
-    if total != w.numel():
-        raise ModeconnError(f"a point of {w.numel()} weights does not fit a network of {total}")
-    out, i = {}, 0
-    for name, t in like.items():
-        n = t.numel()
-        out[name] = w[i:i + n].reshape(t.shape).to(dtype=t.dtype, device=t.device)
-        i += n
-    return out

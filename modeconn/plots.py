@@ -56,8 +56,9 @@ def along_t(rows: list[dict], path: Path | str, title: str = "") -> None:
     save(fig, path)
 
 
-def plane_contours(alpha, beta, values, points: dict, curve, segment, path: Path | str, label: str,
-                   title: str = "", levels: int = 20) -> None:
+def plane_contours(
+    alpha, beta, values, points: dict, curve, segment, path: Path | str, label: str, title: str = "", levels: int = 20
+) -> None:
     """Contours of a measure over the plane of ŵ1, ŵ2 and the bend (paper, Fig. 1).
 
     ``values`` is [len(alpha), len(beta)] (values[i, j] at α_i, β_j); contour
@@ -90,8 +91,15 @@ def plane_contours(alpha, beta, values, points: dict, curve, segment, path: Path
     ax.plot(cur[:, 0], cur[:, 1], "-", color="tab:orange", lw=2.2, label="curve")
     for (name, (a, b)), marker in zip(points.items(), ("o", "o", "D", "s", "^")):
         ax.plot([a], [b], marker, ms=8, mec="k", mfc="white" if marker == "o" else "tab:orange", zorder=5)
-        ax.annotate(name, (a, b), textcoords="offset points", xytext=(6, 6), fontsize=9, color="k",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+        ax.annotate(
+            name,
+            (a, b),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=9,
+            color="k",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
+        )
     ax.set_xlabel("α (along ŵ2 − ŵ1)")
     ax.set_ylabel("β (towards the bend)")
     if equal:
@@ -111,8 +119,14 @@ def path_ensembles(rows: list[dict], path: Path | str, endpoint_error: float | N
     fig, ax = plt.subplots(figsize=(6.4, 4))
     t = [r["t"] for r in rows]
     for name, color in (("curve", "tab:orange"), ("segment", "tab:blue"), ("random", "tab:green")):
-        ax.plot(t, [100 * r[f"{name}_error"] for r in rows], "-", marker=".", color=color,
-                label=f"ensemble with {name} point")
+        ax.plot(
+            t,
+            [100 * r[f"{name}_error"] for r in rows],
+            "-",
+            marker=".",
+            color=color,
+            label=f"ensemble with {name} point",
+        )
     if endpoint_error is not None:
         ax.axhline(100 * endpoint_error, color="grey", lw=0.8, ls=":", label="ŵ1 alone")
     ax.set_xlabel("t (position on the path; t = 0 is ŵ1)")

@@ -1,67 +1,33 @@
-"""Training and evaluation loops, device rule and seeding.
+"""Training and evaluation loops.
 
 One loop serves every kind of training in the paper — endpoints, curves,
 FGE, SSE — because each supplies only a ``loss_fn(x, y) -> (loss, logits)``
 and a learning rate per iteration. Data comes from the in-memory
 :class:`modeconn.data.Loader`; no per-sample Python runs here.
 
-Device rule (DESIGN §6): CUDA when present, with bf16 autocast and
-channels_last; otherwise CPU in float32.
+Where and how the passes run (device, bf16 autocast, memory format) is the
+caller's :class:`modeconn.runtime.Runtime`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, TrainingError
+from .errors import TrainingError
+from .runtime import CPU, Runtime
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Forward = Callable[[torch.Tensor], torch.Tensor]
-
-
-def resolve_device(name: str | None = "auto") -> torch.device:
-    """``auto`` → CUDA if available, else CPU. Any torch device string otherwise."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here: use --device cpu")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, torch (CPU and CUDA). Same params on the same machine → same numbers."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op on CPU (fp32 there: bf16 matmuls are slow on most CPUs)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def prepare_module(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to device; channels_last memory format for conv nets on CUDA."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -87,7 +53,7 @@ def train_epoch(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     lr_at: Callable[[int], float],
     iteration: int,
-    device: torch.device,
+    runtime: Runtime = CPU,
     on_step: Callable[[int], None] | None = None,
     what: str = "training",
 ) -> tuple[EpochStats, int]:
@@ -99,12 +65,12 @@ def train_epoch(
     loss becomes NaN or infinite.
     """
     start = time.perf_counter()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=runtime.device)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
     n = 0
     for x, y in batches:
         set_lr(optimizer, lr_at(iteration))
-        with autocast(device):
+        with runtime.autocast():
             loss, logits = loss_fn(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,11 +97,13 @@ def _nan_message(what: str, iteration: int, lr: float) -> str:
 
 
 @torch.no_grad()
-def predict(forward: Forward, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    forward: Forward, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime = CPU
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities [N, K] (float32, on CPU) and labels [N] of a pass over ``batches``."""
     outs, labels = [], []
     for x, y in batches:
-        with autocast(device):
+        with runtime.autocast():
             logits = forward(x)
         outs.append(F.log_softmax(logits.float(), dim=1).cpu())
         labels.append(y.cpu())

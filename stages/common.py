@@ -1,30 +1,36 @@
-"""What every stage shares: params.yaml sections as validated frozen dataclasses,
-errors for people, progress output, and the standard file layout.
+"""What every stage shares: errors for people, progress output, the runtime options, the standard file
+layout, and how metrics and run information are written.
 
-A stage reads only its own sections of params.yaml (dvc.yaml lists those keys),
-validates them into a frozen dataclass whose errors name the bad key, calls the
-library, and writes its outputs atomically.
+A stage reads its sections of params.yaml (:mod:`stages.config`), calls the
+library, and writes its outputs atomically. Each metrics JSON holds only the
+numbers that compare runs (what `dvc metrics diff` and `dvc exp show` are for);
+what ran — dataset, model, device, timings — goes beside it into
+``<name>.run.json``, which the report reads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
+import inspect
 import json
 import logging
 import os
 import sys
-import types
 import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+import pandas as pd
 import typer
-import yaml
 from rich.console import Console
 from rich.logging import RichHandler
 
-from modeconn.errors import ConfigError, ModeconnError
+from modeconn.data import Prepared, load_prepared
+from modeconn.errors import CheckpointError, ModeconnError
+from modeconn.io import atomic_write_json, atomic_write_text, load_checkpoint
+from modeconn.runtime import Runtime
 
 console = Console(stderr=True, soft_wrap=True)  # long summary lines are not cut at 80 columns in logs
 log = logging.getLogger("modeconn")
@@ -35,9 +41,34 @@ ENDPOINTS = Path("data/endpoints")
 
 # Typer options shared by the stage commands.
 ParamsOpt = typer.Option(PARAMS, "--params", help="The params file to read settings from.")
-DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.",
-                         envvar="MODECONN_DEVICE")
+DeviceOpt = typer.Option(
+    "auto", "--device", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.", envvar="MODECONN_DEVICE"
+)
+PrecisionOpt = typer.Option(
+    "auto",
+    "--precision",
+    envvar="MODECONN_PRECISION",
+    help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16 (forced, also on CPU).",
+)
+ChannelsLastOpt = typer.Option(
+    "auto",
+    "--channels-last",
+    envvar="MODECONN_CHANNELS_LAST",
+    help="auto (on for CUDA), 1 or 0: channels_last memory format (forced, also on CPU).",
+)
 PreparedOpt = typer.Option(PREPARED, "--prepared", help="Folder written by the prepare stage.")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is now (test runners swap it per command)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def setup_logging() -> None:
@@ -46,7 +77,7 @@ def setup_logging() -> None:
     if console.is_terminal:
         handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -64,114 +95,57 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def read_params(path: Path) -> dict:
-    if not Path(path).is_file():
-        raise ConfigError(f"params file {path} not found: run from the project root or pass --params")
-    try:
-        params = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path} must be a mapping of sections (data, model, train, ...)")
-    return params
+def stage_app(main: Callable[..., None]) -> typer.Typer:
+    """The Typer app of a stage command ``main``, which raises ModeconnErrors for people to read.
 
-
-def _check_type(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _check_type(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key} must not be null")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        (arg, *_) = typing.get_args(tp) or (Any,)
-        return tuple(_check_type(v, arg, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML reads 5e-4 as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{key} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp}")
-
-
-T = typing.TypeVar("T")
-
-
-def section(params: dict, name: str, cls: type[T]) -> T:
-    """Validate ``params[name]`` into the frozen dataclass ``cls``.
-
-    Unknown keys, missing keys and wrong types are ConfigErrors naming
-    ``name.key``; ``cls.__post_init__`` checks ranges the same way.
+    Errors become one line and exit code 1 (no traceback). If ``main`` takes ``runtime``, the command gets
+    the runtime options ``--device``, ``--precision`` and ``--channels-last`` (and their environment
+    variables) instead, resolved into one :class:`Runtime` that the first log line states.
     """
-    raw = params.get(name)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"params.yaml has no '{name}' section (or it is not a mapping)")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key {name}.{unknown[0]} in params.yaml; {name} takes: {', '.join(fields)}")
-    values = {}
-    for key, f in fields.items():
-        if key not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                raise ConfigError(f"missing key {name}.{key} in params.yaml")
-            continue
-        values[key] = _check_type(raw[key], hints[key], f"{name}.{key}")
-    return cls(**values)
+    hints = typing.get_type_hints(main)
+    signature = inspect.signature(main)
+    wants_runtime = "runtime" in signature.parameters
+    params = [p for name, p in signature.parameters.items() if name != "runtime"]
+    if wants_runtime:
+        for name, option in (("device", DeviceOpt), ("precision", PrecisionOpt), ("channels_last", ChannelsLastOpt)):
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=str))
+            hints[name] = str
+    hints.pop("runtime", None)
+
+    @functools.wraps(main)
+    def command(**kwargs: Any) -> None:
+        with user_errors():
+            if wants_runtime:
+                options = (kwargs.pop(k) for k in ("device", "precision", "channels_last"))
+                kwargs["runtime"] = runtime_of(*options)
+            main(**kwargs)
+
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = hints
+    app = typer.Typer(add_completion=False)
+    app.command()(command)
+    return app
 
 
-def require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+def runtime_of(device: str, precision: str, channels_last: str) -> Runtime:
+    """The stage's runtime from its options (or their environment variables), stated in the first log line."""
+    runtime = Runtime.resolve(device, precision, channels_last)
+    log.info("%s", runtime.describe())
+    return runtime
 
 
-def check_sgd(name: str, cfg: Any) -> None:
-    """The SGD settings every training section shares: batch_size, momentum, wd (and lr where it has one)."""
-    require(cfg.batch_size >= 1, f"{name}.batch_size must be at least 1, got {cfg.batch_size}")
-    if hasattr(cfg, "lr"):
-        require(cfg.lr > 0, f"{name}.lr must be positive, got {cfg.lr}")
-    require(0 <= cfg.momentum < 1, f"{name}.momentum must be in [0, 1), got {cfg.momentum}")
-    require(cfg.wd >= 0, f"{name}.wd must be non-negative, got {cfg.wd}")
+def prepared_data(prepared: Path, runtime: Runtime) -> Prepared:
+    """The prepare stage's output, its tensors on the runtime's device."""
+    return load_prepared(prepared, runtime.device, hint="Run `dvc repro prepare` (or python -m stages.prepare).")
+
+
+def endpoint_checkpoint(path: Path) -> dict:
+    """An endpoint checkpoint written by train_endpoint."""
+    return load_checkpoint(path, "Run `dvc repro train_endpoint` (the seed must be in train.seeds).")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Rows of dicts as CSV, atomically (pandas keeps column order)."""
-    import pandas as pd
-
-    from modeconn.io import atomic_write_text
-
     atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
 
 
@@ -197,14 +171,22 @@ def seq(value: Any) -> list:
 
 def write_json(path: Path, obj: Any) -> None:
     """A metrics JSON, atomically, with scalar leaves only (see :func:`metrics_tree`)."""
-    from modeconn.io import atomic_write_json
-
     atomic_write_json(path, metrics_tree(obj))
 
 
-def read_json(path: Path, hint: str) -> Any:
-    from modeconn.errors import CheckpointError
+def run_info_path(metrics: Path) -> Path:
+    """Where the run information of the metrics file ``metrics`` lives: ``<name>.run.json`` beside it."""
+    return Path(metrics).with_suffix(".run.json")
 
+
+def write_metrics(path: Path, metrics: dict, run: dict) -> None:
+    """The numbers that compare runs to ``path``; what ran (setup, device, timings) to its run file."""
+    write_json(run_info_path(path), run)
+    write_json(path, metrics)
+
+
+def read_json(path: Path, hint: str) -> Any:
+    """A JSON file, or a CheckpointError naming it and ending with ``hint``."""
     if not Path(path).is_file():
         raise CheckpointError(f"{path} not found. {hint}")
     try:
@@ -222,8 +204,14 @@ def progress(description: str, total: int) -> Iterator[typing.Callable[..., None
     if console.is_terminal and not os.environ.get("MODECONN_PLAIN"):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.fields[msg]}"), console=console) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[msg]}"),
+            console=console,
+        ) as bar:
             task = bar.add_task(description, total=total, msg="")
 
             def advance(message: str = "") -> None:
@@ -238,40 +226,3 @@ def progress(description: str, total: int) -> Iterator[typing.Callable[..., None
             log.info("%s %d/%d %s", description, step[0], total, message)
 
         yield advance
-
-
-def fmt(x: float, digits: int = 4) -> str:
-    return f"{x:.{digits}f}"
-
-
-# ---------------------------------------------------------------- shared sections
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """``model``: the architecture every trained network uses (see modeconn.models)."""
-
-    name: str
-    args: dict = dataclasses.field(default_factory=dict)
-
-
-def load_prepared(prepared: Path, device):
-    """The prepare stage's output, on ``device``, with a hint if it is missing."""
-    from modeconn.data import load_prepared as _load
-
-    return _load(prepared, device=device)
-
-
-def model_spec(cfg: ModelConfig, info) -> dict:
-    return {"name": cfg.name, "num_classes": info.num_classes, "in_channels": info.channels,
-            "input_size": info.size, "args": dict(cfg.args)}
-
-
-def build_model(spec: dict):
-    from modeconn.models import create_model
-
-    return create_model(spec["name"], spec["num_classes"], in_channels=spec["in_channels"],
-                        input_size=spec["input_size"], **spec["args"])
-
-
-EVAL_BATCH = 1000  # batch size of pure inference passes (no effect on results)

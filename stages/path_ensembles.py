@@ -13,7 +13,6 @@ same length they are not, or they are much worse networks.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -21,38 +20,33 @@ import torch
 import typer
 
 from modeconn import ensemble
-from modeconn.bn import recalibrate
-from modeconn.curves import flat, load_curve
-from modeconn.data import Loader
+from modeconn.curves import load_curve
+from modeconn.data import eval_batches
 from modeconn.errors import CheckpointError
 from modeconn.io import load_file
-from modeconn.paths import forward_at
-from modeconn.plane import unflatten
+from modeconn.models import from_spec
+from modeconn.paths import at_point, nearest_t, random_direction
 from modeconn.plots import path_ensembles as plot_path_ensembles
-from modeconn.train import predict, prepare_module, resolve_device, seed_everything
+from modeconn.runtime import CPU, Runtime, seed_everything
+from modeconn.train import predict
+from modeconn.weights import flat, unflatten
 
-from .common import (DeviceOpt, ParamsOpt, PreparedOpt, build_model, console, load_prepared, log, progress,
-                     read_params, require, section, user_errors, write_csv, write_json)
+from .common import (
+    ParamsOpt,
+    PreparedOpt,
+    console,
+    log,
+    prepared_data,
+    progress,
+    stage_app,
+    write_csv,
+    write_metrics,
+)
+from .config import PathEnsemblesConfig, read_sections
+from .eval_curve import CURVE_HINT
 
 PATHS = ("curve", "segment", "random")
 SUMMARY_T = (0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-@dataclasses.dataclass(frozen=True)
-class PathEnsemblesConfig:
-    """``path_ensembles``: how members are combined, the random direction's seed, BN recalibration size."""
-
-    ensemble: str = "probs"
-    batch_size: int = 500
-    bn_samples: int = 0
-    seed: int = 0
-
-    def __post_init__(self):
-        require(self.ensemble in ensemble.METHODS,
-                f"path_ensembles.ensemble {self.ensemble!r} unknown; use one of {', '.join(ensemble.METHODS)}")
-        require(self.batch_size >= 1, f"path_ensembles.batch_size must be at least 1, got {self.batch_size}")
-        require(self.bn_samples >= 0,
-                f"path_ensembles.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
 
 
 def load_path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -64,46 +58,43 @@ def load_path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, tor
             raise CheckpointError(f"{curve_eval / f'{name}.pt'} lacks t/logprobs/labels: rerun `dvc repro eval_curve`")
     c, s = blobs["curve"], blobs["segment"]
     if not (torch.equal(c["t"], s["t"]) and torch.equal(c["labels"], s["labels"])):
-        raise CheckpointError(f"{curve_eval}: curve.pt and segment.pt are of different t grids or test sets: "
-                              "rerun `dvc repro eval_curve`")
+        raise CheckpointError(
+            f"{curve_eval}: curve.pt and segment.pt are of different t grids or test sets: rerun `dvc repro eval_curve`"
+        )
     return c["t"].double(), {"curve": c["logprobs"], "segment": s["logprobs"]}, c["labels"]
 
 
-def random_direction(size: int, seed: int) -> torch.Tensor:
-    """A unit vector [size], uniformly distributed on the sphere, from its own seeded generator."""
-    d = torch.randn(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return d / d.norm()
-
-
-def error(logprobs: torch.Tensor, labels: torch.Tensor) -> float:
-    return 1 - ensemble.accuracy(logprobs, labels)
-
-
-def run(cfg: PathEnsemblesConfig, prepared: Path, curve_dir: Path, curve_eval: Path, device_name: str,
-        ) -> tuple[list[dict], dict]:
-    device = resolve_device(device_name)
+def run(
+    cfg: PathEnsemblesConfig,
+    prepared: Path,
+    curve_dir: Path,
+    curve_eval: Path,
+    runtime: Runtime,
+) -> tuple[list[dict], dict, dict]:
+    """The rows (one per t), the summary metrics and the run information."""
     seed_everything(cfg.seed)
     ts, stored, labels = load_path_predictions(curve_eval)
-    curve, blob = load_curve(curve_dir / "curve.pt", build_model)
+    curve, blob = load_curve(curve_dir / "curve.pt", from_spec, hint=CURVE_HINT)
     points = curve.control_points()
     like = {k: v[0] for k, v in points.items()}
     w1 = flat(like).double()  # (D,)
     direction = random_direction(w1.numel(), cfg.seed)  # (D,)
-    template = prepare_module(build_model(blob["spec"]), device)
-    like = {k: v.to(device) for k, v in like.items()}
-    data = load_prepared(prepared, device)
+    template = runtime.prepare(from_spec(blob["spec"]))
+    like = {k: v.to(runtime.device) for k, v in like.items()}
+    data = prepared_data(prepared, runtime)
     if not torch.equal(data.test.y.cpu(), labels):
-        raise CheckpointError(f"{curve_eval} holds predictions on another test set than {prepared}: "
-                              "rerun `dvc repro eval_curve`")
-    channels_last = device.type == "cuda"
-    bn_b = Loader(data.train, data.info, cfg.batch_size, train=False, seed=cfg.seed,
-                  max_samples=cfg.bn_samples or None, channels_last=channels_last)
-    test_b = Loader(data.test, data.info, cfg.batch_size, train=False, channels_last=channels_last)
+        raise CheckpointError(
+            f"{curve_eval} holds predictions on another test set than {prepared}: rerun `dvc repro eval_curve`"
+        )
+    batches = eval_batches(
+        data, cfg.batch_size, bn_samples=cfg.bn_samples, seed=cfg.seed, channels_last=runtime.channels_last
+    )
     start = stored["curve"][0]  # ŵ1's test log-probs (BN recalibrated by eval_curve)
     rows = []
     t0 = time.perf_counter()
-    log.info("ensembles of ŵ1 with points of the curve, the segment and a random ray at %d t on %s", len(ts),
-             data.info.name)
+    log.info(
+        "ensembles of ŵ1 with points of the curve, the segment and a random ray at %d t on %s", len(ts), data.info.name
+    )
     with progress("path_ensembles", len(ts)) as advance:
         for p, t in enumerate(ts.tolist()):
             with torch.no_grad():
@@ -111,73 +102,76 @@ def run(cfg: PathEnsemblesConfig, prepared: Path, curve_dir: Path, curve_eval: P
             if distance == 0:
                 random_lp = start  # the random point is ŵ1 itself
             else:
-                weights = unflatten(w1 + distance * direction, like)
-                forward = forward_at(template, weights)
-                recalibrate(template, bn_b, forward=forward, device=device)
-                template.eval()
-                random_lp, _ = predict(forward, test_b, device)  # (N, K)
+                forward = at_point(template, unflatten(w1 + distance * direction, like), batches.bn, runtime)
+                random_lp, _ = predict(forward, batches.test, runtime)  # (N, K)
             members = {"curve": stored["curve"][p], "segment": stored["segment"][p], "random": random_lp}
             row = {"t": t, "distance": distance}
             for name, lp in members.items():
-                row[f"{name}_error"] = error(ensemble.combine([start, lp], cfg.ensemble), labels)
+                row[f"{name}_error"] = ensemble.error(ensemble.combine([start, lp], cfg.ensemble), labels)
             for name, lp in members.items():
-                row[f"{name}_point_error"] = error(lp, labels)
+                row[f"{name}_point_error"] = ensemble.error(lp, labels)
             rows.append(row)
-            advance(f"t={t:.2f} ensemble error curve {row['curve_error']:.4f} segment {row['segment_error']:.4f} "
-                    f"random {row['random_error']:.4f}")
+            advance(
+                f"t={t:.2f} ensemble error curve {row['curve_error']:.4f} segment {row['segment_error']:.4f} "
+                f"random {row['random_error']:.4f}"
+            )
     seconds = time.perf_counter() - t0
     summary = {
-        "ensemble": cfg.ensemble, "direction_seed": cfg.seed,
-        "endpoint_error": rows[0]["curve_point_error"], "other_endpoint_error": rows[-1]["curve_point_error"],
+        "endpoint_error": rows[0]["curve_point_error"],
+        "other_endpoint_error": rows[-1]["curve_point_error"],
         "endpoints_ensemble_error": rows[-1]["curve_error"],
-        "by_t": at_t(rows, SUMMARY_T),
+        "by_t": nearest_t(rows, SUMMARY_T, [f"{name}_error" for name in PATHS]),
         "best": {name: min(r[f"{name}_error"] for r in rows) for name in PATHS},
-        "setup": {"dataset": data.info.name, "model": blob["spec"]["name"], "type": blob["kind"],
-                  "num_bends": blob["num_bends"], "endpoints": blob.get("endpoints"), "num_points": len(rows),
-                  "test_samples": int(labels.numel()), "device": str(device)},
+    }
+    info = {
+        "ensemble": cfg.ensemble,
+        "direction_seed": cfg.seed,
+        "dataset": data.info.name,
+        "model": blob["spec"]["name"],
+        "type": blob["kind"],
+        "num_bends": blob["num_bends"],
+        "endpoints": blob.get("endpoints"),
+        "num_points": len(rows),
+        "test_samples": int(labels.numel()),
+        **runtime.as_dict(),
         "seconds": seconds,
     }
-    return rows, summary
-
-
-def at_t(rows: list[dict], targets) -> dict:
-    """Each path's ensemble error at the grid t nearest to each target (keys ``t=0.10`` …, the grid's t)."""
-    out = {}
-    for target in targets:
-        r = min(rows, key=lambda r: abs(r["t"] - target))
-        out[f"t={r['t']:.2f}"] = {"t": r["t"], **{f"{name}_error": r[f"{name}_error"] for name in PATHS}}
-    return out
+    return rows, summary, info
 
 
 def main(
     params: Path = ParamsOpt,
     prepared: Path = PreparedOpt,
     curve: Path = typer.Option(Path("data/curve"), "--curve", help="Folder written by fit_curve."),
-    curve_eval: Path = typer.Option(Path("data/curve_eval"), "--curve-eval",
-                                    help="Folder written by eval_curve (test log-probabilities per t)."),
+    curve_eval: Path = typer.Option(
+        Path("data/curve_eval"), "--curve-eval", help="Folder written by eval_curve (test log-probabilities per t)."
+    ),
     metrics: Path = typer.Option(Path("metrics/path_ensembles.json"), "--metrics", help="Summary JSON."),
     table: Path = typer.Option(Path("metrics/path_ensembles.csv"), "--table", help="One row per t (DVC plot)."),
     figure: Path = typer.Option(Path("metrics/path_ensembles.png"), "--figure", help="PNG of the errors along t."),
-    device: str = DeviceOpt,
+    runtime: Runtime = CPU,
 ) -> None:
     """Two-network ensembles of an endpoint with a point of the curve, segment or a random ray (params:
     path_ensembles)."""
-    with user_errors():
-        cfg = section(read_params(params), "path_ensembles", PathEnsemblesConfig)
-        rows, summary = run(cfg, prepared, curve, curve_eval, device)
-        write_csv(table, rows)
-        write_json(metrics, summary)
-        s = summary["setup"]
-        plot_path_ensembles(rows, figure, summary["endpoint_error"],
-                            title=f"Ensemble of ŵ1 and a point at t: {s['type']}, {s['model']} on {s['dataset']}")
-        half = list(summary["by_t"].values())[-1]
-        console.print(f"ensemble error of ŵ1 with the point at t≈{half['t']:.2f}: curve {half['curve_error']:.4f}, "
-                      f"segment {half['segment_error']:.4f}, random {half['random_error']:.4f} (ŵ1 alone "
-                      f"{summary['endpoint_error']:.4f}; {summary['seconds']:.0f} s) → {table}")
+    (cfg,) = read_sections(params, "path_ensembles")
+    rows, summary, s = run(cfg, prepared, curve, curve_eval, runtime)
+    write_csv(table, rows)
+    write_metrics(metrics, summary, s)
+    plot_path_ensembles(
+        rows,
+        figure,
+        summary["endpoint_error"],
+        title=f"Ensemble of ŵ1 and a point at t: {s['type']}, {s['model']} on {s['dataset']}",
+    )
+    half = list(summary["by_t"].values())[-1]
+    console.print(
+        f"ensemble error of ŵ1 with the point at t≈{half['t']:.2f}: curve {half['curve_error']:.4f}, "
+        f"segment {half['segment_error']:.4f}, random {half['random_error']:.4f} (ŵ1 alone "
+        f"{summary['endpoint_error']:.4f}; {s['seconds']:.0f} s) → {table}"
+    )
 
 
-app = typer.Typer(add_completion=False)
-app.command()(main)
+app = stage_app(main)
 
 if __name__ == "__main__":
     app()

@@ -14,7 +14,6 @@ measured too (their values go to metrics/plane.json).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -22,41 +21,31 @@ import torch
 import typer
 
 from modeconn import plane as pl
-from modeconn.curves import flat, load_curve
-from modeconn.data import Loader
+from modeconn.bn import has_bn
+from modeconn.curves import load_curve
+from modeconn.data import eval_batches
 from modeconn.errors import CheckpointError
 from modeconn.io import atomic_dir, atomic_torch_save, load_file
-from modeconn.paths import measure
+from modeconn.models import from_spec
+from modeconn.paths import MEASURES, measure
 from modeconn.plots import plane_contours
-from modeconn.train import prepare_module, resolve_device, seed_everything
+from modeconn.runtime import CPU, Runtime, seed_everything
+from modeconn.weights import flat
 
-from .common import (DeviceOpt, ParamsOpt, PreparedOpt, build_model, console, load_prepared, log, progress,
-                     read_params, require, section, user_errors, write_json)
+from .common import (
+    ParamsOpt,
+    PreparedOpt,
+    console,
+    log,
+    prepared_data,
+    progress,
+    stage_app,
+    write_metrics,
+)
+from .config import PlaneConfig, read_sections
+from .eval_curve import CURVE_HINT
 
-MEASURES = ("train_loss", "train_nll", "train_error", "test_nll", "test_error")
 POINTS = ("w1", "w2", "bend")
-
-
-@dataclasses.dataclass(frozen=True)
-class PlaneConfig:
-    """``plane``: the grid and evaluation sizes (official code: 21 × 21, margin 0.2, whole sets)."""
-
-    grid_points: int = 9
-    margin: float = 0.2
-    batch_size: int = 500
-    bn_samples: int = 0
-    train_samples: int = 5000
-    test_samples: int = 0
-    seed: int = 0
-
-    def __post_init__(self):
-        require(self.grid_points >= 2, f"plane.grid_points must be at least 2, got {self.grid_points}")
-        require(self.margin >= 0, f"plane.margin must be non-negative, got {self.margin}")
-        require(self.batch_size >= 1, f"plane.batch_size must be at least 1, got {self.batch_size}")
-        require(self.bn_samples >= 0, f"plane.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
-        require(self.train_samples >= 0,
-                f"plane.train_samples must be 0 (all) or positive, got {self.train_samples}")
-        require(self.test_samples >= 0, f"plane.test_samples must be 0 (all) or positive, got {self.test_samples}")
 
 
 def curve_t(curve_eval: Path) -> torch.Tensor:
@@ -67,11 +56,12 @@ def curve_t(curve_eval: Path) -> torch.Tensor:
     return blob["t"].double()
 
 
-def compute(cfg: PlaneConfig, prepared: Path, curve_dir: Path, curve_eval: Path, out: Path,
-            device_name: str) -> dict:
-    device = resolve_device(device_name)
+def compute(
+    cfg: PlaneConfig, prepared: Path, curve_dir: Path, curve_eval: Path, out: Path, runtime: Runtime
+) -> tuple[dict, dict]:
+    """The plane's summary metrics and run information; the grid goes to ``out``/grid.pt."""
     seed_everything(cfg.seed)
-    curve, blob = load_curve(curve_dir / "curve.pt", build_model)
+    curve, blob = load_curve(curve_dir / "curve.pt", from_spec, hint=CURVE_HINT)
     ts = curve_t(curve_eval)  # (P,)
     wd = float(blob.get("wd", 0.0))
     points = curve.control_points()  # name -> (n, *shape)
@@ -91,30 +81,35 @@ def compute(cfg: PlaneConfig, prepared: Path, curve_dir: Path, curve_eval: Path,
     # (P, 2), (P, 2), (P,)
     alpha, beta = pl.grid(torch.cat([b.coords, curve_xy]), cfg.grid_points, cfg.margin)
 
-    template = prepare_module(build_model(blob["spec"]), device)
-    like = {k: v.to(device) for k, v in like.items()}
-    data = load_prepared(prepared, device)
-    channels_last = device.type == "cuda"
-
-    def loader(split, count):
-        return Loader(split, data.info, cfg.batch_size, train=False, seed=cfg.seed, max_samples=count or None,
-                      channels_last=channels_last)
-
-    bn_b = loader(data.train, cfg.bn_samples)
-    train_b = loader(data.train, cfg.train_samples)
-    test_b = loader(data.test, cfg.test_samples)
+    template = runtime.prepare(from_spec(blob["spec"]))
+    like = {k: v.to(runtime.device) for k, v in like.items()}
+    data = prepared_data(prepared, runtime)
+    batches = eval_batches(
+        data,
+        cfg.batch_size,
+        bn_samples=cfg.bn_samples,
+        train_samples=cfg.train_samples,
+        test_samples=cfg.test_samples,
+        seed=cfg.seed,
+        channels_last=runtime.channels_last,
+    )._replace(val=None)
 
     def at(a: float, bb: float) -> dict:
-        weights = pl.to_weights(b.origin, b.u, b.v, a, bb, like)
-        r = measure(template, weights, bn_batches=bn_b, train_batches=train_b, test_batches=test_b,
-                    val_batches=None, device=device)
-        return {"train_loss": r.train_nll + 0.5 * wd * r.l2, "train_nll": r.train_nll,
-                "train_error": r.train_error, "test_nll": r.test_nll, "test_error": r.test_error}
+        return measure(template, pl.to_weights(b.origin, b.u, b.v, a, bb, like), batches, runtime).row(wd)
 
     G = cfg.grid_points
     grids = {m: torch.full((G, G), float("nan"), dtype=torch.float64) for m in MEASURES}  # [α, β]
-    log.info("plane of a %s (%d bends, bend %d): %d × %d grid on %s, train loss over %d images, test over %d, "
-             "device %s", blob["kind"], n, bend, G, G, data.info.name, train_b.n, test_b.n, device)
+    log.info(
+        "plane of a %s (%d bends, bend %d): %d × %d grid on %s, train loss over %d images, test over %d",
+        blob["kind"],
+        n,
+        bend,
+        G,
+        G,
+        data.info.name,
+        batches.train.n,
+        batches.test.n,
+    )
     t0 = time.perf_counter()
     with progress("plane", G * G + len(POINTS)) as advance:
         at_points = {}
@@ -129,75 +124,117 @@ def compute(cfg: PlaneConfig, prepared: Path, curve_dir: Path, curve_eval: Path,
                 advance(f"α={a:.2f} β={bb:.2f} train loss {r['train_loss']:.3f} test err {r['test_error']:.3f}")
     seconds = time.perf_counter() - t0
     with atomic_dir(out) as tmp:
-        atomic_torch_save({"format": "modeconn.plane/1", "alpha": alpha, "beta": beta, **grids,
-                           "points": POINTS, "coords": b.coords, "t": ts, "curve": curve_xy,
-                           "segment": segment_xy, "curve_off_plane": off_plane, "bend_index": bend,
-                           "num_bends": n, "kind": blob["kind"]}, tmp / "grid.pt")
+        atomic_torch_save(
+            {
+                "format": "modeconn.plane/1",
+                "alpha": alpha,
+                "beta": beta,
+                **grids,
+                "points": POINTS,
+                "coords": b.coords,
+                "t": ts,
+                "curve": curve_xy,
+                "segment": segment_xy,
+                "curve_off_plane": off_plane,
+                "bend_index": bend,
+                "num_bends": n,
+                "kind": blob["kind"],
+            },
+            tmp / "grid.pt",
+        )
     scale = b.coords[1, 0].item()  # ‖ŵ2 − ŵ1‖
-    return {
-        "grid_points": G, "margin": cfg.margin,
-        "alpha": [alpha[0].item(), alpha[-1].item()], "beta": [beta[0].item(), beta[-1].item()],
+    metrics = {
         "grid": {m: {"min": grids[m].min().item(), "max": grids[m].max().item()} for m in MEASURES},
         "points": at_points,
-        "curve_off_plane": {"max_distance": off_plane.max().item(),
-                            "max_relative": off_plane.max().item() / scale},
+        "curve_off_plane": {"max_distance": off_plane.max().item(), "max_relative": off_plane.max().item() / scale},
         "endpoint_distance": scale,
-        "setup": {"dataset": data.info.name, "model": blob["spec"]["name"], "type": blob["kind"],
-                  "num_bends": n, "bend_index": bend, "endpoints": blob.get("endpoints"), "wd": wd,
-                  "bn_samples": bn_b.n if _has_bn(template) else 0, "train_samples": train_b.n,
-                  "test_samples": test_b.n, "device": str(device)},
-        "seconds": seconds, "seconds_per_point": seconds / (G * G + len(POINTS)),
     }
+    run = {
+        "grid_points": G,
+        "margin": cfg.margin,
+        "alpha": [alpha[0].item(), alpha[-1].item()],
+        "beta": [beta[0].item(), beta[-1].item()],
+        "dataset": data.info.name,
+        "model": blob["spec"]["name"],
+        "type": blob["kind"],
+        "num_bends": n,
+        "bend_index": bend,
+        "endpoints": blob.get("endpoints"),
+        "wd": wd,
+        "bn_samples": batches.bn.n if has_bn(template) else 0,
+        "train_samples": batches.train.n,
+        "test_samples": batches.test.n,
+        **runtime.as_dict(),
+        "seconds": seconds,
+        "seconds_per_point": seconds / (G * G + len(POINTS)),
+    }
+    return metrics, run
 
 
-def _has_bn(template) -> bool:
-    from modeconn.bn import has_bn
-
-    return has_bn(template)
-
-
-def figures(grid_file: Path, summary: dict, train_png: Path, error_png: Path) -> None:
+def figures(grid_file: Path, run: dict, train_png: Path, error_png: Path) -> None:
     g = load_file(grid_file, "plane grid", "Run `dvc repro plane` to create it.")
-    s = summary["setup"]
+    s = run
     pts = {"ŵ1": g["coords"][0].tolist(), "ŵ2": g["coords"][1].tolist(), "θ (bend)": g["coords"][2].tolist()}
     where = f"{s['type']} ({s['num_bends']} bends), {s['model']} on {s['dataset']}"
-    plane_contours(g["alpha"], g["beta"], g["train_loss"], pts, g["curve"], g["segment"], train_png,
-                   "train loss (with L2 term)", title=f"Train loss in the plane: {where}")
-    plane_contours(g["alpha"], g["beta"], g["test_error"], pts, g["curve"], g["segment"], error_png,
-                   "test error", title=f"Test error in the plane: {where}")
+    plane_contours(
+        g["alpha"],
+        g["beta"],
+        g["train_loss"],
+        pts,
+        g["curve"],
+        g["segment"],
+        train_png,
+        "train loss (with L2 term)",
+        title=f"Train loss in the plane: {where}",
+    )
+    plane_contours(
+        g["alpha"],
+        g["beta"],
+        g["test_error"],
+        pts,
+        g["curve"],
+        g["segment"],
+        error_png,
+        "test error",
+        title=f"Test error in the plane: {where}",
+    )
 
 
 def main(
     params: Path = ParamsOpt,
     prepared: Path = PreparedOpt,
     curve: Path = typer.Option(Path("data/curve"), "--curve", help="Folder written by fit_curve."),
-    curve_eval: Path = typer.Option(Path("data/curve_eval"), "--curve-eval",
-                                    help="Folder written by eval_curve (its t grid is used to draw the curve)."),
+    curve_eval: Path = typer.Option(
+        Path("data/curve_eval"),
+        "--curve-eval",
+        help="Folder written by eval_curve (its t grid is used to draw the curve).",
+    ),
     out: Path = typer.Option(Path("data/plane"), "--out", help="Output folder (grid.pt)."),
     metrics: Path = typer.Option(Path("metrics/plane.json"), "--metrics", help="Summary JSON."),
-    train_png: Path = typer.Option(Path("metrics/plane_train_loss.png"), "--train-figure",
-                                   help="PNG of train loss contours."),
-    error_png: Path = typer.Option(Path("metrics/plane_test_error.png"), "--error-figure",
-                                   help="PNG of test error contours."),
-    device: str = DeviceOpt,
+    train_png: Path = typer.Option(
+        Path("metrics/plane_train_loss.png"), "--train-figure", help="PNG of train loss contours."
+    ),
+    error_png: Path = typer.Option(
+        Path("metrics/plane_test_error.png"), "--error-figure", help="PNG of test error contours."
+    ),
+    runtime: Runtime = CPU,
 ) -> None:
     """Measure train loss and test error over the plane of the endpoints and the bend (params: plane)."""
-    with user_errors():
-        cfg = section(read_params(params), "plane", PlaneConfig)
-        summary = compute(cfg, prepared, curve, curve_eval, out, device)
-        write_json(metrics, summary)
-        figures(out / "grid.pt", summary, train_png, error_png)
-        p, g = summary["points"], summary["grid"]
-        console.print(
-            f"plane {cfg.grid_points}×{cfg.grid_points}: train loss {g['train_loss']['min']:.4f}–"
-            f"{g['train_loss']['max']:.4f}, test error {g['test_error']['min']:.4f}–{g['test_error']['max']:.4f}; "
-            f"test error at ŵ1 {p['w1']['test_error']:.4f}, ŵ2 {p['w2']['test_error']:.4f}, bend "
-            f"{p['bend']['test_error']:.4f}; curve leaves the plane by at most "
-            f"{summary['curve_off_plane']['max_distance']:.3g} ({summary['seconds']:.0f} s) → {out / 'grid.pt'}")
+    (cfg,) = read_sections(params, "plane")
+    summary, run = compute(cfg, prepared, curve, curve_eval, out, runtime)
+    write_metrics(metrics, summary, run)
+    figures(out / "grid.pt", run, train_png, error_png)
+    p, g = summary["points"], summary["grid"]
+    console.print(
+        f"plane {cfg.grid_points}×{cfg.grid_points}: train loss {g['train_loss']['min']:.4f}–"
+        f"{g['train_loss']['max']:.4f}, test error {g['test_error']['min']:.4f}–{g['test_error']['max']:.4f}; "
+        f"test error at ŵ1 {p['w1']['test_error']:.4f}, ŵ2 {p['w2']['test_error']:.4f}, bend "
+        f"{p['bend']['test_error']:.4f}; curve leaves the plane by at most "
+        f"{summary['curve_off_plane']['max_distance']:.3g} ({run['seconds']:.0f} s) → {out / 'grid.pt'}"
+    )
 
 
-app = typer.Typer(add_completion=False)
-app.command()(main)
+app = stage_app(main)
 
 if __name__ == "__main__":
     app()

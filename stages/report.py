@@ -10,7 +10,6 @@ one is an error naming the file and the stage that writes it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
@@ -21,8 +20,8 @@ import typer
 from modeconn.errors import CheckpointError
 from modeconn.io import atomic_write_text
 
-from .common import ParamsOpt, console, read_params, section, seq, user_errors
-from .train_endpoint import TrainConfig
+from .common import ParamsOpt, console, read_json, run_info_path, seq, stage_app, write_json
+from .config import read_sections
 
 METRICS = Path("metrics")
 
@@ -45,9 +44,13 @@ SOURCES = {
 
 
 def sources(metrics: Path, seeds) -> dict[Path, str]:
-    """Every file the report reads (and links to) → the stage that writes it."""
+    """Every file the report reads (and links to) → the stage that writes it; each metrics JSON comes with
+    its run information (``<name>.run.json``)."""
     files = {metrics / "endpoints" / f"seed_{s}.json": f"train_endpoint@{s}" for s in seeds}
     files.update({metrics / name: stage for name, stage in SOURCES.items()})
+    for path, stage in list(files.items()):
+        if path.suffix == ".json":
+            files[run_info_path(path)] = stage
     return files
 
 
@@ -55,10 +58,12 @@ def check_sources(files: dict[Path, str]) -> None:
     missing = [(p, s) for p, s in files.items() if not p.is_file()]
     if missing:
         path, stage = missing[0]
-        more = f" (and {len(missing) - 1} more: {', '.join(str(p) for p, _ in missing[1:4])}…)" if len(missing) > 1 \
-            else ""
-        raise CheckpointError(f"{path} not found{more}: the report needs it. Run `dvc repro {stage}` "
-                              "(or `dvc repro` for everything).")
+        more = (
+            f" (and {len(missing) - 1} more: {', '.join(str(p) for p, _ in missing[1:4])}…)" if len(missing) > 1 else ""
+        )
+        raise CheckpointError(
+            f"{path} not found{more}: the report needs it. Run `dvc repro {stage}` (or `dvc repro` for everything)."
+        )
 
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -69,11 +74,10 @@ def links(markdown: str) -> list[str]:
     return list(dict.fromkeys(LINK.findall(markdown)))
 
 
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}): rerun the stage that writes it") from None
+def load(path: Path, stage: str) -> tuple[dict, dict]:
+    """A metrics file and its run information."""
+    hint = f"Rerun `dvc repro {stage}`."
+    return read_json(path, hint), read_json(run_info_path(path), hint)
 
 
 def pct(x: float | None) -> str:
@@ -84,128 +88,210 @@ def num(x: float | None, digits: int = 4) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def build(metrics: Path, out: Path, seeds) -> str:
-    """The report's Markdown; links are relative to ``out``'s folder."""
+def headline(ends: dict, cur: dict, cmp: dict) -> dict:
+    """The few numbers a reader compares first (metrics/headline.json): endpoint accuracy over seeds, the
+    curve's and the segment's worst test error, the length ratio, and Ind / SSE / FGE test error at 1B."""
+    accs = [e["test_accuracy"] for e in ends.values()]
+    at_1b = cmp.get("1B", {})
+    return {
+        "endpoint_accuracy": {"mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0},
+        "curve_max_test_error": cur["curve"]["test_error"]["max"],
+        "segment_max_test_error": cur["segment"]["test_error"]["max"],
+        "length_ratio": cur["length"]["ratio"],
+        "test_error_1B": {m: at_1b[m]["test_error"] for m in ("ind", "sse", "fge") if at_1b.get(m, {}).get("members")},
+    }
+
+
+def build(metrics: Path, out: Path, seeds) -> tuple[str, dict]:
+    """The report's Markdown (links relative to ``out``'s folder) and the headline metrics."""
     files = sources(metrics, seeds)
     check_sources(files)
 
     def rel(path: Path) -> str:
         return Path(os.path.relpath(path, out.parent)).as_posix()
 
-    ends = {s: _load(metrics / "endpoints" / f"seed_{s}.json") for s in seeds}
-    fit = _load(metrics / "curve_train.json")
-    cur = _load(metrics / "curve.json")
-    pe = _load(metrics / "path_ensembles.json")
-    pl = _load(metrics / "plane.json")
-    fge, sse, cmp = (_load(metrics / f"{n}.json") for n in ("fge", "sse", "compare"))
-    first = ends[seeds[0]]
-    devices = sorted({e.get("device", "?") for e in ends.values()} | {fit.get("device", "?"),
-                                                                        pl["setup"].get("device", "?"),
-                                                                        pe["setup"].get("device", "?")})
+    loaded = {s: load(metrics / "endpoints" / f"seed_{s}.json", f"train_endpoint@{s}") for s in seeds}
+    ends = {s: m for s, (m, _) in loaded.items()}
+    end_runs = {s: r for s, (_, r) in loaded.items()}
+    (_, fit), (cur, cur_run), (pe, pe_run), (pl, pl_run), (fge, fge_run), (sse, sse_run), (cmp, cmp_run) = (
+        load(metrics / name, SOURCES[name])
+        for name in (
+            "curve_train.json",
+            "curve.json",
+            "path_ensembles.json",
+            "plane.json",
+            "fge.json",
+            "sse.json",
+            "compare.json",
+        )
+    )
+    first = end_runs[seeds[0]]
+    devices = sorted(
+        {r.get("device", "?") for r in (*end_runs.values(), fit, cur_run, pl_run, pe_run, fge_run, sse_run)}
+    )
+    precisions = sorted({r.get("precision", "?") for r in (*end_runs.values(), fit, fge_run, sse_run)})
     accs = [ends[s]["test_accuracy"] for s in seeds]
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
     args = ", ".join(f"{k}={v}" for k, v in first.get("model_args", {}).items())
 
-    L = ["# modeconn run report", "",
-         "Garipov et al. 2018, *Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs*, reproduced by this "
-         "pipeline. Generated by the `report` stage from the files in this folder; do not edit by hand.", "",
-         "## What ran", "",
-         f"- Dataset **{first['dataset']}** ({first.get('train_images', '?')} training images), model "
-         f"**{first['model']}**({args}), device(s): {', '.join(devices)}.",
-         f"- Endpoints: seeds {', '.join(str(s) for s in seeds)}, {first['epochs']} epochs each (B = "
-         f"{cmp['setup']['B']}), standard schedule.",
-         f"- Curve: {fit['type']} with {fit['num_bends']} bends between seeds {seq(fit['endpoints'])[0]} and "
-         f"{seq(fit['endpoints'])[1]}, {fit['epochs']} epochs ({fit['seconds']:.0f} s).",
-         f"- Evaluation along t: {cur['setup']['num_points']} points, train measures on "
-         f"{cur['setup']['train_samples']} images, test on {cur['setup']['test_samples']}.",
-         f"- FGE: {fge['runs']} run(s) from epoch {fge['start_epoch']}, {fge['epochs']} epochs, cycle "
-         f"{fge['cycle']} epochs, lr {fge['lr_1']} → {fge['lr_2']}. SSE: {sse['epochs']} epochs, {sse['cycles']} "
-         "cycles from scratch.",
-         f"- Plane: {pl['grid_points']} × {pl['grid_points']} grid, margin {pl['margin']} "
-         f"({pl['seconds']:.0f} s, {pl['seconds_per_point']:.2f} s per point).", "",
-         "## Endpoints", "",
-         "| seed | test accuracy | test NLL | train loss | seconds |", "|---|---|---|---|---|"]
+    L = [
+        "# modeconn run report",
+        "",
+        "Garipov et al. 2018, *Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs*, reproduced by this "
+        "pipeline. Generated by the `report` stage from the files in this folder; do not edit by hand.",
+        "",
+        "## What ran",
+        "",
+        f"- Dataset **{first['dataset']}** ({first.get('train_images', '?')} training images), model "
+        f"**{first['model']}**({args}), device(s): {', '.join(devices)}, training precision(s): "
+        f"{', '.join(precisions)}.",
+        f"- Endpoints: seeds {', '.join(str(s) for s in seeds)}, {first['epochs']} epochs each (B = "
+        f"{cmp_run['B']}), standard schedule."
+        f"- Curve: {fit['type']} with {fit['num_bends']} bends between seeds {seq(fit['endpoints'])[0]} and "
+        f"{seq(fit['endpoints'])[1]}, {fit['epochs']} epochs ({fit['seconds']:.0f} s).",
+        f"- Evaluation along t: {cur_run['num_points']} points, train measures on "
+        f"{cur_run['train_samples']} images, test on {cur_run['test_samples']}.",
+        f"- FGE: {fge_run['runs']} run(s) from epoch {fge_run['start_epoch']}, {fge_run['epochs']} epochs, cycle "
+        f"{fge_run['cycle']} epochs, lr {fge_run['lr_1']} → {fge_run['lr_2']}. SSE: {sse_run['epochs']} epochs, "
+        f"{sse_run['cycles']} cycles from scratch.",
+        f"- Plane: {pl_run['grid_points']} × {pl_run['grid_points']} grid, margin {pl_run['margin']} "
+        f"({pl_run['seconds']:.0f} s, {pl_run['seconds_per_point']:.2f} s per point).",
+        "",
+        "## Endpoints",
+        "",
+        "| seed | test accuracy | test NLL | train loss | seconds |",
+        "|---|---|---|---|---|",
+    ]
     for s in seeds:
         e = ends[s]
-        L.append(f"| {s} | {pct(e['test_accuracy'])} | {num(e['test_nll'])} | {num(e['train_loss'])} | "
-                 f"{e['seconds']:.0f} |")
-    L += ["", f"Test accuracy over {len(seeds)} seed(s): **{100 * statistics.fmean(accs):.2f} ± {100 * std:.2f}%** "
-          "(mean ± sample std).", ""]
+        L.append(
+            f"| {s} | {pct(e['test_accuracy'])} | {num(e['test_nll'])} | {num(e['train_loss'])} | "
+            f"{end_runs[s]['seconds']:.0f} |"
+        )
+    L += [
+        "",
+        f"Test accuracy over {len(seeds)} seed(s): **{100 * statistics.fmean(accs):.2f} ± {100 * std:.2f}%** "
+        "(mean ± sample std).",
+        "",
+    ]
 
     c, s_, ens = cur["curve"], cur["segment"], cur["ensemble"]
-    L += ["## Curve against segment (Sec. 3, Fig. 2)", "",
-          "| | curve | segment |", "|---|---|---|",
-          f"| max test error | {pct(c['test_error']['max'])} | {pct(s_['test_error']['max'])} |",
-          f"| mean test error over t | {pct(c['test_error']['mean_t'])} | {pct(s_['test_error']['mean_t'])} |",
-          f"| max train loss | {num(c['train_loss']['max'])} | {num(s_['train_loss']['max'])} |",
-          f"| length | {num(cur['length']['curve'], 2)} | {num(cur['length']['segment'], 2)} |", "",
-          f"Endpoints' test error (after BN recalibration): {pct(c['test_error']['start'])} and "
-          f"{pct(c['test_error']['end'])}. Curve length / segment length: **{cur['length']['ratio']:.2f}**.", "",
-          f"Curve ensemble (Sec. 4, {ens['members']} points, averaging {ens['method']}):", "",
-          "| ensemble | test accuracy | test NLL |", "|---|---|---|",
-          f"| the two endpoints | {pct(ens['endpoints']['accuracy'])} | {num(ens['endpoints']['nll'])} |",
-          f"| all curve points | {pct(ens['curve']['accuracy'])} | {num(ens['curve']['nll'])} |",
-          f"| all segment points | {pct(ens['segment']['accuracy'])} | {num(ens['segment']['nll'])} |"]
+    L += [
+        "## Curve against segment (Sec. 3, Fig. 2)",
+        "",
+        "| | curve | segment |",
+        "|---|---|---|",
+        f"| max test error | {pct(c['test_error']['max'])} | {pct(s_['test_error']['max'])} |",
+        f"| mean test error over t | {pct(c['test_error']['mean_t'])} | {pct(s_['test_error']['mean_t'])} |",
+        f"| max train loss | {num(c['train_loss']['max'])} | {num(s_['train_loss']['max'])} |",
+        f"| length | {num(cur['length']['curve'], 2)} | {num(cur['length']['segment'], 2)} |",
+        "",
+        f"Endpoints' test error (after BN recalibration): {pct(c['test_error']['start'])} and "
+        f"{pct(c['test_error']['end'])}. Curve length / segment length: **{cur['length']['ratio']:.2f}**.",
+        "",
+        f"Curve ensemble (Sec. 4, {ens['members']} points, averaging {cur_run['ensemble']}):",
+        "",
+        "| ensemble | test accuracy | test NLL |",
+        "|---|---|---|",
+        f"| the two endpoints | {pct(ens['endpoints']['accuracy'])} | {num(ens['endpoints']['nll'])} |",
+        f"| all curve points | {pct(ens['curve']['accuracy'])} | {num(ens['curve']['nll'])} |",
+        f"| all segment points | {pct(ens['segment']['accuracy'])} | {num(ens['segment']['nll'])} |",
+    ]
     if "curve_scaled" in ens:
-        L += [f"| endpoints, temperature-scaled | {pct(ens['endpoints_scaled']['accuracy'])} | "
-              f"{num(ens['endpoints_scaled']['nll'])} |",
-              f"| curve points, temperature-scaled | {pct(ens['curve_scaled']['accuracy'])} | "
-              f"{num(ens['curve_scaled']['nll'])} |"]
+        L += [
+            f"| endpoints, temperature-scaled | {pct(ens['endpoints_scaled']['accuracy'])} | "
+            f"{num(ens['endpoints_scaled']['nll'])} |",
+            f"| curve points, temperature-scaled | {pct(ens['curve_scaled']['accuracy'])} | "
+            f"{num(ens['curve_scaled']['nll'])} |",
+        ]
     else:
         L += ["", "(No temperature scaling: the run has no validation split, `data.val_size` = 0.)"]
     L += ["", f"![Train loss and test error along t, curve and segment]({rel(metrics / 'curve_along_t.png')})", ""]
 
-    L += ["## Ensembles of an endpoint with one path point (Fig. 4)", "",
-          f"Test error of the ensemble {{ŵ1, w(t)}}; ŵ1 alone: {pct(pe['endpoint_error'])}, both endpoints: "
-          f"{pct(pe['endpoints_ensemble_error'])}. The random point is at the curve point's distance from ŵ1.", "",
-          "| t | curve | segment | random direction |", "|---|---|---|---|"]
+    L += [
+        "## Ensembles of an endpoint with one path point (Fig. 4)",
+        "",
+        f"Test error of the ensemble {{ŵ1, w(t)}}; ŵ1 alone: {pct(pe['endpoint_error'])}, both endpoints: "
+        f"{pct(pe['endpoints_ensemble_error'])}. The random point is at the curve point's distance from ŵ1.",
+        "",
+        "| t | curve | segment | random direction |",
+        "|---|---|---|---|",
+    ]
     for row in pe["by_t"].values():
-        L.append(f"| {row['t']:.2f} | {pct(row['curve_error'])} | {pct(row['segment_error'])} | "
-                 f"{pct(row['random_error'])} |")
+        L.append(
+            f"| {row['t']:.2f} | {pct(row['curve_error'])} | {pct(row['segment_error'])} | {pct(row['random_error'])} |"
+        )
     L += ["", f"![Two-network ensemble error along t]({rel(metrics / 'path_ensembles.png')})", ""]
 
     pts, g, off = pl["points"], pl["grid"], pl["curve_off_plane"]
-    L += ["## The plane of the endpoints and the bend (Fig. 1)", "",
-          f"Grid α ∈ [{seq(pl['alpha'])[0]:.2f}, {seq(pl['alpha'])[1]:.2f}], "
-          f"β ∈ [{seq(pl['beta'])[0]:.2f}, {seq(pl['beta'])[1]:.2f}] (‖ŵ2 − ŵ1‖ = {pl['endpoint_distance']:.2f}); the curve "
-          f"leaves the plane by at most {off['max_distance']:.3g} ({off['max_relative']:.2g} of ‖ŵ2 − ŵ1‖; "
-          "≈ 0 for a quadratic Bezier).", "",
-          "| | train loss | test error |", "|---|---|---|"]
+    L += [
+        "## The plane of the endpoints and the bend (Fig. 1)",
+        "",
+        f"Grid α ∈ [{seq(pl_run['alpha'])[0]:.2f}, {seq(pl_run['alpha'])[1]:.2f}], "
+        f"β ∈ [{seq(pl_run['beta'])[0]:.2f}, {seq(pl_run['beta'])[1]:.2f}] "
+        f"(‖ŵ2 − ŵ1‖ = {pl['endpoint_distance']:.2f}); the curve "
+        f"leaves the plane by at most {off['max_distance']:.3g} ({off['max_relative']:.2g} of ‖ŵ2 − ŵ1‖; "
+        "≈ 0 for a quadratic Bezier).",
+        "",
+        "| | train loss | test error |",
+        "|---|---|---|",
+    ]
     for key, label in (("w1", "ŵ1"), ("w2", "ŵ2"), ("bend", "bend θ")):
         L.append(f"| {label} | {num(pts[key]['train_loss'])} | {pct(pts[key]['test_error'])} |")
-    L += [f"| grid min | {num(g['train_loss']['min'])} | {pct(g['test_error']['min'])} |",
-          f"| grid max | {num(g['train_loss']['max'])} | {pct(g['test_error']['max'])} |", "",
-          f"![Train loss in the plane]({rel(metrics / 'plane_train_loss.png')})",
-          f"![Test error in the plane]({rel(metrics / 'plane_test_error.png')})", ""]
+    L += [
+        f"| grid min | {num(g['train_loss']['min'])} | {pct(g['test_error']['min'])} |",
+        f"| grid max | {num(g['train_loss']['max'])} | {pct(g['test_error']['max'])} |",
+        "",
+        f"![Train loss in the plane]({rel(metrics / 'plane_train_loss.png')})",
+        f"![Test error in the plane]({rel(metrics / 'plane_test_error.png')})",
+        "",
+    ]
 
-    L += ["## Ensembles at equal budgets (Sec. 5)", "", (metrics / "compare.md").read_text().strip(), "",
-          "| method | runs | snapshots per run | mean distance between snapshots | single snapshot accuracy | "
-          "final ensemble accuracy |", "|---|---|---|---|---|---|"]
-    for name, r in (("FGE", fge), ("SSE", sse)):
-        L.append(f"| {name} | {r['runs']} | {', '.join(str(n) for n in seq(r['snapshots_per_run']))} | "
-                 f"{num(r.get('mean_distance'), 2)} | {pct(r['snapshot_accuracy'])} | {pct(r['ensemble_accuracy'])} |")
-    L += ["", f"![Ensemble accuracy against training epochs]({rel(metrics / 'compare.png')})", "",
-          "## Sources", "", "This report was generated from:", ""]
+    L += [
+        "## Ensembles at equal budgets (Sec. 5)",
+        "",
+        (metrics / "compare.md").read_text().strip(),
+        "",
+        "| method | runs | snapshots per run | mean distance between snapshots | single snapshot accuracy | "
+        "final ensemble accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r, info in (("FGE", fge, fge_run), ("SSE", sse, sse_run)):
+        L.append(
+            f"| {name} | {info['runs']} | {', '.join(str(n) for n in seq(info['snapshots_per_run']))} | "
+            f"{num(r.get('mean_distance'), 2)} | {pct(r['snapshot_accuracy'])} | {pct(r['ensemble_accuracy'])} |"
+        )
+    L += [
+        "",
+        f"![Ensemble accuracy against training epochs]({rel(metrics / 'compare.png')})",
+        "",
+        "## Sources",
+        "",
+        "This report was generated from:",
+        "",
+    ]
     for path, stage in files.items():
         L.append(f"- [{path.relative_to(metrics).as_posix()}]({rel(path)}) (stage `{stage}`)")
-    return "\n".join(L) + "\n"
+    return "\n".join(L) + "\n", headline(ends, cur, cmp)
 
 
 def main(
     params: Path = ParamsOpt,
     metrics: Path = typer.Option(METRICS, "--metrics", help="Folder of the metrics files the report reads."),
     out: Path = typer.Option(Path("metrics/report.md"), "--out", help="The report (Markdown)."),
+    headline_json: Path = typer.Option(
+        Path("metrics/headline.json"), "--headline", help="The headline metrics (the numbers to compare first)."
+    ),
 ) -> None:
-    """Write the run report from the metrics files (params: train.seeds)."""
-    with user_errors():
-        train = section(read_params(params), "train", TrainConfig)
-        text = build(metrics, out, list(train.seeds))
-        atomic_write_text(out, text)
-        console.print(f"report of {len(links(text))} linked files → {out}")
+    """Write the run report and the headline metrics from the metrics files (params: train.seeds)."""
+    (train,) = read_sections(params, "train")
+    text, head = build(metrics, out, list(train.seeds))
+    atomic_write_text(out, text)
+    write_json(headline_json, head)
+    console.print(f"report of {len(links(text))} linked files → {out}; headline metrics → {headline_json}")
 
 
-app = typer.Typer(add_completion=False)
-app.command()(main)
+app = stage_app(main)
 
 if __name__ == "__main__":
     app()

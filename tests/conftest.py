@@ -8,7 +8,7 @@ import torch
 # Tiny workloads run faster on one thread, and two test processes on 2 cores don't oversubscribe.
 torch.set_num_threads(1)
 
-from modeconn.data import DATASETS, Loader, Prepared, make_synthetic
+from modeconn.data import DATASETS, Loader, Prepared, make_synthetic  # noqa: E402
 
 
 @pytest.fixture

@@ -39,7 +39,9 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
     meta = json.loads((workspace / "data/prepared/meta.json").read_text())
     assert meta["name"] == "synthetic" and meta["n_train"] == 240 - 48 and meta["n_val"] == 48
     m = json.loads((workspace / "metrics/endpoints/seed_0.json").read_text())
-    assert m["epochs"] == 2 and 0 <= m["test_accuracy"] <= 1 and m["test_nll"] > 0
+    run = json.loads((workspace / "metrics/endpoints/seed_0.run.json").read_text())
+    assert run["epochs"] == 2 and 0 <= m["test_accuracy"] <= 1 and m["test_nll"] > 0
+    assert set(m) == {"train_loss", "train_accuracy", "test_nll", "test_accuracy", "test_error"}  # numbers only
     assert (workspace / "data/endpoints/seed_0/epoch_1.pt").is_file()
     assert (workspace / "data/endpoints/seed_0/test_logprobs.pt").is_file()
     for module in (eval_curve, fge, sse):
@@ -48,8 +50,9 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
     r = invoke(compare)
     assert r.exit_code == 0, r.output
     curve = json.loads((workspace / "metrics/curve.json").read_text())
-    assert set(curve) >= {"curve", "segment", "length", "ensemble", "setup"}
-    assert curve["setup"]["bn_samples"] == 192  # convfc with BN: recalibrated on every training image
+    assert set(curve) == {"curve", "segment", "length", "ensemble"}
+    curve_run = json.loads((workspace / "metrics/curve.run.json").read_text())
+    assert curve_run["bn_samples"] == 192  # convfc with BN: recalibrated on every training image
     assert curve["length"]["ratio"] >= 1 - 1e-6  # the segment is the shortest path
     res = json.loads((workspace / "metrics/compare.json").read_text())
     assert res["1B"]["ind"]["members"] == 1 and res["2B"]["ind"]["members"] == 2
@@ -70,7 +73,11 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
         tree = json.loads(path.read_text())
         assert all(isinstance(v, (int, float, str)) for v in leaves(tree)), path
         assert '"error"' not in path.read_text(), f"{path}: DVC reads a key named error as a failure"
-    assert res["setup"]["seeds"] == {"0": 0, "1": 1}
+    assert json.loads((workspace / "metrics/compare.run.json").read_text())["seeds"] == {"0": 0, "1": 1}
+    # Metrics files hold numbers only (settings are params, run facts are in the .run.json files).
+    for path in (workspace / "metrics").rglob("*.json"):
+        if not path.name.endswith(".run.json"):
+            assert all(isinstance(v, (int, float)) for v in leaves(json.loads(path.read_text()))), path
 
 
 def _bad(tmp_path, monkeypatch, module, *args, **overrides):
@@ -87,8 +94,16 @@ def test_negative_epochs(tmp_path, monkeypatch):
 
 
 def test_unknown_model(workspace, tmp_path, monkeypatch):
-    out = _bad(tmp_path, monkeypatch, train_endpoint, "--seed", 0, "--prepared", workspace / "data/prepared",
-               model={"name": "resnet9000", "args": {}})
+    out = _bad(
+        tmp_path,
+        monkeypatch,
+        train_endpoint,
+        "--seed",
+        0,
+        "--prepared",
+        workspace / "data/prepared",
+        model={"name": "resnet9000", "args": {}},
+    )
     assert "resnet9000" in out and "convfc" in out
     assert not (tmp_path / "data/endpoints").exists()
 
@@ -134,8 +149,9 @@ def test_same_seed_twice_and_bad_bends(workspace, tmp_path, monkeypatch):
 
 
 def test_missing_curve_file(workspace, tmp_path, monkeypatch):
-    out = _bad(tmp_path, monkeypatch, eval_curve, "--prepared", workspace / "data/prepared",
-               "--curve", tmp_path / "nowhere")
+    out = _bad(
+        tmp_path, monkeypatch, eval_curve, "--prepared", workspace / "data/prepared", "--curve", tmp_path / "nowhere"
+    )
     assert "curve.pt" in out and "fit_curve" in out
 
 
@@ -173,8 +189,19 @@ def test_fge_bad_cycle_lrs_and_missing_start(workspace, tmp_path, monkeypatch):
 
 
 def test_nan_loss_is_a_clear_error_and_writes_nothing(workspace, tmp_path, monkeypatch):
-    out = _bad(tmp_path, monkeypatch, train_endpoint, "--seed", 0, "--prepared", workspace / "data/prepared",
-               "--device", "cpu", train__lr=1e12, train__momentum=0.0)
+    out = _bad(
+        tmp_path,
+        monkeypatch,
+        train_endpoint,
+        "--seed",
+        0,
+        "--prepared",
+        workspace / "data/prepared",
+        "--device",
+        "cpu",
+        train__lr=1e12,
+        train__momentum=0.0,
+    )
     assert "diverged" in out and "NaN" in out
     assert not (tmp_path / "data/endpoints/seed_0").exists()
     assert not (tmp_path / "metrics/endpoints/seed_0.json").exists()

@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modeconn.errors import ConfigError
-from stages.common import section
-from stages.compare import CompareConfig
-from stages.eval_curve import EvalConfig
-from stages.fge import FgeConfig
-from stages.fit_curve import CurveConfig
-from stages.sse import SseConfig
-from stages.train_endpoint import TrainConfig
+from stages.config import CompareConfig, CurveConfig, EvalConfig, FgeConfig, SseConfig, TrainConfig, section
 
 from .stage_utils import tiny_params
 

@@ -11,17 +11,22 @@ from torch.optim.swa_utils import update_bn
 
 from modeconn import ensemble
 from modeconn.bn import recalibrate
-from modeconn.curves import (Curve, bezier_coefficients, check_curve_args, curve_loss, flat,
-                             polychain_coefficients, segment_of)
+from modeconn.curves import Curve, bezier_coefficients, check_curve_args, curve_loss, polychain_coefficients, segment_of
 from modeconn.errors import CheckpointError, ConfigError
 from modeconn.models import create_model, list_models
 from modeconn.paths import forward_at
+from modeconn.runtime import CPU
 from modeconn.train import make_sgd, predict, train_epoch
+from modeconn.weights import flat, sq_norm
 
 TS = torch.linspace(0, 1, 101)
 
-SMALL_ARGS = {"preresnet": {"depth": 20}, "wideresnet": {"depth": 10, "widen_factor": 1},
-              "convfc": {"width": 4, "fc_width": 16}, "mlp": {"width": 16}}
+SMALL_ARGS = {
+    "preresnet": {"depth": 20},
+    "wideresnet": {"depth": 10, "widen_factor": 1},
+    "convfc": {"width": 4, "fc_width": 16},
+    "mlp": {"width": 16},
+}
 
 
 def pair(name, seed_a=0, seed_b=1, **kw):
@@ -120,11 +125,28 @@ def test_gradients_reach_only_interior_bends(tiny_data, loader_of):
     assert any(not torch.equal(p, q) for p, q in zip(curve.bends, bends_before))
 
 
-def test_l2_term_matches_definition():
+def test_curve_objective_is_ce_plus_l2_of_the_point_not_of_the_bends():
+    """curve_loss = CE(f(x; φ(t)), y) + 0.5·wd·‖φ(t)‖², checked on an ordinary network loaded with φ(t)."""
     a, b = pair("mlp")
     curve = Curve(copy.deepcopy(a), a.state_dict(), b.state_dict(), "polychain", 3)
-    w = curve.weights(0.4)
-    assert curve.l2(w).item() == pytest.approx(sum((v**2).sum().item() for v in w.values()), rel=1e-5)
+    with torch.no_grad():
+        for theta in curve.bends:
+            theta.add_(0.3)  # move the bend off the segment so that ‖θ‖ and ‖φ(t)‖ differ
+    x, y, wd = torch.randn(16, 1, 28, 28), torch.randint(0, 5, (16,)), 0.01
+    loss, _ = curve_loss(curve, wd, torch.Generator().manual_seed(0))(x, y)
+    t = torch.rand((), generator=torch.Generator().manual_seed(0)).item()  # the t that curve_loss drew
+    assert 0.3 < t < 0.5
+    net = copy.deepcopy(a)
+    state = {}
+    for (name, wa), theta in zip(a.named_parameters(), curve.bends):
+        state[name] = 2 * (t * theta[0] + (0.5 - t) * wa)  # the paper's polychain on [0, 0.5]
+    net.load_state_dict(state, strict=False)
+    point = torch.nn.utils.parameters_to_vector(net.parameters())
+    expected = torch.nn.functional.cross_entropy(net(x), y) + 0.5 * wd * point.pow(2).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    bends_l2 = sum(p.pow(2).sum() for p in curve.bends)
+    assert abs(bends_l2.item() - point.pow(2).sum().item()) > 1e-2  # the two regularisers would differ
+    assert sq_norm(curve.weights(t)).item() == pytest.approx(point.pow(2).sum().item(), rel=1e-5)
 
 
 def test_bad_curve_args_and_incompatible_endpoints():
@@ -161,7 +183,7 @@ def _train(model, batches, epochs=4, lr=0.05):
     step = lambda x, y: (nn.functional.cross_entropy(model(x), y), model(x))  # noqa: E731
     it = 1
     for _ in range(epochs):
-        _, it = train_epoch(step, opt, batches, lambda i: lr, it, torch.device("cpu"))
+        _, it = train_epoch(step, opt, batches, lambda i: lr, it, CPU)
     return model
 
 
@@ -176,7 +198,7 @@ def test_user_module_trains_along_a_curve(tiny_data, loader_of):
     step = curve_loss(curve, 0.0, torch.Generator().manual_seed(0))
     losses, it = [], 1
     for _ in range(6):
-        stats, it = train_epoch(step, opt, train_b, lambda i: 0.05, it, torch.device("cpu"))
+        stats, it = train_epoch(step, opt, train_b, lambda i: 0.05, it, CPU)
         losses.append(stats.loss)
     assert losses[-1] < losses[0]
     assert not torch.equal(curve.bends[0], (a.conv.weight + b.conv.weight).detach()[None] / 2)
@@ -219,8 +241,8 @@ def test_bn_recalibration_of_a_curve_point_and_export(tiny_data, loader_of):
     exported.load_state_dict(curve.state_at(t))
     exported.eval()
     curve.template.eval()
-    lp_curve, y = predict(forward_at(curve.template, weights), test_b, torch.device("cpu"))
-    lp_export, _ = predict(exported, test_b, torch.device("cpu"))
+    lp_curve, y = predict(forward_at(curve.template, weights), test_b, CPU)
+    lp_export, _ = predict(exported, test_b, CPU)
     assert torch.allclose(lp_curve, lp_export, atol=1e-5)
     assert ensemble.accuracy(lp_curve, y) == ensemble.accuracy(lp_export, y)
 
@@ -237,9 +259,11 @@ def test_segment_and_length():
     d = (flat(dict(b.named_parameters())) - flat(dict(a.named_parameters()))).norm().item()
     # Length of the segment over a grid equals ‖ŵ2 − ŵ1‖; the polychain through a bend off the segment is longer.
     ts = torch.linspace(0, 1, 5).tolist()
+
     def length(path):
         pts = [flat(path.weights(t)) for t in ts]
         return sum((q - p).norm().item() for p, q in zip(pts, pts[1:]))
+
     assert length(seg) == pytest.approx(d, rel=1e-4)
     with torch.no_grad():
         for p in curve.bends:

@@ -167,7 +167,7 @@ def test_failed_download_is_a_data_error(tmp_path, monkeypatch):
     def offline(name, raw_dir):
         raise OSError("no network")
 
-    monkeypatch.setattr(data, "_download", offline)
+    monkeypatch.setattr(data.raw, "_download", offline)
     with pytest.raises(DataError, match="no network"):
         load_raw("cifar10", tmp_path, download=True)
 
@@ -317,12 +317,12 @@ def test_prepare_is_atomic(tmp_path, monkeypatch):
 
 def test_load_prepared_errors(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(DataError, match="dvc repro prepare"):
+    with pytest.raises(DataError, match="modeconn.data.prepare"):  # the library's own hint names no DVC stage
         load_prepared(out)
     prepare("synthetic", tmp_path, out, synthetic_kwargs={"n_train": 10, "n_test": 4})
     (out / "data.pt").write_bytes(b"\x00corrupt")
-    with pytest.raises(DataError, match=r"data\.pt.*dvc repro prepare"):
-        load_prepared(out)
+    with pytest.raises(DataError, match=r"data\.pt.*Run the thing"):  # the caller's hint ends the message
+        load_prepared(out, hint="Run the thing.")
     (out / "meta.json").write_text("{not json")
     with pytest.raises(DataError, match=r"meta\.json"):
         load_prepared(out)
@@ -357,7 +357,7 @@ def test_loader_normalises():
     info = dataclasses.replace(DATASETS["synthetic"], channels=3, size=8, mean=(0,) * 3, std=(1,) * 3)
     mean, std = data.channel_stats(train.x)
     info = dataclasses.replace(info, mean=mean, std=std)
-    (x, y), = list(Loader(train, info, 64, train=False))
+    ((x, y),) = list(Loader(train, info, 64, train=False))
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     per_channel = x.transpose(0, 1).flatten(1)
     assert per_channel.mean(1).abs().max() < 1e-5
@@ -462,7 +462,7 @@ def test_loader_crop_flip_matches_reference():
     train, _ = synthetic(n=24, channels=3, size=10)
     info = dataclasses.replace(DATASETS["synthetic"], channels=3, size=10, mean=(0.5,) * 3, std=(0.25,) * 3)
     loader = Loader(train, info, 24, train=True, augment="crop_flip", seed=11)
-    (x, _), = list(loader)
+    ((x, _),) = list(loader)
     g = torch.Generator().manual_seed(11)  # replay the loader's draws
     order = torch.randperm(24, generator=g)
     offsets = torch.randint(0, 9, (24, 2), generator=g)
@@ -478,7 +478,7 @@ def test_loader_crop_flip_matches_reference():
 def test_channels_last_and_device():
     train, _ = synthetic(n=8, channels=3, size=8)
     info = dataclasses.replace(DATASETS["synthetic"], channels=3, size=8, mean=(0.5,) * 3, std=(0.25,) * 3)
-    (x, y), = list(Loader(train, info, 8, train=False, channels_last=True, device="cpu"))
+    ((x, y),) = list(Loader(train, info, 8, train=False, channels_last=True, device="cpu"))
     assert x.is_contiguous(memory_format=torch.channels_last) and x.device.type == "cpu"
 
 

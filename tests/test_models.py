@@ -21,14 +21,23 @@ SMALL = {
 
 # The layers the curve code may see: plain torch.nn modules, no lazy ones.
 ALLOWED_LAYERS = (
-    nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d,
-    nn.AdaptiveAvgPool2d, nn.Dropout, nn.Flatten, nn.Sequential,
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Dropout,
+    nn.Flatten,
+    nn.Sequential,
 )
 
 
 def make(name, in_channels=3, input_size=32, **kwargs):
-    return create_model(name, NUM_CLASSES, in_channels=in_channels, input_size=input_size,
-                        **{**SMALL.get(name, {}), **kwargs})
+    return create_model(
+        name, NUM_CLASSES, in_channels=in_channels, input_size=input_size, **{**SMALL.get(name, {}), **kwargs}
+    )
 
 
 def n_params(model):
@@ -37,8 +46,7 @@ def n_params(model):
 
 def test_registry():
     assert list_models() == sorted(MODELS)
-    assert set(list_models()) >= {"convfc", "mlp", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-                                  "preresnet", "wideresnet"}
+    assert set(list_models()) >= {"convfc", "mlp", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "preresnet", "wideresnet"}
 
 
 @pytest.mark.parametrize("in_channels,input_size", SHAPES)
@@ -193,28 +201,34 @@ def test_unknown_kwarg_names_model_and_options():
         assert option in msg, f"accepted option {option} missing from: {msg}"
 
 
-@pytest.mark.parametrize("name,kwargs", [
-    ("convfc", dict(width="32")),
-    ("convfc", dict(batch_norm=1)),
-    ("preresnet", dict(depth=110.0)),
-    ("wideresnet", dict(dropout="0.3")),
-])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("convfc", dict(width="32")),
+        ("convfc", dict(batch_norm=1)),
+        ("preresnet", dict(depth=110.0)),
+        ("wideresnet", dict(dropout="0.3")),
+    ],
+)
 def test_wrong_kwarg_type(name, kwargs):
     (key,) = kwargs
     with pytest.raises(ConfigError, match=f"{name}.*{key}"):
         create_model(name, NUM_CLASSES, **kwargs)
 
 
-@pytest.mark.parametrize("name,kwargs,match", [
-    ("preresnet", dict(depth=100), "invalid depth 100"),
-    ("preresnet", dict(depth=29, block="basic"), "6n \\+ 2"),
-    ("preresnet", dict(depth=26, block="bottleneck"), "9n \\+ 2"),
-    ("preresnet", dict(block="wide"), "block must be"),
-    ("wideresnet", dict(depth=27), "6n \\+ 4"),
-    ("wideresnet", dict(widen_factor=0), "widen_factor"),
-    ("vgg16", dict(dropout=1.0), "dropout"),
-    ("mlp", dict(width=0), "width"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,match",
+    [
+        ("preresnet", dict(depth=100), "invalid depth 100"),
+        ("preresnet", dict(depth=29, block="basic"), "6n \\+ 2"),
+        ("preresnet", dict(depth=26, block="bottleneck"), "9n \\+ 2"),
+        ("preresnet", dict(block="wide"), "block must be"),
+        ("wideresnet", dict(depth=27), "6n \\+ 4"),
+        ("wideresnet", dict(widen_factor=0), "widen_factor"),
+        ("vgg16", dict(dropout=1.0), "dropout"),
+        ("mlp", dict(width=0), "width"),
+    ],
+)
 def test_invalid_values(name, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         create_model(name, NUM_CLASSES, **kwargs)

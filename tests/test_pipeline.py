@@ -21,8 +21,13 @@ COPY = ["modeconn", "stages", "dvc.yaml", ".dvcignore"]
 
 
 def run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               MODECONN_DEVICE="cpu", PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        MODECONN_DEVICE="cpu",
+        PYTHONDONTWRITEBYTECODE="1",
+        OMP_NUM_THREADS="1",
+    )
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -58,19 +63,49 @@ def test_repro_then_only_changed_stages_rerun(repo):
     dvc = [str(Path(sys.executable).parent / "dvc")]
     out = run(dvc + ["repro"], repo)
     stages = ran(out)
-    assert stages == {"prepare", "train_endpoint@0", "train_endpoint@1", "fit_curve", "eval_curve", "fge", "sse",
-                      "compare", "plane", "path_ensembles", "report"}
-    for f in ["metrics/endpoints/seed_0.json", "metrics/endpoints/seed_1.json", "metrics/curve.json",
-              "metrics/curve_eval.csv", "metrics/fge.json", "metrics/sse.json", "metrics/compare.json",
-              "metrics/compare.md", "metrics/compare.png", "metrics/curve_along_t.png", "metrics/plane.json",
-              "metrics/plane_train_loss.png", "metrics/plane_test_error.png", "data/plane/grid.pt",
-              "metrics/path_ensembles.csv", "metrics/path_ensembles.json", "metrics/path_ensembles.png",
-              "metrics/report.md"]:
+    assert stages == {
+        "prepare",
+        "train_endpoint@0",
+        "train_endpoint@1",
+        "fit_curve",
+        "eval_curve",
+        "fge",
+        "sse",
+        "compare",
+        "plane",
+        "path_ensembles",
+        "report",
+    }
+    for f in [
+        "metrics/endpoints/seed_0.json",
+        "metrics/endpoints/seed_1.json",
+        "metrics/curve.json",
+        "metrics/curve_eval.csv",
+        "metrics/fge.json",
+        "metrics/sse.json",
+        "metrics/compare.json",
+        "metrics/compare.md",
+        "metrics/compare.png",
+        "metrics/curve_along_t.png",
+        "metrics/plane.json",
+        "metrics/plane_train_loss.png",
+        "metrics/plane_test_error.png",
+        "data/plane/grid.pt",
+        "metrics/path_ensembles.csv",
+        "metrics/path_ensembles.json",
+        "metrics/path_ensembles.png",
+        "metrics/report.md",
+        "metrics/headline.json",
+        "metrics/curve.run.json",
+        "metrics/compare.run.json",
+    ]:
         assert (repo / f).is_file(), f
     curve = json.loads((repo / "metrics/curve.json").read_text())
-    assert curve["setup"]["num_points"] == 3
+    assert json.loads((repo / "metrics/curve.run.json").read_text())["num_points"] == 3
     plane = json.loads((repo / "metrics/plane.json").read_text())
-    assert plane["grid_points"] == 3
+    assert json.loads((repo / "metrics/plane.run.json").read_text())["grid_points"] == 3
+    headline = json.loads((repo / "metrics/headline.json").read_text())
+    assert headline["curve_max_test_error"] == curve["curve"]["test_error"]["max"]
     assert plane["curve_off_plane"]["max_relative"] < 1e-5  # a 3-bend Bezier lies in the plane
     import pandas as pd
 
@@ -83,6 +118,8 @@ def test_repro_then_only_changed_stages_rerun(repo):
     assert ran(run(dvc + ["repro"], repo)) == set()
     shown = run(dvc + ["metrics", "show"], repo)
     assert "metrics/endpoints/seed_0.json" in shown and "test_accuracy" in shown
+    assert "metrics/headline.json" in shown and "curve_max_test_error" in shown
+    assert ".run.json" not in shown  # run information is not a metric
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline run"], repo)
@@ -90,8 +127,17 @@ def test_repro_then_only_changed_stages_rerun(repo):
     # A training key: everything downstream of the endpoints reruns, prepare does not.
     stages = ran(run(dvc + ["exp", "run", "-S", "train.lr=0.04"], repo))
     assert "prepare" not in stages
-    assert stages == {"train_endpoint@0", "train_endpoint@1", "fit_curve", "eval_curve", "fge", "compare", "plane",
-                      "path_ensembles", "report"}  # not prepare; not sse (it reads model and sse, not train.lr)
+    assert stages == {
+        "train_endpoint@0",
+        "train_endpoint@1",
+        "fit_curve",
+        "eval_curve",
+        "fge",
+        "compare",
+        "plane",
+        "path_ensembles",
+        "report",
+    }  # not prepare; not sse (it reads model and sse, not train.lr)
 
     # The FGE cycle: only fge and compare (and the report that shows them).
     stages = ran(run(dvc + ["exp", "run", "-S", "fge.cycle=4"], repo))

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from modeconn import ensemble
 from modeconn import plane as pl
-from modeconn.curves import Curve, flat
+from modeconn.curves import Curve
 from modeconn.errors import ModeconnError
 from modeconn.models import create_model
+from modeconn.weights import flat, unflatten
 from stages import eval_curve, fit_curve, path_ensembles, plane, prepare, train_endpoint
 
 from .stage_utils import build_workspace, invoke, tiny_params, write_params
@@ -75,7 +75,7 @@ def test_to_weights_and_project_round_trip():
     off = w.double() + 2.5 * normal / normal.norm()
     assert math.isclose(pl.distance(off, *b[:3]).item(), 2.5, rel_tol=1e-6)
     with pytest.raises(ModeconnError, match="does not fit"):
-        pl.unflatten(w[:-1], like)
+        unflatten(w[:-1], like)
 
 
 def test_a_quadratic_bezier_lies_in_the_plane_longer_curves_do_not():
@@ -100,8 +100,9 @@ def curve_workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("plane_ws")
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    build_workspace(root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,),
-                           (eval_curve,)])
+    build_workspace(
+        root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,), (eval_curve,)]
+    )
     yield root
     mp.undo()
 
@@ -128,9 +129,10 @@ def test_plane_stage(curve_workspace, monkeypatch):
     assert torch.allclose(g["segment"][:, 1], torch.zeros(P, dtype=torch.float64), atol=1e-4)
     assert g["alpha"][0] < 0 < g["coords"][1, 0] < g["alpha"][-1]  # margins on both sides
     s = json.loads((curve_workspace / "metrics/plane.json").read_text())
-    assert s["grid_points"] == G and set(s["points"]) == {"w1", "w2", "bend"}
+    run = json.loads((curve_workspace / "metrics/plane.run.json").read_text())
+    assert run["grid_points"] == G and set(s["points"]) == {"w1", "w2", "bend"}
     assert s["curve_off_plane"]["max_relative"] < 1e-5  # a 3-bend Bezier lies in the plane
-    assert s["setup"]["train_samples"] == 96 and s["setup"]["test_samples"] == 96
+    assert run["train_samples"] == 96 and run["test_samples"] == 96
     assert s["grid"]["train_loss"]["min"] <= s["grid"]["train_loss"]["max"]
     for png in ("plane_train_loss.png", "plane_test_error.png"):
         assert (curve_workspace / "metrics" / png).stat().st_size > 1000
@@ -150,8 +152,9 @@ def test_path_ensembles_stage(curve_workspace, monkeypatch):
     assert first["curve_error"] == first["segment_error"] == first["random_error"] == first["curve_point_error"]
     assert rows[1]["distance"] > 0
     stored = torch.load(curve_workspace / "data/curve_eval/curve.pt", weights_only=True)
-    lp0 = stored["logprobs"][0]
-    assert torch.allclose(ensemble.combine([lp0, lp0]), lp0, atol=1e-5)  # {ŵ1, ŵ1} is ŵ1
+    probs = (stored["logprobs"][0].exp() + stored["logprobs"][1].exp()) / 2  # {ŵ1, φ(0.5)} by hand, (N, K)
+    by_hand = (probs.argmax(1) != stored["labels"]).float().mean().item()
+    assert rows[1]["curve_error"] == pytest.approx(by_hand, abs=1e-6)
     s = json.loads((curve_workspace / "metrics/path_ensembles.json").read_text())
     assert s["endpoint_error"] == first["curve_point_error"]
     assert s["endpoints_ensemble_error"] == rows[-1]["curve_error"]

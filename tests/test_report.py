@@ -21,8 +21,22 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report_ws")
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    build_workspace(root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,),
-                           (eval_curve,), (fge,), (sse,), (plane,), (path_ensembles,), (compare,), (report,)])
+    build_workspace(
+        root,
+        [
+            (prepare,),
+            (train_endpoint, "--seed", 0),
+            (train_endpoint, "--seed", 1),
+            (fit_curve,),
+            (eval_curve,),
+            (fge,),
+            (sse,),
+            (plane,),
+            (path_ensembles,),
+            (compare,),
+            (report,),
+        ],
+    )
     yield root
     mp.undo()
 
@@ -40,8 +54,15 @@ def test_report_links_every_source_and_each_link_exists(run):
         assert (run / path).resolve() in linked, f"{path} (from {stage}) is read but not listed"
     for png in FIGURES:
         assert re.search(rf"!\[[^\]]+\]\({re.escape(png)}\)", text), f"{png} not embedded as an image"
-    for section in ("## What ran", "## Endpoints", "## Curve against segment", "## The plane",
-                    "## Ensembles of an endpoint", "## Ensembles at equal budgets", "## Sources"):
+    for section in (
+        "## What ran",
+        "## Endpoints",
+        "## Curve against segment",
+        "## The plane",
+        "## Ensembles of an endpoint",
+        "## Ensembles at equal budgets",
+        "## Sources",
+    ):
         assert section in text, section
     assert "±" in text and "| FGE |" in text and "synthetic" in text and "cpu" in text
 

@@ -7,11 +7,18 @@ import pytest
 from modeconn import schedules
 
 
-@pytest.mark.parametrize("progress, expected", [
-    (0.0, 0.1), (0.25, 0.1), (0.5, 0.1),
-    (0.7, 0.1 * (1 - 0.99 * 0.5)),  # halfway through the decay
-    (0.9, 0.001), (0.95, 0.001), (1.0, 0.001),
-])
+@pytest.mark.parametrize(
+    "progress, expected",
+    [
+        (0.0, 0.1),
+        (0.25, 0.1),
+        (0.5, 0.1),
+        (0.7, 0.1 * (1 - 0.99 * 0.5)),  # halfway through the decay
+        (0.9, 0.001),
+        (0.95, 0.001),
+        (1.0, 0.001),
+    ],
+)
 def test_standard_schedule(progress, expected):
     assert schedules.standard_lr(progress, 0.1) == pytest.approx(expected)
 
@@ -35,7 +42,9 @@ def test_fge_lr_start_quarter_middle_end(cycle):
         assert schedules.fge_lr(3 * cycle // 4, cycle, lr_1, lr_2) == pytest.approx(mid)
     # Periodic with period c.
     for i in range(1, cycle + 1):
-        assert schedules.fge_lr(i + 3 * cycle, cycle, lr_1, lr_2) == pytest.approx(schedules.fge_lr(i, cycle, lr_1, lr_2))
+        assert schedules.fge_lr(i + 3 * cycle, cycle, lr_1, lr_2) == pytest.approx(
+            schedules.fge_lr(i, cycle, lr_1, lr_2)
+        )
 
 
 @pytest.mark.parametrize("cycle, iters", [(2, 10), (4, 12), (6, 30), (100, 400)])

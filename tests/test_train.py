@@ -10,18 +10,21 @@ from modeconn.data import Loader
 from modeconn.errors import CheckpointError, ConfigError, TrainingError
 from modeconn.fge import cycle_iterations, fge_schedule, run_snapshots
 from modeconn.io import build_from_checkpoint, load_checkpoint, save_checkpoint
-from modeconn.models import create_model
-from modeconn.train import (cross_entropy_step, make_sgd, predict, resolve_device, seed_everything,
-                            train_epoch)
+from modeconn.models import from_spec
+from modeconn.runtime import CPU, Runtime, resolve_device, seed_everything
+from modeconn.train import cross_entropy_step, make_sgd, predict, train_epoch
 
-CPU = torch.device("cpu")
-SPEC = {"name": "mlp", "num_classes": 3, "in_channels": 1, "input_size": 12,
-        "args": {"width": 16, "depth": 2, "batch_norm": True}}
+SPEC = {
+    "name": "mlp",
+    "num_classes": 3,
+    "in_channels": 1,
+    "input_size": 12,
+    "args": {"width": 16, "depth": 2, "batch_norm": True},
+}
 
 
 def build(spec=SPEC):
-    return create_model(spec["name"], spec["num_classes"], in_channels=spec["in_channels"],
-                        input_size=spec["input_size"], **spec["args"])
+    return from_spec(spec)
 
 
 def train_run(data, seed: int, epochs: int = 2, augment: str = "crop_flip"):
@@ -33,8 +36,9 @@ def train_run(data, seed: int, epochs: int = 2, augment: str = "crop_flip"):
     it, stats = 1, []
     for _ in range(epochs):
         model.train()
-        s, it = train_epoch(cross_entropy_step(model), opt, batches, lambda i: schedules.standard_lr((i - 1) / total, 0.05),
-                            it, CPU)
+        s, it = train_epoch(
+            cross_entropy_step(model), opt, batches, lambda i: schedules.standard_lr((i - 1) / total, 0.05), it, CPU
+        )
         stats.append((s.loss, s.accuracy))
     model.eval()
     lp, y = predict(model, Loader(data.test, data.info, 32, train=False), CPU)
@@ -128,13 +132,12 @@ def test_fge_snapshots_and_distances(tiny_data):
 @pytest.mark.gpu
 def test_cuda_training_step_bf16_channels_last(tiny_data):
     """The CUDA path: data on the GPU, bf16 autocast, channels_last; loss finite, CPU and GPU agree roughly."""
-    from modeconn.train import prepare_module
-
-    dev = torch.device("cuda")
+    runtime = Runtime.resolve("cuda")
+    dev = runtime.device
     seed_everything(0)
-    model = prepare_module(build(), dev)
+    model = runtime.prepare(build())
     data = tiny_data.to(dev)
     batches = Loader(data.train, data.info, 16, train=True, drop_last=True, channels_last=True)
     opt = make_sgd(model.parameters(), 0.05, 0.9, 0.0)
-    stats, _ = train_epoch(cross_entropy_step(model), opt, batches, lambda i: 0.05, 1, dev)
+    stats, _ = train_epoch(cross_entropy_step(model), opt, batches, lambda i: 0.05, 1, runtime)
     assert stats.loss == stats.loss and stats.n == 96

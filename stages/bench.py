@@ -1,4 +1,7 @@
-"""Throughput of the pipeline's pieces on the default model and data: ``python -m modeconn.bench``.
+"""Throughput of the pipeline's pieces on the default model and data: ``python -m stages.bench``.
+
+A command beside the stages (not a stage, not the library): it reads params.yaml through the stages'
+section readers, so it measures what the pipeline would run.
 
 For the ``data`` and ``model`` sections of params.yaml this measures:
 
@@ -52,16 +55,19 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from .bn import has_bn, recalibrate
-from .curves import Curve, check_curve_args, curve_loss
-from .data import DATASETS, DatasetInfo, Loader, Prepared, Split, prepare
-from .errors import ConfigError, ModeconnError
-from .models import create_model
-from .train import (cross_entropy_step, make_sgd, predict, prepare_module, resolve_device, seed_everything,
-                    train_epoch)
+from modeconn.bn import has_bn, recalibrate
+from modeconn.curves import Curve, curve_loss
+from modeconn.data import DATASETS, EVAL_BATCH, DatasetInfo, Loader, Prepared, Split, prepare
+from modeconn.errors import ConfigError, ModeconnError
+from modeconn.io import atomic_write_json
+from modeconn.models import create_model, from_spec
+from modeconn.runtime import Runtime, seed_everything
+from modeconn.train import cross_entropy_step, make_sgd, predict, train_epoch
+
+from .common import ChannelsLastOpt, DeviceOpt, PrecisionOpt
+from .config import DataConfig, ModelConfig, read_sections
 
 BATCH = 128  # training batch, as in params.yaml's train and curve sections
-EVAL_BATCH = 1000  # inference batch
 WARMUP = 3  # batches before any training measurement
 BN_IMAGES = 10_000  # images in the recalibration pass
 BN_BATCH = 500  # its batch: eval.batch_size of params.yaml
@@ -75,6 +81,8 @@ class Settings:
 
     params: Path = Path("params.yaml")
     device: str = "auto"
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 on CUDA)
+    channels_last: str = "auto"  # 1 | 0 | auto (on for CUDA)
     batches: int = 100  # timed training batches per run
     repeats: int = 3  # interleaved runs per figure; the median is reported
     workers: int = 2  # DataLoader worker processes of the per-sample path
@@ -111,77 +119,54 @@ class Result:
     figures: dict[str, Figure]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "setup": self.setup,
-                "figures": {k: {"label": f.label, "unit": f.unit, "value": f.value, "runs": f.runs}
-                            for k, f in self.figures.items()}}
+        return {
+            "machine": self.machine,
+            "setup": self.setup,
+            "figures": {
+                k: {"label": f.label, "unit": f.unit, "value": f.value, "runs": f.runs} for k, f in self.figures.items()
+            },
+        }
 
 
 # ---------------------------------------------------------------------------------------------
 # Settings from params.yaml
 
 
-def read_sections(path: Path) -> dict[str, dict]:
-    """The sections of params.yaml the bench reads (data, model, train, curve), each a mapping."""
-    from stages.common import read_params  # the one params reader (bench is a tool beside the stages)
-
-    params = read_params(Path(path))
-    sections = {}
-    for name in ("data", "model", "train", "curve"):
-        value = params.get(name, {})
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: section '{name}' must be a mapping, got {value!r}")
-        sections[name] = value
-    for key in ("data.name", "model.name"):
-        section, field = key.split(".")
-        if not isinstance(sections[section].get(field), str):
-            raise ConfigError(f"{path}: {key} must be set to a name, got {sections[section].get(field)!r}")
-    if not isinstance(sections["model"].get("args", {}) or {}, dict):
-        raise ConfigError(f"{path}: model.args must be a mapping of keyword arguments")
-    return sections
-
-
-def _number(sections: dict[str, dict], key: str, default: float) -> float:
-    section, field = key.split(".")
-    value = sections[section].get(field, default)
-    try:
-        return float(value)  # YAML reads 5e-4 as a string
-    except (TypeError, ValueError):
-        raise ConfigError(f"params.yaml: {key} must be a number, got {value!r}") from None
-
-
-def load_data(sections: dict[str, dict], dataset: str | None = None,
-              augment: str | None = None) -> tuple[Prepared, str]:
+def load_data(data: DataConfig, dataset: str | None = None, augment: str | None = None) -> tuple[Prepared, str]:
     """The dataset (train and test, no validation split) as ``prepare`` makes it, and its source."""
-    data = sections["data"]
-    name = dataset or data["name"]
+    name = dataset or data.name
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    synthetic = data.get("synthetic") or {}
     with tempfile.TemporaryDirectory(prefix="modeconn-bench-") as tmp:
-        prepared = prepare(name, Path(data.get("raw_dir", "data/raw")), Path(tmp) / "prepared",
-                           augment=augment or data.get("augment", "default"), download=bool(data.get("download", True)),
-                           synthetic_kwargs=synthetic if name == "synthetic" else None)
+        prepared = prepare(
+            name,
+            Path(data.raw_dir),
+            Path(tmp) / "prepared",
+            augment=augment or data.augment,
+            download=data.download,
+            synthetic_kwargs=data.synthetic if name == "synthetic" else None,
+        )
         source = json.loads((Path(tmp) / "prepared" / "meta.json").read_text())["source"]
     return prepared, source
 
 
-def build(sections: dict[str, dict], info: DatasetInfo, **overrides: Any) -> nn.Module:
-    model = sections["model"]
-    args = {**(model.get("args") or {}), **overrides}
-    return create_model(model["name"], info.num_classes, in_channels=info.channels, input_size=info.size, **args)
+def build(model: ModelConfig, info: DatasetInfo, **overrides: Any) -> nn.Module:
+    spec = model.spec(info)
+    return from_spec({**spec, "args": {**spec["args"], **overrides}})
 
 
-def build_bn(sections: dict[str, dict], info: DatasetInfo) -> tuple[nn.Module, str]:
+def build_bn(model_cfg: ModelConfig, info: DatasetInfo) -> tuple[nn.Module, str]:
     """The model with BatchNorm (itself, or with batch_norm=True), else ConvFC with BatchNorm."""
-    name = sections["model"]["name"]
-    model = build(sections, info)
+    name = model_cfg.name
+    model = build(model_cfg, info)
     if has_bn(model):
         return model, name
     try:
-        return build(sections, info, batch_norm=True), f"{name}, batch_norm=True"
+        return build(model_cfg, info, batch_norm=True), f"{name}, batch_norm=True"
     except ConfigError:  # the model has no BatchNorm variant
-        model = create_model("convfc", info.num_classes, in_channels=info.channels, input_size=info.size,
-                             batch_norm=True)
+        model = create_model(
+            "convfc", info.num_classes, in_channels=info.channels, input_size=info.size, batch_norm=True
+        )
         return model, "convfc (default size), batch_norm=True"
 
 
@@ -229,27 +214,31 @@ def transforms_v2(info: DatasetInfo, augment: str):
     return v2.Compose(steps)
 
 
-def data_loader(split: Split, info: DatasetInfo, batch_size: int, *, train: bool, workers: int,
-                device: torch.device, seed: int = 0) -> torch.utils.data.DataLoader:
+def data_loader(
+    split: Split, info: DatasetInfo, batch_size: int, *, train: bool, workers: int, runtime: Runtime, seed: int = 0
+) -> torch.utils.data.DataLoader:
     dataset = PerSampleDataset(split, transforms_v2(info, info.augment if train else "none"))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
-                                       drop_last=train, pin_memory=device.type == "cuda",
-                                       generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=workers,
+        drop_last=train,
+        pin_memory=runtime.device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 class OnDevice:
-    """Re-iterable: the batches of ``loader`` moved to ``device`` (channels_last on CUDA)."""
+    """Re-iterable: the batches of ``loader`` moved to the runtime's device, in its memory format."""
 
-    def __init__(self, loader: Batches, device: torch.device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader: Batches, runtime: Runtime):
+        self.loader, self.runtime = loader, runtime
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        channels_last = self.device.type == "cuda"
+        device = self.runtime.device
         for x, y in self.loader:
-            x = x.to(self.device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.device, non_blocking=True)
+            yield self.runtime.batch(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,11 +256,6 @@ def forever(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             raise ConfigError(f"the training split gives no full batch of {BATCH} images; use a larger dataset")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Trainer:
     """A loss, its optimiser and its batches; ``run(n)`` trains n batches after a warm-up, returns images/s.
 
@@ -279,16 +263,30 @@ class Trainer:
     warm-up (untimed) and are gone before the next measurement.
     """
 
-    def __init__(self, loss_fn, optimizer: torch.optim.Optimizer, batches: Batches, device: torch.device,
-                 module: nn.Module, what: str):
-        self.loss_fn, self.optimizer, self.batches, self.device = loss_fn, optimizer, batches, device
+    def __init__(
+        self,
+        loss_fn,
+        optimizer: torch.optim.Optimizer,
+        batches: Batches,
+        runtime: Runtime,
+        module: nn.Module,
+        what: str,
+    ):
+        self.loss_fn, self.optimizer, self.batches, self.runtime = loss_fn, optimizer, batches, runtime
         self.module, self.what = module, what
         self.iteration = 1
 
     def _train(self, stream: Iterator, n: int) -> float:
         lr = self.optimizer.param_groups[0]["lr"]
-        stats, self.iteration = train_epoch(self.loss_fn, self.optimizer, itertools.islice(stream, n),
-                                            lambda i: lr, self.iteration, self.device, what=self.what)
+        stats, self.iteration = train_epoch(
+            self.loss_fn,
+            self.optimizer,
+            itertools.islice(stream, n),
+            lambda i: lr,
+            self.iteration,
+            self.runtime,
+            what=self.what,
+        )
         return stats.images_per_s  # train_epoch ends with .item(): the device has finished
 
     def run(self, n: int) -> float:
@@ -301,20 +299,20 @@ class Trainer:
             stream.close()  # a DataLoader's workers exit here and are reaped
 
 
-def eval_speed(model: nn.Module, batches: Batches, device: torch.device, max_batches: int) -> float:
+def eval_speed(model: nn.Module, batches: Batches, runtime: Runtime, max_batches: int) -> float:
     """Images/s of one inference pass, timed from the start of iteration (worker start-up included)."""
     model.eval()
-    sync(device)
+    runtime.synchronize()
     start = time.perf_counter()
-    _, labels = predict(model, itertools.islice(batches, max_batches), device)
+    _, labels = predict(model, itertools.islice(batches, max_batches), runtime)
     return labels.numel() / (time.perf_counter() - start)
 
 
-def bn_seconds(model: nn.Module, batches: Batches, device: torch.device) -> float:
-    sync(device)
+def bn_seconds(model: nn.Module, batches: Batches, runtime: Runtime) -> float:
+    runtime.synchronize()
     start = time.perf_counter()
-    recalibrate(model, batches, device=device)
-    sync(device)
+    recalibrate(model, batches, runtime=runtime)
+    runtime.synchronize()
     return time.perf_counter() - start
 
 
@@ -339,8 +337,9 @@ class OtherLoad:
         except (OSError, ValueError):
             return None
         busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")
-        ours = sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage,
-                                                         (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+        ours = sum(
+            r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        )
         return time.monotonic(), busy, ours
 
     def cpus(self) -> float | None:
@@ -351,11 +350,19 @@ class OtherLoad:
         return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
 
 
-def machine(device: torch.device) -> dict[str, Any]:
-    info = {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "rss_after_imports_mib": peak_rss_mib(resource.RUSAGE_SELF)}
+def machine(runtime: Runtime) -> dict[str, Any]:
+    device = runtime.device
+    info = {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "precision": runtime.precision,
+        "channels_last": runtime.channels_last,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "rss_after_imports_mib": peak_rss_mib(resource.RUSAGE_SELF),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -365,58 +372,84 @@ def run(settings: Settings, status: Callable[[str], Any] | None = None) -> Resul
     """Measure everything; ``status(message)`` is told what is being measured."""
     status = status or (lambda message: None)
     seed_everything(settings.seed)
-    device = resolve_device(settings.device)
-    host = machine(device)  # before any work: the memory of the imports
+    runtime = Runtime.resolve(settings.device, settings.precision, settings.channels_last)
+    device = runtime.device
+    host = machine(runtime)  # before any work: the memory of the imports
     # Other processes on the same cores slow every figure (and collapse OpenMP's throughput).
     others, started = OtherLoad(), time.perf_counter()
-    sections = read_sections(settings.params)
-    curve_cfg = sections["curve"]
-    lr, momentum, wd = (_number(sections, "train.lr", 0.05), _number(sections, "train.momentum", 0.9),
-                        _number(sections, "train.wd", 5e-4))
-    curve_lr = _number(sections, "curve.lr", 0.015)
-    kind, num_bends = curve_cfg.get("type", "bezier"), curve_cfg.get("num_bends", 3)
-    check_curve_args(kind, num_bends)
+    data_cfg, model_cfg, train_cfg, curve_cfg = read_sections(settings.params, "data", "model", "train", "curve")
+    lr, momentum, wd = train_cfg.lr, train_cfg.momentum, train_cfg.wd
+    curve_lr, kind, num_bends = curve_cfg.lr, curve_cfg.type, curve_cfg.num_bends
 
     status("loading the data")
-    data, source = load_data(sections, settings.dataset, settings.augment)
+    data, source = load_data(data_cfg, settings.dataset, settings.augment)
     info = data.info
     data = data.to(device)
-    channels_last = device.type == "cuda"
+    channels_last = runtime.channels_last
 
     def fresh(seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return prepare_module(build(sections, info), device)
+        return runtime.prepare(build(model_cfg, info))
 
     # Plain training, both data paths, from the same initialisation.
     plain_model, conv_model = fresh(settings.seed), fresh(settings.seed)
-    plain = Trainer(cross_entropy_step(plain_model), make_sgd(plain_model.parameters(), lr, momentum, wd),
-                    Loader(data.train, info, BATCH, train=True, seed=settings.seed, drop_last=True,
-                           channels_last=channels_last), device, plain_model, "plain training")
-    conventional = Trainer(cross_entropy_step(conv_model), make_sgd(conv_model.parameters(), lr, momentum, wd),
-                           OnDevice(data_loader(data.train, info, BATCH, train=True, workers=settings.workers,
-                                                 device=device, seed=settings.seed), device),
-                           device, conv_model, "training (DataLoader)")
+    plain = Trainer(
+        cross_entropy_step(plain_model),
+        make_sgd(plain_model.parameters(), lr, momentum, wd),
+        Loader(data.train, info, BATCH, train=True, seed=settings.seed, drop_last=True, channels_last=channels_last),
+        runtime,
+        plain_model,
+        "plain training",
+    )
+    conventional = Trainer(
+        cross_entropy_step(conv_model),
+        make_sgd(conv_model.parameters(), lr, momentum, wd),
+        OnDevice(
+            data_loader(
+                data.train, info, BATCH, train=True, workers=settings.workers, runtime=runtime, seed=settings.seed
+            ),
+            runtime,
+        ),
+        runtime,
+        conv_model,
+        "training (DataLoader)",
+    )
     # Curve between two randomly initialised copies; only the bends train, wd acts on φ_θ(t).
     start, end = fresh(settings.seed + 1).state_dict(), fresh(settings.seed + 2).state_dict()
-    curve = prepare_module(Curve(build(sections, info), start, end, kind, num_bends), device)
-    curve_trainer = Trainer(curve_loss(curve, wd, torch.Generator().manual_seed(settings.seed)),
-                            make_sgd(curve.bends.parameters(), curve_lr, momentum, 0.0),
-                            Loader(data.train, info, BATCH, train=True, seed=settings.seed, drop_last=True,
-                                   channels_last=channels_last), device, curve.template, "curve training")
-    bn_model, bn_name = build_bn(sections, info)
-    bn_model = prepare_module(bn_model, device)
-    bn_batches = Loader(data.train, info, BN_BATCH, train=False, max_samples=settings.bn_images,
-                        channels_last=channels_last)
+    curve = runtime.prepare(Curve(build(model_cfg, info), start, end, kind, num_bends))
+    curve_trainer = Trainer(
+        curve_loss(curve, wd, torch.Generator().manual_seed(settings.seed)),
+        make_sgd(curve.bends.parameters(), curve_lr, momentum, 0.0),
+        Loader(data.train, info, BATCH, train=True, seed=settings.seed, drop_last=True, channels_last=channels_last),
+        runtime,
+        curve.template,
+        "curve training",
+    )
+    bn_model, bn_name = build_bn(model_cfg, info)
+    bn_model = runtime.prepare(bn_model)
+    bn_batches = Loader(
+        data.train, info, BN_BATCH, train=False, max_samples=settings.bn_images, channels_last=channels_last
+    )
     eval_loader = Loader(data.test, info, EVAL_BATCH, train=False, channels_last=channels_last)
-    eval_data_loader = data_loader(data.test, info, EVAL_BATCH, train=False, workers=settings.workers,
-                                   device=device)
+    eval_data_loader = data_loader(data.test, info, EVAL_BATCH, train=False, workers=settings.workers, runtime=runtime)
     status("warming up")
-    predict(plain_model.eval(), itertools.islice(eval_loader, 1), device)
-    recalibrate(bn_model, itertools.islice(bn_batches, 1), device=device)
+    predict(plain_model.eval(), itertools.islice(eval_loader, 1), runtime)
+    recalibrate(bn_model, itertools.islice(bn_batches, 1), runtime=runtime)
 
-    runs: dict[str, list[float]] = {k: [] for k in (
-        "train_loader", "train_dataloader", "train_speedup", "curve_train", "curve_plain_ratio",
-        "eval_loader", "eval_dataloader", "eval_speedup", "bn_recalibration")}
+    runs: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "train_loader",
+            "train_dataloader",
+            "train_speedup",
+            "curve_train",
+            "curve_plain_ratio",
+            "eval_loader",
+            "eval_dataloader",
+            "eval_speedup",
+            "bn_recalibration",
+        )
+    }
     for r in range(1, settings.repeats + 1):
         at = f"(run {r}/{settings.repeats})"
         status(f"plain training, in-memory Loader {at}")
@@ -428,12 +461,13 @@ def run(settings: Settings, status: Callable[[str], Any] | None = None) -> Resul
         runs["train_speedup"].append(runs["train_loader"][-1] / runs["train_dataloader"][-1])
         runs["curve_plain_ratio"].append(runs["train_loader"][-1] / runs["curve_train"][-1])
         status(f"evaluation {at}")
-        runs["eval_loader"].append(eval_speed(plain_model, eval_loader, device, settings.batches))
+        runs["eval_loader"].append(eval_speed(plain_model, eval_loader, runtime, settings.batches))
         runs["eval_dataloader"].append(
-            eval_speed(plain_model, OnDevice(eval_data_loader, device), device, settings.batches))
+            eval_speed(plain_model, OnDevice(eval_data_loader, runtime), runtime, settings.batches)
+        )
         runs["eval_speedup"].append(runs["eval_loader"][-1] / runs["eval_dataloader"][-1])
         status(f"BatchNorm recalibration {at}")
-        runs["bn_recalibration"].append(bn_seconds(bn_model, bn_batches, device))
+        runs["bn_recalibration"].append(bn_seconds(bn_model, bn_batches, runtime))
 
     host["other_processes_cpus"] = others.cpus()
     host["bench_seconds"] = time.perf_counter() - started
@@ -450,22 +484,37 @@ def run(settings: Settings, status: Callable[[str], Any] | None = None) -> Resul
         "bn_recalibration": (f"BN recalibration, {bn_batches.n} images ({bn_name})", "s"),
     }
     figures = {k: Figure(*labels[k], runs[k]) for k in labels}
-    figures["peak_rss"] = Figure("peak resident memory, this process", "MiB",
-                                 [peak_rss_mib(resource.RUSAGE_SELF)])
+    figures["peak_rss"] = Figure("peak resident memory, this process", "MiB", [peak_rss_mib(resource.RUSAGE_SELF)])
     if settings.workers > 0:
-        figures["peak_rss_worker"] = Figure("peak resident memory, largest DataLoader worker (shared pages too)",
-                                            "MiB",
-                                            [peak_rss_mib(resource.RUSAGE_CHILDREN)])
+        figures["peak_rss_worker"] = Figure(
+            "peak resident memory, largest DataLoader worker (shared pages too)",
+            "MiB",
+            [peak_rss_mib(resource.RUSAGE_CHILDREN)],
+        )
     if device.type == "cuda":
-        figures["cuda_peak"] = Figure("peak CUDA memory allocated", "MiB",
-                                      [torch.cuda.max_memory_allocated(device) / 2**20])
-    setup = {"dataset": info.name, "source": source, "n_train": len(data.train), "n_test": len(data.test),
-             "image": [info.channels, info.size, info.size], "augment": info.augment,
-             "model": sections["model"]["name"], "model_args": dict(sections["model"].get("args") or {}),
-             "parameters": sum(p.numel() for p in plain_model.parameters()),
-             "train_batch": BATCH, "warmup_batches": WARMUP, "timed_batches": settings.batches,
-             "train_images_per_run": n_train, "eval_batch": EVAL_BATCH, "eval_images_per_run": n_eval,
-             "repeats": settings.repeats, "workers": settings.workers, "curve": f"{kind}, {num_bends} bends"}
+        figures["cuda_peak"] = Figure(
+            "peak CUDA memory allocated", "MiB", [torch.cuda.max_memory_allocated(device) / 2**20]
+        )
+    setup = {
+        "dataset": info.name,
+        "source": source,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "image": [info.channels, info.size, info.size],
+        "augment": info.augment,
+        "model": model_cfg.name,
+        "model_args": dict(model_cfg.args),
+        "parameters": sum(p.numel() for p in plain_model.parameters()),
+        "train_batch": BATCH,
+        "warmup_batches": WARMUP,
+        "timed_batches": settings.batches,
+        "train_images_per_run": n_train,
+        "eval_batch": EVAL_BATCH,
+        "eval_images_per_run": n_eval,
+        "repeats": settings.repeats,
+        "workers": settings.workers,
+        "curve": f"{kind}, {num_bends} bends",
+    }
     return Result(host, setup, figures)
 
 
@@ -505,8 +554,10 @@ def report(result: Result, console: Console) -> None:
     lines = header_lines(result)
     busy = result.machine.get("other_processes_cpus")
     if busy is not None and busy > 0.25:
-        lines.append(f"warning: other processes kept {busy:.1f} CPUs busy on average during the bench; the "
-                     "figures are low and noisy. Rerun on an idle machine.")
+        lines.append(
+            f"warning: other processes kept {busy:.1f} CPUs busy on average during the bench; the "
+            "figures are low and noisy. Rerun on an idle machine."
+        )
     if console.is_terminal:
         for line in lines:
             console.print(line, highlight=False, markup=False)
@@ -539,23 +590,38 @@ def _status(console: Console) -> Iterator[Callable[[str], None]]:
 
 def main(
     params: Path = typer.Option(Path("params.yaml"), "--params", help="The params file (data and model sections)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.",
-                               envvar="MODECONN_DEVICE"),
-    batches: int = typer.Option(Settings.batches, "--batches", help="Timed training batches (of 128) per run; "
-                                "also caps the evaluation batches (of 1000)."),
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    channels_last: str = ChannelsLastOpt,
+    batches: int = typer.Option(
+        Settings.batches,
+        "--batches",
+        help="Timed training batches (of 128) per run; also caps the evaluation batches (of 1000).",
+    ),
     repeats: int = typer.Option(Settings.repeats, "--repeats", help="Runs per figure; the median is reported."),
     workers: int = typer.Option(Settings.workers, "--workers", help="DataLoader workers of the per-sample path."),
     bn_images: int = typer.Option(BN_IMAGES, "--bn-images", help="Training images in the BN recalibration pass."),
     dataset: str = typer.Option(None, "--dataset", help="Use this dataset instead of data.name (e.g. synthetic)."),
-    augment: str = typer.Option(None, "--augment", help="Use this augmentation instead of data.augment "
-                                "(none, crop, flip, crop_flip, default)."),
+    augment: str = typer.Option(
+        None, "--augment", help="Use this augmentation instead of data.augment (none, crop, flip, crop_flip, default)."
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Measure training, evaluation, curve-training and BN-recalibration speed of the default model and data."""
     out = Console()
     try:
-        settings = Settings(params=params, device=device, batches=batches, repeats=repeats, workers=workers,
-                            bn_images=bn_images, dataset=dataset, augment=augment)
+        settings = Settings(
+            params=params,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            batches=batches,
+            repeats=repeats,
+            workers=workers,
+            bn_images=bn_images,
+            dataset=dataset,
+            augment=augment,
+        )
         with _status(Console(stderr=True)) as status:
             result = run(settings, status)
     except ModeconnError as exc:
@@ -563,8 +629,6 @@ def main(
         raise typer.Exit(1) from None
     report(result, out)
     if json_out is not None:
-        from .io import atomic_write_json
-
         atomic_write_json(json_out, result.as_dict())
 
 

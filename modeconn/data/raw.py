@@ -1,29 +1,25 @@
-"""Datasets as uint8 tensors in memory, and a batched on-device loader.
+"""Datasets from their raw files, as uint8 tensors in memory.
 
 The experiments of Garipov et al. (2018, Section 5) train on image
-classification sets (CIFAR-10, CIFAR-100; here Fashion-MNIST by default) with
-the standard augmentation: random crop of a 4-pixel zero-padded image and a
-random horizontal flip. Every dataset is read into memory as uint8
-``[N, C, H, W]`` images and int64 ``[N]`` labels; batches are drawn, augmented
-and normalised on the training device, with no per-sample Python.
+classification sets (CIFAR-10, CIFAR-100; here Fashion-MNIST by default).
+Every dataset is read into memory as uint8 ``[N, C, H, W]`` images and int64
+``[N]`` labels:
 
-Pipeline::
+    load_raw(name, raw_dir)   raw files (idx, CIFAR pickles) or a torchvision download -> (train, test)
+    make_synthetic(...)       a small learnable dataset generated in code (tests, quick runs)
 
-    load_raw(name, raw_dir)      raw files (idx, CIFAR pickles) -> (train, test)
-    prepare(name, raw, out)      + validation split, mean/std -> out/data.pt, out/meta.json
-    load_prepared(out, device)   -> Prepared
-    Loader(split, info, B, ...)  -> (x float32 [B, C, H, W] normalised, y int64 [B])
+Where the files are looked for: ``raw_dir``, its usual sub-folders, the system
+folders of :data:`SYSTEM_DIRS` (Debian's ``dataset-fashion-mnist``), then a
+torchvision download where a network exists.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
-import json
 import logging
 import math
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from modeconn.errors import ConfigError, DataError
-from modeconn.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("none", "crop", "flip", "crop_flip")
-CROP_PADDING = 4  # pixels of zero padding before the random crop (Garipov et al., after He et al. 2016)
 
 
 @dataclass(frozen=True)
@@ -102,18 +96,25 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
-@dataclass
-class Prepared:
-    """A prepared dataset; ``info`` carries the train-split mean/std and the resolved augmentation."""
 
-    info: DatasetInfo
-    train: Split
-    test: Split
-    val: Split | None
+def check_split(what: str, split: Split, info: DatasetInfo) -> None:
+    """Raise DataError unless ``split`` holds uint8 images of ``info``'s shape and labels in range."""
+    shape = (info.channels, info.size, info.size)
+    if split.x.dtype != torch.uint8 or split.x.dim() != 4 or tuple(split.x.shape[1:]) != shape:
+        raise DataError(
+            f"{what}: expected uint8 images [N, {', '.join(map(str, shape))}], "
+            f"got {split.x.dtype} {list(split.x.shape)}"
+        )
+    if split.y.dtype != torch.int64 or split.y.shape != split.x.shape[:1]:
+        raise DataError(
+            f"{what}: expected int64 labels [{split.x.shape[0]}], got {split.y.dtype} {list(split.y.shape)}"
+        )
+    if len(split) and (int(split.y.min()) < 0 or int(split.y.max()) >= info.num_classes):
+        raise DataError(
+            f"{what}: labels must be in [0, {info.num_classes}), found "
+            f"[{int(split.y.min())}, {int(split.y.max())}]; are the files from {info.name}?"
+        )
 
-    def to(self, device: torch.device | str) -> Prepared:
-        val = self.val.to(device) if self.val is not None else None
-        return Prepared(self.info, self.train.to(device), self.test.to(device), val)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,261 +375,3 @@ def make_synthetic(
         return Split(x, y)
 
     return split(n_train), split(n_test)
-
-
-# ---------------------------------------------------------------------------------------------
-# Prepared datasets on disk
-
-
-def resolve_augment(augment: str, info: DatasetInfo) -> str:
-    """Resolve "default" to the dataset's default augmentation; check any other name."""
-    if augment == "default":
-        return info.augment
-    if augment not in AUGMENTATIONS:
-        raise ConfigError(f"unknown augmentation {augment!r}; choose one of: default, {', '.join(AUGMENTATIONS)}")
-    return augment
-
-
-def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of uint8 images [N, C, H, W], in [0, 1] units.
-
-    Exact: from a 256-bin histogram per channel, so no float accumulation over millions of pixels.
-    """
-    levels = torch.arange(256, dtype=torch.float64) / 255
-    means, stds = [], []
-    for c in range(x.shape[1]):
-        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).double().cpu()  # (256,)
-        p = counts / counts.sum()
-        mean = float((p * levels).sum())
-        means.append(mean)
-        stds.append(float((p * (levels - mean) ** 2).sum().sqrt()))
-    return tuple(means), tuple(stds)
-
-
-def _dataset_info(name: str, train: Split, synthetic_kwargs: dict | None) -> DatasetInfo:
-    info = DATASETS[name]
-    if name == "synthetic":
-        num_classes = (synthetic_kwargs or {}).get("num_classes", info.num_classes)
-        info = dataclasses.replace(
-            info, num_classes=num_classes, channels=train.x.shape[1], size=train.x.shape[2]
-        )
-    return info
-
-
-def _check_split(what: str, split: Split, info: DatasetInfo) -> None:
-    shape = (info.channels, info.size, info.size)
-    if split.x.dtype != torch.uint8 or split.x.dim() != 4 or tuple(split.x.shape[1:]) != shape:
-        raise DataError(
-            f"{what}: expected uint8 images [N, {', '.join(map(str, shape))}], "
-            f"got {split.x.dtype} {list(split.x.shape)}"
-        )
-    if split.y.dtype != torch.int64 or split.y.shape != split.x.shape[:1]:
-        raise DataError(
-            f"{what}: expected int64 labels [{split.x.shape[0]}], got {split.y.dtype} {list(split.y.shape)}"
-        )
-    if len(split) and (int(split.y.min()) < 0 or int(split.y.max()) >= info.num_classes):
-        raise DataError(
-            f"{what}: labels must be in [0, {info.num_classes}), found "
-            f"[{int(split.y.min())}, {int(split.y.max())}]; are the files from {info.name}?"
-        )
-
-
-def prepare(
-    name: str,
-    raw_dir: Path,
-    out_dir: Path,
-    *,
-    val_size: int = 0,
-    seed: int = 0,
-    augment: str = "default",
-    download: bool = True,
-    system_dirs: Sequence[Path] | None = None,
-    synthetic_kwargs: dict | None = None,
-) -> Prepared:
-    """Load a dataset, carve a seeded validation split, compute mean/std and write ``out_dir``.
-
-    ``out_dir`` gets ``data.pt`` (uint8 images, int64 labels) and ``meta.json``, written into a
-    temporary sibling folder that then replaces ``out_dir``: a failure leaves the old one intact.
-    """
-    info = _check_name(name)
-    augment = resolve_augment(augment, info)
-    if not isinstance(val_size, int) or val_size < 0:
-        raise ConfigError(f"val_size must be a non-negative integer, got {val_size!r}")
-    train, test, source = _load_raw(
-        name, raw_dir, download=download, system_dirs=system_dirs, synthetic_kwargs=synthetic_kwargs
-    )
-    if val_size >= len(train):
-        raise ConfigError(f"val_size={val_size} must be smaller than the {len(train)} training images of {name}")
-    info = _dataset_info(name, train, synthetic_kwargs)
-    for what, split in (("train", train), ("test", test)):
-        _check_split(f"{name} {what} split from {source}", split, info)
-
-    val = None
-    if val_size > 0:
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-        val_idx, train_idx = perm[:val_size].sort().values, perm[val_size:].sort().values
-        train, val = Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx])
-
-    mean, std = channel_stats(train.x)
-    info = dataclasses.replace(info, mean=mean, std=std, augment=augment)
-    prepared = Prepared(info, train, test, val)
-
-    tensors = {"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y}
-    if val is not None:
-        tensors |= {"val_x": val.x, "val_y": val.y}
-    meta = {
-        **dataclasses.asdict(info),
-        "n_train": len(train),
-        "n_val": len(val) if val is not None else 0,
-        "n_test": len(test),
-        "val_seed": seed,
-        "source": source,
-    }
-    with atomic_dir(out_dir) as tmp:  # a temporary sibling, swapped in whole on success
-        torch.save(tensors, tmp / "data.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    log.info("%s: wrote %s (%d train, %d val, %d test)", name, out_dir, meta["n_train"], meta["n_val"], meta["n_test"])
-    return prepared
-
-
-def load_prepared(path: Path, device: torch.device | str = "cpu") -> Prepared:
-    """Read what :func:`prepare` wrote into ``path`` (a folder), with the tensors on ``device``."""
-    path = Path(path)
-    data_file, meta_file = path / "data.pt", path / "meta.json"
-    fix = "Run `dvc repro prepare` (or python -m stages.prepare) to rebuild it."
-    try:
-        meta = json.loads(meta_file.read_text())
-        info = DatasetInfo(
-            name=meta["name"], num_classes=int(meta["num_classes"]), channels=int(meta["channels"]),
-            size=int(meta["size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]), augment=meta["augment"],
-        )  # fmt: skip
-    except FileNotFoundError as e:
-        raise DataError(f"prepared dataset metadata {meta_file} is missing. {fix}") from e
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"prepared dataset metadata {meta_file} is corrupt ({type(e).__name__}: {e}). {fix}") from e
-    if info.augment not in AUGMENTATIONS:
-        raise DataError(f"{meta_file}: unknown augmentation {info.augment!r}. {fix}")
-    try:
-        tensors = torch.load(data_file, map_location=device, weights_only=True)
-    except FileNotFoundError as e:
-        raise DataError(f"prepared dataset {data_file} is missing. {fix}") from e
-    except Exception as e:  # torch.load raises many types on a corrupt file
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-        raise DataError(f"prepared dataset {data_file} is corrupt or not a prepared dataset ({reason}). {fix}") from e
-
-    def split(key: str, n: int) -> Split:
-        if not isinstance(tensors, dict) or f"{key}_x" not in tensors or f"{key}_y" not in tensors:
-            raise DataError(f"prepared dataset {data_file} has no {key} split. {fix}")
-        s = Split(tensors[f"{key}_x"], tensors[f"{key}_y"])
-        _check_split(f"{data_file} ({key})", s, info)
-        if len(s) != n:
-            raise DataError(f"{data_file}: {key} split has {len(s)} images, {meta_file} says {n}. {fix}")
-        return s
-
-    try:
-        counts = {k: int(meta[f"n_{k}"]) for k in ("train", "val", "test")}
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"prepared dataset metadata {meta_file} is corrupt (no split sizes). {fix}") from e
-    val = split("val", counts["val"]) if counts["val"] > 0 else None
-    return Prepared(info, split("train", counts["train"]), split("test", counts["test"]), val)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loader
-
-
-def random_crop(x: torch.Tensor, offsets: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
-    """Crop each image of ``x`` from its zero-padded self at ``offsets``.
-
-    x: (B, C, H, W) any dtype; offsets: (B, 2) integer (dy, dx) in [0, 2 * padding].
-    Returns (B, C, H, W); offset (padding, padding) is the identity.
-    """
-    B, C, H, W = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H + 2p, W + 2p), zeros
-    rows = offsets[:, 0, None] + torch.arange(H, device=x.device)  # (B, H)
-    cols = offsets[:, 1, None] + torch.arange(W, device=x.device)  # (B, W)
-    b = torch.arange(B, device=x.device)[:, None, None, None]
-    c = torch.arange(C, device=x.device)[None, :, None, None]
-    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
-
-
-def random_flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mirror (left-right) the images of x (B, C, H, W) where mask (B,) is True."""
-    return torch.where(mask[:, None, None, None], x.flip(-1), x)
-
-
-class Loader:
-    """Batches of a split held in memory on the device; normalisation and augmentation batched on the device.
-
-    Train loaders reshuffle at every ``__iter__`` from a generator seeded once, so the sequence of
-    epochs is fixed by ``seed``; the shuffle and augmentation draws are made on the CPU, so CPU and
-    CUDA see the same batches. Eval loaders go in order, without augmentation unless ``augment``
-    asks for it.
-    """
-
-    def __init__(
-        self,
-        split: Split,
-        info: DatasetInfo,
-        batch_size: int,
-        *,
-        train: bool,
-        augment: str | None = None,
-        seed: int = 0,
-        drop_last: bool = False,
-        device: torch.device | str | None = None,
-        channels_last: bool = False,
-        max_samples: int | None = None,
-    ):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        augment = (info.augment if train else "none") if augment is None else augment
-        if augment not in AUGMENTATIONS:
-            raise ConfigError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
-        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-            raise ConfigError(f"max_samples must be a positive integer or None, got {max_samples!r}")
-        _check_split("Loader split", split, info)
-        self.device = torch.device(device) if device is not None else split.x.device
-        self.batch_size, self.train, self.augment = batch_size, train, augment
-        self.drop_last, self.channels_last = drop_last, channels_last
-        self.generator = torch.Generator().manual_seed(seed)
-
-        x, y = split.x, split.y
-        if max_samples is not None and max_samples < len(split):
-            # A fixed subset, drawn from its own stream so it does not depend on the epochs drawn.
-            subset = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:max_samples]
-            subset = subset.sort().values.to(x.device)
-            x, y = x[subset], y[subset]
-        self.x, self.y = x.to(self.device), y.to(self.device)  # uint8 (N, C, H, W), int64 (N,)
-        self.n = self.y.shape[0]
-        shape = (1, info.channels, 1, 1)
-        # (x / 255 - mean) / std == (x - 255 mean) * (1 / (255 std))
-        self._shift = torch.tensor([255 * m for m in info.mean], device=self.device).view(shape)
-        self._scale = torch.tensor([1 / (255 * s) for s in info.std], device=self.device).view(shape)
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # All random draws of the epoch at once, on the CPU; one copy to the device.
-        g, order, offsets, flips = self.generator, None, None, None
-        if self.train:
-            order = torch.randperm(self.n, generator=g).to(self.device)  # (N,)
-        if "crop" in self.augment:
-            offsets = torch.randint(0, 2 * CROP_PADDING + 1, (self.n, 2), generator=g).to(self.device)
-        if "flip" in self.augment:
-            flips = (torch.rand(self.n, generator=g) < 0.5).to(self.device)
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            if order is None:
-                x, y = self.x[sl], self.y[sl]  # views, in order
-            else:
-                x, y = self.x[order[sl]], self.y[order[sl]]
-            if offsets is not None:
-                x = random_crop(x, offsets[sl])
-            if flips is not None:
-                x = random_flip(x, flips[sl])
-            x = (x.float() - self._shift) * self._scale  # float32 (B, C, H, W)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y

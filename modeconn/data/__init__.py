@@ -1,0 +1,17 @@
+"""Data: raw datasets (:mod:`.raw`), the prepared tensors on disk (:mod:`.prepared`) and the on-device
+loader with its batched augmentation (:mod:`.loader`)::
+
+    load_raw(name, raw_dir)      raw files (idx, CIFAR pickles) -> (train, test)
+    prepare(name, raw, out)      + validation split, mean/std -> out/data.pt, out/meta.json
+    load_prepared(out, device)   -> Prepared
+    Loader(split, info, B, ...)  -> (x float32 [B, C, H, W] normalised, y int64 [B])
+"""
+
+from .loader import CROP_PADDING, EVAL_BATCH, EvalBatches, Loader, eval_batches, random_crop, random_flip
+from .prepared import Prepared, channel_stats, load_prepared, prepare, resolve_augment
+from .raw import (AUGMENTATIONS, DATASETS, SYSTEM_DIRS, DatasetInfo, Split, check_split, load_raw, make_synthetic,
+                  read_idx)
+
+__all__ = ["AUGMENTATIONS", "CROP_PADDING", "DATASETS", "EVAL_BATCH", "SYSTEM_DIRS", "DatasetInfo", "EvalBatches",
+           "Loader", "Prepared", "Split", "channel_stats", "check_split", "eval_batches", "load_prepared",
+           "load_raw", "make_synthetic", "prepare", "random_crop", "random_flip", "read_idx", "resolve_augment"]

@@ -1,0 +1,370 @@
+"""params.yaml: read it, and validate each section into a frozen dataclass whose errors name the bad key.
+
+One dataclass per section (``data``, ``model``, ``train``, ``curve``, ``eval``,
+``fge``, ``sse``, ``compare``, ``plane``, ``path_ensembles``); a stage reads
+only the sections dvc.yaml lists for it. Unknown keys, missing keys, wrong
+types and out-of-range values are ConfigErrors
+that say ``section.key`` and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modeconn import ensemble
+from modeconn.curves import check_curve_args
+from modeconn.data import AUGMENTATIONS, DATASETS, DatasetInfo
+from modeconn.errors import ConfigError
+from modeconn.models import model_spec
+
+
+def read_params(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise ConfigError(f"params file {path} not found: run from the project root or pass --params")
+    try:
+        params = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (data, model, train, ...)")
+    return params
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key} must not be null")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        return tuple(_check_type(v, arg, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads 5e-4 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp}")
+
+
+T = typing.TypeVar("T")
+
+
+def section(params: dict, name: str, cls: type[T]) -> T:
+    """Validate ``params[name]`` into the frozen dataclass ``cls``.
+
+    Unknown keys, missing keys and wrong types are ConfigErrors naming
+    ``name.key``; ``cls.__post_init__`` checks ranges the same way.
+    """
+    raw = params.get(name)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml has no '{name}' section (or it is not a mapping)")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {name}.{unknown[0]} in params.yaml; {name} takes: {', '.join(fields)}")
+    values = {}
+    for key, f in fields.items():
+        if key not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                raise ConfigError(f"missing key {name}.{key} in params.yaml")
+            continue
+        values[key] = _check_type(raw[key], hints[key], f"{name}.{key}")
+    return cls(**values)
+
+
+def require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def check_sgd(name: str, cfg: Any) -> None:
+    """The SGD settings every training section shares: batch_size, momentum, wd (and lr where it has one)."""
+    require(cfg.batch_size >= 1, f"{name}.batch_size must be at least 1, got {cfg.batch_size}")
+    if hasattr(cfg, "lr"):
+        require(cfg.lr > 0, f"{name}.lr must be positive, got {cfg.lr}")
+    require(0 <= cfg.momentum < 1, f"{name}.momentum must be in [0, 1), got {cfg.momentum}")
+    require(cfg.wd >= 0, f"{name}.wd must be non-negative, got {cfg.wd}")
+
+
+# ---------------------------------------------------------------- the sections
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """``data``: which dataset, where its raw files are, the validation split and augmentation."""
+
+    name: str
+    raw_dir: str = "data/raw"
+    val_size: int = 0
+    augment: str = "default"
+    seed: int = 0
+    download: bool = True
+    synthetic: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        require(
+            self.name in DATASETS, f"data.name {self.name!r} is not a known dataset; use one of {', '.join(DATASETS)}"
+        )
+        require(self.val_size >= 0, f"data.val_size must be 0 (no validation split) or positive, got {self.val_size}")
+        require(
+            self.augment == "default" or self.augment in AUGMENTATIONS,
+            f"data.augment {self.augment!r} unknown; use default or one of {', '.join(AUGMENTATIONS)}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """``model``: the architecture every trained network uses (see modeconn.models)."""
+
+    name: str
+    args: dict = dataclasses.field(default_factory=dict)
+
+    def spec(self, info: DatasetInfo) -> dict:
+        """The model spec of this network on the dataset ``info`` (what checkpoints carry)."""
+        return model_spec(self.name, info.num_classes, info.channels, info.size, self.args)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """``train``: endpoint training (paper: 200 epochs, lr 0.05 (VGG) / 0.1, wd 5e-4, batch 128)."""
+
+    seeds: tuple[int, ...]
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    wd: float = 5e-4
+    save_epochs: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        require(len(self.seeds) >= 1, "train.seeds must list at least one seed")
+        require(len(set(self.seeds)) == len(self.seeds), f"train.seeds has a seed twice: {list(self.seeds)}")
+        require(self.epochs >= 1, f"train.epochs must be at least 1, got {self.epochs}")
+        check_sgd("train", self)
+        for e in self.save_epochs:
+            require(1 <= e <= self.epochs, f"train.save_epochs: {e} is outside 1..train.epochs ({self.epochs})")
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveConfig:
+    """``curve``: the path between two endpoints (paper: 3 bends, 600 ep lr 0.015 VGG / 200 ep lr 0.03)."""
+
+    endpoints: tuple[int, ...]
+    type: str = "bezier"
+    num_bends: int = 3
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.015
+    momentum: float = 0.9
+    wd: float = 5e-4
+    seed: int = 0
+    init: str = "linear"
+
+    def __post_init__(self):
+        require(len(self.endpoints) == 2, f"curve.endpoints must name two seeds, got {list(self.endpoints)}")
+        require(
+            self.endpoints[0] != self.endpoints[1],
+            f"curve.endpoints names seed {self.endpoints[0]} twice: a curve joins two different networks",
+        )
+        check_curve_args(self.type, self.num_bends)
+        require(self.epochs >= 1, f"curve.epochs must be at least 1, got {self.epochs}")
+        check_sgd("curve", self)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """``eval``: the t grid and evaluation sizes (paper: 61 points, whole training set)."""
+
+    num_points: int = 21
+    batch_size: int = 500
+    bn_samples: int = 0
+    train_samples: int = 0
+    ensemble: str = "probs"
+    seed: int = 0
+
+    def __post_init__(self):
+        require(
+            self.num_points >= 2,
+            f"eval.num_points must be at least 2 (the t grid includes both ends), got {self.num_points}",
+        )
+        require(self.batch_size >= 1, f"eval.batch_size must be at least 1, got {self.batch_size}")
+        require(self.bn_samples >= 0, f"eval.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
+        require(self.train_samples >= 0, f"eval.train_samples must be 0 (all) or positive, got {self.train_samples}")
+        require(
+            self.ensemble in ensemble.METHODS,
+            f"eval.ensemble {self.ensemble!r} unknown; use one of {', '.join(ensemble.METHODS)}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FgeConfig:
+    """``fge``: paper: from epoch 160 of 200, 40 epochs, cycle 2, lr_1 0.05→lr_2 0.0005 (PreResNet)."""
+
+    start_seeds: tuple[int, ...]
+    start_epoch: int
+    epochs: int
+    cycle: float = 2
+    lr_1: float = 0.05
+    lr_2: float = 0.0005
+    batch_size: int = 128
+    momentum: float = 0.9
+    wd: float = 5e-4
+    seed: int = 0
+
+    def __post_init__(self):
+        require(len(self.start_seeds) >= 1, "fge.start_seeds must list at least one endpoint seed")
+        require(len(set(self.start_seeds)) == len(self.start_seeds), "fge.start_seeds has a seed twice")
+        require(self.start_epoch >= 1, f"fge.start_epoch must be at least 1, got {self.start_epoch}")
+        require(self.epochs >= 1, f"fge.epochs must be at least 1, got {self.epochs}")
+        require(
+            self.cycle > 0 and (self.cycle < 1 or float(self.cycle).is_integer() and int(self.cycle) % 2 == 0),
+            f"fge.cycle = {self.cycle}: the cycle must be an even number of epochs (the snapshot is taken "
+            "mid-cycle, at an epoch boundary), or a fraction of one epoch (e.g. 0.5) for short runs",
+        )
+        require(
+            self.cycle / 2 <= self.epochs,
+            f"fge.cycle = {self.cycle} is too long for fge.epochs = "
+            f"{self.epochs}: no LR minimum (snapshot) would be reached",
+        )
+        require(self.lr_1 > 0 and self.lr_2 > 0, "fge.lr_1 and fge.lr_2 must be positive")
+        require(
+            self.lr_2 <= self.lr_1,
+            f"fge.lr_2 ({self.lr_2}) must not exceed fge.lr_1 ({self.lr_1}): "
+            "the LR cycles down from lr_1 to its minimum lr_2",
+        )
+        check_sgd("fge", self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SseConfig:
+    """``sse``: Snapshot Ensembles from scratch (Huang et al.: lr 0.1–0.2, cycles of B/M epochs)."""
+
+    epochs: int
+    cycles: int
+    lr: float = 0.05
+    batch_size: int = 128
+    momentum: float = 0.9
+    wd: float = 5e-4
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.epochs >= 1, f"sse.epochs must be at least 1, got {self.epochs}")
+        require(self.cycles >= 1, f"sse.cycles must be at least 1, got {self.cycles}")
+        check_sgd("sse", self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """``compare``: the budgets (multiples of B) and how members are combined."""
+
+    budgets: tuple[int, ...] = (1, 2, 3)
+    ensemble: str = "probs"
+
+    def __post_init__(self):
+        require(
+            len(self.budgets) >= 1 and all(b >= 1 for b in self.budgets),
+            f"compare.budgets must list positive multiples of B, got {list(self.budgets)}",
+        )
+        require(
+            self.ensemble in ensemble.METHODS,
+            f"compare.ensemble {self.ensemble!r} unknown; use one of {', '.join(ensemble.METHODS)}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaneConfig:
+    """``plane``: the grid and evaluation sizes (official code: 21 × 21, margin 0.2, whole sets)."""
+
+    grid_points: int = 9
+    margin: float = 0.2
+    batch_size: int = 500
+    bn_samples: int = 0
+    train_samples: int = 5000
+    test_samples: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.grid_points >= 2, f"plane.grid_points must be at least 2, got {self.grid_points}")
+        require(self.margin >= 0, f"plane.margin must be non-negative, got {self.margin}")
+        require(self.batch_size >= 1, f"plane.batch_size must be at least 1, got {self.batch_size}")
+        require(self.bn_samples >= 0, f"plane.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
+        require(self.train_samples >= 0, f"plane.train_samples must be 0 (all) or positive, got {self.train_samples}")
+        require(self.test_samples >= 0, f"plane.test_samples must be 0 (all) or positive, got {self.test_samples}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PathEnsemblesConfig:
+    """``path_ensembles``: how members are combined, the random direction's seed, BN recalibration size."""
+
+    ensemble: str = "probs"
+    batch_size: int = 500
+    bn_samples: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        require(
+            self.ensemble in ensemble.METHODS,
+            f"path_ensembles.ensemble {self.ensemble!r} unknown; use one of {', '.join(ensemble.METHODS)}",
+        )
+        require(self.batch_size >= 1, f"path_ensembles.batch_size must be at least 1, got {self.batch_size}")
+        require(self.bn_samples >= 0, f"path_ensembles.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "curve": CurveConfig,
+    "eval": EvalConfig,
+    "fge": FgeConfig,
+    "sse": SseConfig,
+    "compare": CompareConfig,
+    "plane": PlaneConfig,
+    "path_ensembles": PathEnsemblesConfig,
+}
+
+
+def read_sections(path: Path, *names: str) -> tuple:
+    """The sections ``names`` of the params file at ``path``, each validated into its dataclass."""
+    params = read_params(path)
+    return tuple(section(params, name, SECTIONS[name]) for name in names)
