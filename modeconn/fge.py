@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from . import ensemble, schedules
+from .resume import ResumeState, capture, restore
 from .runtime import CPU, Runtime
-from .train import EpochStats, LossFn, predict, train_epoch
+from .train import EpochStats, LossFn, cross_entropy_step, predict, train_epoch
 from .weights import flat
 
 
@@ -43,6 +45,46 @@ def cycle_iterations(cycle_epochs: float, iters_per_epoch: int) -> int:
     return c + (c % 2)
 
 
+class SnapshotCollector:
+    """The snapshots of one run as it trains: pass :meth:`on_step` to :func:`modeconn.train.train_epoch`.
+
+    After every iteration ``i`` with ``is_snapshot(i)`` it records the model's test log-probabilities and its
+    distance to the previous snapshot. Its state (snapshots so far, the last snapshot's weights) round-trips
+    through :meth:`state_dict` for resuming a run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        test_batches,
+        is_snapshot: Callable[[int], bool],
+        iters_per_epoch: int,
+        runtime: Runtime = CPU,
+    ):
+        self.model, self.test_batches, self.is_snapshot = model, test_batches, is_snapshot
+        self.iters_per_epoch, self.runtime = iters_per_epoch, runtime
+        self.snapshots: list[Snapshot] = []
+        self.prev: torch.Tensor | None = None  # (D,) flat weights of the last snapshot
+
+    def on_step(self, i: int) -> None:
+        if not self.is_snapshot(i):
+            return
+        self.model.eval()
+        logprobs, _ = predict(self.model, self.test_batches, self.runtime)
+        self.model.train()
+        w = flat(dict(self.model.named_parameters()))
+        dist = (w - self.prev).norm().item() if self.prev is not None else float("nan")
+        self.prev = w
+        self.snapshots.append(Snapshot(iteration=i, epoch=i / self.iters_per_epoch, logprobs=logprobs, distance=dist))
+
+    def state_dict(self) -> dict:
+        return {"snapshots": [vars(s) for s in self.snapshots], "prev": self.prev}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.snapshots = [Snapshot(**s) for s in state["snapshots"]]
+        self.prev = state["prev"]
+
+
 def run_snapshots(
     model: nn.Module,
     loss_fn: LossFn,
@@ -57,30 +99,16 @@ def run_snapshots(
     what: str = "training",
 ) -> list[Snapshot]:
     """Train for ``epochs``; after every iteration ``i`` with ``is_snapshot(i)``, record a snapshot."""
-    n = len(train_batches)
-    snapshots: list[Snapshot] = []
-    prev: list[torch.Tensor | None] = [None]
-
-    def on_step(i: int) -> None:
-        if not is_snapshot(i):
-            return
-        model.eval()
-        logprobs, _ = predict(model, test_batches, runtime)
-        model.train()
-        w = flat(dict(model.named_parameters()))
-        dist = (w - prev[0]).norm().item() if prev[0] is not None else float("nan")
-        prev[0] = w
-        snapshots.append(Snapshot(iteration=i, epoch=i / n, logprobs=logprobs, distance=dist))
-
+    collector = SnapshotCollector(model, test_batches, is_snapshot, len(train_batches), runtime)
     iteration = 1
     for epoch in range(1, epochs + 1):
         model.train()
         stats, iteration = train_epoch(
-            loss_fn, optimizer, train_batches, lr_at, iteration, runtime, on_step=on_step, what=what
+            loss_fn, optimizer, train_batches, lr_at, iteration, runtime, on_step=collector.on_step, what=what
         )
         if on_epoch is not None:
             on_epoch(epoch, stats)
-    return snapshots
+    return collector.snapshots
 
 
 def fge_schedule(cycle_iters: int, lr_1: float, lr_2: float):
@@ -135,3 +163,83 @@ def runs_summary(rows: list[dict]) -> dict:
         "snapshot_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
         "mean_distance": sum(dists) / len(dists) if dists else None,
     }
+
+
+@dataclass
+class RunPlan:
+    """One run of snapshots to train: ``make()`` builds it — (model, optimizer, train batches, lr_at, is_snapshot) —
+    with its own seeds set; ``start_epoch`` is what the run cost before it began (FGE's pretraining; 0 for SSE)."""
+
+    seed: int
+    start_epoch: int
+    make: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Any, Callable[[int], float], Callable[[int], bool]]]
+    record: dict = field(default_factory=dict)  # extra facts for the run's record (e.g. its cycle in iterations)
+
+
+def run_record(plan: RunPlan, epochs: int, snapshots: list[Snapshot]) -> dict:
+    """A finished run as ``compare`` reads it: where it started, what it cost, its snapshots."""
+    return {
+        "seed": plan.seed,
+        "start_epoch": plan.start_epoch,
+        "epochs": epochs,
+        "cost": plan.start_epoch + epochs,
+        **plan.record,
+        "snapshots": [vars(s) for s in snapshots],
+    }
+
+
+def train_runs(
+    plans: list[RunPlan],
+    epochs: int,
+    test_batches,
+    labels: torch.Tensor,
+    runtime: Runtime = CPU,
+    resume: ResumeState | None = None,
+    on_epoch: Callable[[int, EpochStats], None] | None = None,
+    what: str = "training",
+) -> tuple[list[dict], list[dict]]:
+    """Train the runs one after the other, ``epochs`` each, collecting snapshots; returns (records, rows).
+
+    With ``resume``, the whole state (finished runs, and the current run's weights, optimizer, schedule
+    position, random states and snapshots) is saved after every epoch, and a saved state is continued.
+    """
+    saved = resume.load() if resume is not None else None
+    done = int(saved["epoch"]) if saved else 0
+    records, rows = (saved["runs"], saved["rows"]) if saved else ([], [])
+    for r, plan in enumerate(plans):
+        if (r + 1) * epochs <= done:
+            continue  # finished before the preemption
+        model, optimizer, train_batches, lr_at, is_snapshot = plan.make()
+        collector = SnapshotCollector(model, test_batches, is_snapshot, len(train_batches), runtime)
+        iteration, first = 1, r * epochs + 1
+        if saved and done > r * epochs:  # this run was interrupted: continue it
+            iteration = restore(saved["current"], model, optimizer, train_batches.generator)
+            collector.load_state_dict(saved["current"]["collector"])
+            first = done + 1
+        step = cross_entropy_step(model)
+        for g in range(first, (r + 1) * epochs + 1):
+            model.train()
+            stats, iteration = train_epoch(
+                step,
+                optimizer,
+                train_batches,
+                lr_at,
+                iteration,
+                runtime,
+                on_step=collector.on_step,
+                what=f"{what} (run {r}, seed {plan.seed})",
+            )
+            state: dict = {"runs": records, "rows": rows}
+            if g == (r + 1) * epochs:
+                rows += snapshot_rows(r, plan.seed, collector.snapshots, labels, float(plan.start_epoch))
+                records.append(run_record(plan, epochs, collector.snapshots))
+            else:
+                state["current"] = {
+                    **capture(model, optimizer, iteration, train_batches.generator),
+                    "collector": collector.state_dict(),
+                }
+            if resume is not None:
+                resume.epoch_done(g, state)
+            if on_epoch is not None:
+                on_epoch(g, stats)
+    return records, rows

@@ -30,12 +30,15 @@ from rich.logging import RichHandler
 from modeconn.data import Prepared, load_prepared
 from modeconn.errors import CheckpointError, ModeconnError
 from modeconn.io import atomic_write_json, atomic_write_text, load_checkpoint
+from modeconn.resume import Preempted, ResumeState, digest, fingerprint
 from modeconn.runtime import Runtime
 
 console = Console(stderr=True, soft_wrap=True)  # long summary lines are not cut at 80 columns in logs
 log = logging.getLogger("modeconn")
 
 PARAMS = Path("params.yaml")
+RESUME_DIR = Path(".modeconn/resume")
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on purpose after saving its state; rerun to continue
 PREPARED = Path("data/prepared")
 ENDPOINTS = Path("data/endpoints")
 
@@ -90,6 +93,9 @@ def user_errors() -> Iterator[None]:
     setup_logging()
     try:
         yield
+    except Preempted as exc:
+        console.print(f"[bold yellow]preempted:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(PREEMPTED_EXIT) from None
     except ModeconnError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -134,9 +140,25 @@ def runtime_of(device: str, precision: str, channels_last: str) -> Runtime:
     return runtime
 
 
+def prepared_files(prepared: Path) -> tuple[Path, Path]:
+    """The files of the prepare stage's folder (what a resume fingerprint reads)."""
+    return prepared / "data.pt", prepared / "meta.json"
+
+
 def prepared_data(prepared: Path, runtime: Runtime) -> Prepared:
     """The prepare stage's output, its tensors on the runtime's device."""
     return load_prepared(prepared, runtime.device, hint="Run `dvc repro prepare` (or python -m stages.prepare).")
+
+
+def resume_state(run: str, *settings: Any, inputs: tuple[Path, ...] = ()) -> ResumeState:
+    """Where training run ``run`` (e.g. ``train_endpoint/seed_0``) saves its state each epoch, keyed by its
+    ``settings`` (config sections, runtime) and the content of its input files.
+
+    The folder is $MODECONN_RESUME_DIR or ``.modeconn/resume`` — outside every DVC output, so a rerun of the
+    stage (which deletes its outputs first) finds it.
+    """
+    folder = Path(os.environ.get("MODECONN_RESUME_DIR", RESUME_DIR)) / run
+    return ResumeState(folder, fingerprint(run, *settings, [digest(p) for p in inputs]))
 
 
 def endpoint_checkpoint(path: Path) -> dict:

@@ -18,10 +18,10 @@ import typer
 
 from modeconn.data import EVAL_BATCH, Loader
 from modeconn.errors import CheckpointError
-from modeconn.fge import Snapshot, cycle_iterations, fge_schedule, run_snapshots, runs_summary, snapshot_rows
+from modeconn.fge import RunPlan, cycle_iterations, fge_schedule, runs_summary, train_runs
 from modeconn.io import atomic_dir, atomic_torch_save, build_from_checkpoint
 from modeconn.runtime import CPU, Runtime, derived_seed, seed_everything
-from modeconn.train import cross_entropy_step, make_sgd
+from modeconn.train import make_sgd
 
 from .common import (
     ENDPOINTS,
@@ -31,7 +31,9 @@ from .common import (
     endpoint_checkpoint,
     log,
     prepared_data,
+    prepared_files,
     progress,
+    resume_state,
     stage_app,
     write_csv,
     write_metrics,
@@ -39,37 +41,20 @@ from .common import (
 from .config import read_sections
 
 
-def start_checkpoint(endpoints: Path, seed: int, epoch: int) -> dict:
+def start_checkpoint_path(endpoints: Path, seed: int, epoch: int) -> Path:
     """The checkpoint of endpoint ``seed`` at ``epoch``: epoch_<e>.pt, or model.pt if it is that epoch."""
     folder = endpoints / f"seed_{seed}"
     path = folder / f"epoch_{epoch}.pt"
     if path.is_file():
-        return endpoint_checkpoint(path)
+        return path
     final = folder / "model.pt"
-    if final.is_file():
-        ckpt = endpoint_checkpoint(final)
-        if ckpt.get("epoch") == epoch:
-            return ckpt
+    if final.is_file() and endpoint_checkpoint(final).get("epoch") == epoch:
+        return final
     raise CheckpointError(
         f"no checkpoint of endpoint seed {seed} at epoch {epoch} ({path} does not exist): add {epoch} to "
         f"train.save_epochs (or set fge.start_epoch to one of them) and make sure {seed} is in train.seeds, "
         "then `dvc repro`"
     )
-
-
-def run_record(seed: int, start_epoch: int, epochs: int, snapshots: list[Snapshot], **extra) -> dict:
-    """One run of snapshots as stored in snapshots.pt (what ``compare`` reads)."""
-    return {
-        "seed": seed,
-        "start_epoch": start_epoch,
-        "epochs": epochs,
-        "cost": start_epoch + epochs,
-        **extra,
-        "snapshots": [
-            {"epoch": s.epoch, "iteration": s.iteration, "logprobs": s.logprobs, "distance": s.distance}
-            for s in snapshots
-        ],
-    }
 
 
 def save_runs(out: Path, runs: list[dict], labels: torch.Tensor) -> None:
@@ -88,13 +73,14 @@ def main(
 ) -> None:
     """Run FGE from each endpoint in fge.start_seeds (params: fge)."""
     (cfg,) = read_sections(params, "fge")
-    ckpts = [start_checkpoint(endpoints, s, cfg.start_epoch) for s in cfg.start_seeds]  # fail early
+    paths = [start_checkpoint_path(endpoints, s, cfg.start_epoch) for s in cfg.start_seeds]
+    ckpts = [endpoint_checkpoint(p) for p in paths]  # fail early, before any training
     data = prepared_data(prepared, runtime)
     test_b = Loader(data.test, data.info, EVAL_BATCH, train=False, channels_last=runtime.channels_last)
     labels = data.test.y.cpu()
-    runs, rows, t0 = [], [], time.perf_counter()
-    with progress("fge", len(cfg.start_seeds) * cfg.epochs) as advance:
-        for run, (seed, ckpt) in enumerate(zip(cfg.start_seeds, ckpts)):
+
+    def plan(seed: int, ckpt: dict) -> RunPlan:
+        def make():
             run_seed = derived_seed(cfg.seed, seed)
             seed_everything(run_seed)
             model = runtime.prepare(build_from_checkpoint(ckpt))
@@ -107,32 +93,46 @@ def main(
                 drop_last=True,
                 channels_last=runtime.channels_last,
             )
-            c = cycle_iterations(cfg.cycle, len(train_b))
-            lr_at, is_snap = fge_schedule(c, cfg.lr_1, cfg.lr_2)
+            lr_at, is_snap = fge_schedule(cycle_iterations(cfg.cycle, len(train_b)), cfg.lr_1, cfg.lr_2)
             opt = make_sgd(model.parameters(), cfg.lr_1, cfg.momentum, cfg.wd)
-            log.info(
-                "FGE run %d from seed %d at epoch %d: %d epochs, cycle %d iterations",
-                run,
-                seed,
-                cfg.start_epoch,
-                cfg.epochs,
-                c,
-            )
-            snaps = run_snapshots(
-                model,
-                cross_entropy_step(model),
-                opt,
-                train_b,
-                test_b,
-                cfg.epochs,
-                lr_at,
-                is_snap,
-                runtime,
-                on_epoch=lambda e, s, run=run: advance(f"run {run} loss {s.loss:.3f}"),
-                what=f"FGE (run from seed {seed})",
-            )
-            rows += snapshot_rows(run, seed, snaps, labels, float(cfg.start_epoch))
-            runs.append(run_record(seed, cfg.start_epoch, cfg.epochs, snaps, cycle_iterations=c))
+            if "optimizer" in ckpt:  # continue the endpoint's optimizer (momentum), as the paper's code does
+                opt.load_state_dict(ckpt["optimizer"])
+                for group in opt.param_groups:
+                    group.update(lr=cfg.lr_1, momentum=cfg.momentum, weight_decay=cfg.wd)
+            return model, opt, train_b, lr_at, is_snap
+
+        iters = len(data.train) // cfg.batch_size
+        return RunPlan(
+            seed,
+            cfg.start_epoch,
+            make,
+            {"cycle_iterations": cycle_iterations(cfg.cycle, iters), "momentum_from_checkpoint": "optimizer" in ckpt},
+        )
+
+    plans = [plan(seed, ckpt) for seed, ckpt in zip(cfg.start_seeds, ckpts)]
+    resume = resume_state("fge", cfg, runtime.as_dict(), inputs=(*prepared_files(prepared), *paths))
+    log.info(
+        "FGE: %d run(s) of %d epochs from epoch %d of seeds %s, cycle %s epochs, lr %g → %g",
+        len(plans),
+        cfg.epochs,
+        cfg.start_epoch,
+        list(cfg.start_seeds),
+        cfg.cycle,
+        cfg.lr_1,
+        cfg.lr_2,
+    )
+    t0 = time.perf_counter()
+    with progress("fge", len(plans) * cfg.epochs) as advance:
+        runs, rows = train_runs(
+            plans,
+            cfg.epochs,
+            test_b,
+            labels,
+            runtime,
+            resume,
+            on_epoch=lambda g, s: advance(f"epoch {g} loss {s.loss:.3f}"),
+            what="FGE",
+        )
     save_runs(out, runs, labels)
     summary = runs_summary(rows)
     info = {
@@ -143,12 +143,15 @@ def main(
         "lr_2": cfg.lr_2,
         "start_epoch": cfg.start_epoch,
         "epochs": cfg.epochs,
+        "momentum_from_checkpoint": all(r["momentum_from_checkpoint"] for r in runs),
+        "resumed_after_epoch": resume.resumed_after,
         "dataset": data.info.name,
         **runtime.as_dict(),
         "seconds": time.perf_counter() - t0,
     }
     write_csv(table, rows)
     write_metrics(metrics, summary, info)
+    resume.clear()
     console.print(
         f"[bold]FGE[/]: {info['runs']} run(s), {info['snapshots_per_run']} snapshots, ensemble "
         f"accuracy {summary['ensemble_accuracy']:.4f} (single snapshots "

@@ -18,6 +18,7 @@ from modeconn.curves import Curve, curve_loss, load_curve, save_curve
 from modeconn.data import Loader
 from modeconn.errors import CheckpointError
 from modeconn.models import from_spec
+from modeconn.resume import capture, restore
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.train import make_sgd, train_epoch
 
@@ -29,7 +30,9 @@ from .common import (
     endpoint_checkpoint,
     log,
     prepared_data,
+    prepared_files,
     progress,
+    resume_state,
     stage_app,
     write_csv,
     write_metrics,
@@ -72,19 +75,28 @@ def fit(
     optimizer = make_sgd(curve.bends.parameters(), cfg.lr, cfg.momentum, 0.0)  # wd acts on φ(t), not θ
     total = cfg.epochs * len(batches)
     lr_at = lambda i: schedules.standard_lr((i - 1) / total, cfg.lr)  # noqa: E731
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # the t of each minibatch
     step = curve_loss(curve, cfg.wd, generator)
-    rows, iteration, seconds = [], 1, 0.0
+    inputs = (*prepared_files(prepared), *(endpoints_dir / f"seed_{s}" / "model.pt" for s in cfg.endpoints))
+    if cfg.init != "linear":
+        inputs += (Path(cfg.init),)
+    resume = resume_state("fit_curve", cfg, runtime.as_dict(), inputs=inputs)
+    saved = resume.load()
+    rows, iteration, seconds, done = [], 1, 0.0, 0
+    if saved is not None:
+        iteration = restore(saved, curve, optimizer, batches.generator, generator)
+        rows, seconds, done = saved["rows"], saved["seconds"], saved["epoch"]
     log.info(
-        "fitting a %s with %d bends between seeds %d and %d: %d epochs on %s",
+        "fitting a %s with %d bends between seeds %d and %d: %d epochs on %s%s",
         cfg.type,
         cfg.num_bends,
         *cfg.endpoints,
         cfg.epochs,
         data.info.name,
+        f", resuming after epoch {done}" if done else "",
     )
-    with progress("fit_curve", cfg.epochs) as advance:
-        for epoch in range(1, cfg.epochs + 1):
+    with progress("fit_curve", cfg.epochs - done) as advance:
+        for epoch in range(done + 1, cfg.epochs + 1):
             curve.template.train()
             stats, iteration = train_epoch(step, optimizer, batches, lr_at, iteration, runtime, what="curve training")
             seconds += stats.seconds
@@ -98,6 +110,14 @@ def fit(
                     "images_per_s": stats.images_per_s,
                 }
             )
+            resume.epoch_done(
+                epoch,
+                {
+                    **capture(curve, optimizer, iteration, batches.generator, generator),
+                    "rows": rows,
+                    "seconds": seconds,
+                },
+            )
             advance(f"loss at random t {stats.loss:.3f} acc {stats.accuracy:.3f} {stats.images_per_s:.0f} img/s")
     save_curve(out / "curve.pt", curve, spec, endpoints=list(cfg.endpoints), wd=cfg.wd)
     result = {"train_loss": rows[-1]["train_loss"], "train_accuracy": rows[-1]["train_accuracy"]}
@@ -108,6 +128,7 @@ def fit(
         "dataset": data.info.name,
         "model": spec["name"],
         "epochs": cfg.epochs,
+        "resumed_after_epoch": done,
         "seconds": seconds,
         "seconds_per_epoch": seconds / cfg.epochs,
         "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
@@ -115,6 +136,7 @@ def fit(
     }
     write_csv(log_csv, rows)
     write_metrics(metrics, result, run)
+    resume.clear()
     return {**result, **run}
 
 

@@ -16,10 +16,10 @@ import typer
 
 from modeconn.data import EVAL_BATCH, Loader
 from modeconn.errors import ConfigError
-from modeconn.fge import run_snapshots, runs_summary, snapshot_rows, sse_schedule
+from modeconn.fge import RunPlan, runs_summary, sse_schedule, train_runs
 from modeconn.models import from_spec
 from modeconn.runtime import CPU, Runtime, seed_everything
-from modeconn.train import cross_entropy_step, make_sgd
+from modeconn.train import make_sgd
 
 from .common import (
     ParamsOpt,
@@ -27,13 +27,15 @@ from .common import (
     console,
     log,
     prepared_data,
+    prepared_files,
     progress,
+    resume_state,
     stage_app,
     write_csv,
     write_metrics,
 )
 from .config import read_sections
-from .fge import run_record, save_runs
+from .fge import save_runs
 
 
 def main(
@@ -46,44 +48,43 @@ def main(
 ) -> None:
     """Train a Snapshot Ensemble from scratch (params: model, sse)."""
     cfg, model_cfg = read_sections(params, "sse", "model")
-    seed_everything(cfg.seed)
     data = prepared_data(prepared, runtime)
     info = data.info
-    model = runtime.prepare(from_spec(model_cfg.spec(info)))
-    train_b = Loader(
-        data.train,
-        info,
-        cfg.batch_size,
-        train=True,
-        seed=cfg.seed,
-        drop_last=True,
-        channels_last=runtime.channels_last,
-    )
     test_b = Loader(data.test, info, EVAL_BATCH, train=False, channels_last=runtime.channels_last)
-    total = cfg.epochs * len(train_b)
-    if cfg.cycles > total:
-        raise ConfigError(f"sse.cycles = {cfg.cycles} exceeds the {total} iterations of sse.epochs")
-    lr_at, is_snap = sse_schedule(total, cfg.cycles, cfg.lr)
-    opt = make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.wd)
+    iters = len(data.train) // cfg.batch_size
+    if cfg.cycles > cfg.epochs * iters:
+        raise ConfigError(f"sse.cycles = {cfg.cycles} exceeds the {cfg.epochs * iters} iterations of sse.epochs")
+
+    def make():
+        seed_everything(cfg.seed)
+        model = runtime.prepare(from_spec(model_cfg.spec(info)))
+        train_b = Loader(
+            data.train,
+            info,
+            cfg.batch_size,
+            train=True,
+            seed=cfg.seed,
+            drop_last=True,
+            channels_last=runtime.channels_last,
+        )
+        lr_at, is_snap = sse_schedule(cfg.epochs * len(train_b), cfg.cycles, cfg.lr)
+        return model, make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.wd), train_b, lr_at, is_snap
+
+    resume = resume_state("sse", cfg, model_cfg, runtime.as_dict(), inputs=prepared_files(prepared))
     log.info("SSE: %d epochs, %d cycles from scratch (seed %d)", cfg.epochs, cfg.cycles, cfg.seed)
     t0 = time.perf_counter()
     with progress("sse", cfg.epochs) as advance:
-        snaps = run_snapshots(
-            model,
-            cross_entropy_step(model),
-            opt,
-            train_b,
-            test_b,
+        runs, rows = train_runs(
+            [RunPlan(cfg.seed, 0, make)],
             cfg.epochs,
-            lr_at,
-            is_snap,
+            test_b,
+            data.test.y.cpu(),
             runtime,
+            resume,
             on_epoch=lambda e, s: advance(f"loss {s.loss:.3f} acc {s.accuracy:.3f}"),
             what="SSE training",
         )
-    labels = data.test.y.cpu()
-    rows = snapshot_rows(0, cfg.seed, snaps, labels, 0.0)
-    save_runs(out, [run_record(cfg.seed, 0, cfg.epochs, snaps)], labels)
+    save_runs(out, runs, data.test.y.cpu())
     summary = runs_summary(rows)
     run_info = {
         "runs": summary.pop("runs"),
@@ -91,14 +92,17 @@ def main(
         "cycles": cfg.cycles,
         "lr": cfg.lr,
         "epochs": cfg.epochs,
+        "resumed_after_epoch": resume.resumed_after,
         "dataset": info.name,
         **runtime.as_dict(),
         "seconds": time.perf_counter() - t0,
     }
     write_csv(table, rows)
     write_metrics(metrics, summary, run_info)
+    resume.clear()
     console.print(
-        f"[bold]SSE[/]: {len(snaps)} snapshots, ensemble accuracy {summary['ensemble_accuracy']:.4f} "
+        f"[bold]SSE[/]: {run_info['snapshots_per_run']} snapshots, "
+        f"ensemble accuracy {summary['ensemble_accuracy']:.4f} "
         f"(single snapshots {summary['snapshot_accuracy']:.4f}) → {out}"
     )
 

@@ -9,6 +9,7 @@ per-epoch CSV and a metrics JSON.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from modeconn import ensemble, schedules
 from modeconn.data import EVAL_BATCH, Loader
 from modeconn.io import atomic_dir, atomic_torch_save, save_checkpoint
 from modeconn.models import from_spec
+from modeconn.resume import capture, restore
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.train import cross_entropy_step, make_sgd, predict, train_epoch
 
@@ -27,7 +29,9 @@ from .common import (
     console,
     log,
     prepared_data,
+    prepared_files,
     progress,
+    resume_state,
     stage_app,
     write_csv,
     write_metrics,
@@ -63,18 +67,26 @@ def train_one(
     total = cfg.epochs * len(train_batches)
     lr_at = lambda i: schedules.standard_lr((i - 1) / total, cfg.lr)  # noqa: E731
     step = cross_entropy_step(model)
-    rows, extra, iteration, seconds = [], {}, 1, 0.0
+    resume = resume_state(
+        f"train_endpoint/seed_{seed}", cfg, model_cfg, seed, runtime.as_dict(), inputs=prepared_files(prepared)
+    )
+    saved = resume.load()
+    rows, extra, iteration, seconds, done = [], {}, 1, 0.0, 0
+    if saved is not None:
+        iteration = restore(saved, model, optimizer, train_batches.generator)
+        rows, extra, seconds, done = saved["rows"], saved["extra"], saved["seconds"], saved["epoch"]
     log.info(
-        "seed %d: %s on %s (%d train / %d test images), %d epochs",
+        "seed %d: %s on %s (%d train / %d test images), %d epochs%s",
         seed,
         spec["name"],
         data.info.name,
         data.train.y.numel(),
         data.test.y.numel(),
         cfg.epochs,
+        f", resuming after epoch {done}" if done else "",
     )
-    with progress(f"train_endpoint seed {seed}", cfg.epochs) as advance:
-        for epoch in range(1, cfg.epochs + 1):
+    with progress(f"train_endpoint seed {seed}", cfg.epochs - done) as advance:
+        for epoch in range(done + 1, cfg.epochs + 1):
             model.train()
             stats, iteration = train_epoch(
                 step, optimizer, train_batches, lr_at, iteration, runtime, what=f"endpoint training (seed {seed})"
@@ -93,12 +105,26 @@ def train_one(
                 "images_per_s": stats.images_per_s,
             }
             rows.append(row)
-            if epoch in cfg.save_epochs:
-                extra[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if epoch in cfg.save_epochs:  # FGE starts here: weights and the optimizer's momentum
+                extra[epoch] = {
+                    "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "optimizer": copy.deepcopy(optimizer.state_dict()),
+                }
+            resume.epoch_done(
+                epoch,
+                {
+                    **capture(model, optimizer, iteration, train_batches.generator),
+                    "rows": rows,
+                    "extra": extra,
+                    "seconds": seconds,
+                },
+            )
             advance(
                 f"loss {stats.loss:.3f} acc {stats.accuracy:.3f} test acc {row['test_accuracy']:.3f} "
                 f"{stats.images_per_s:.0f} img/s"
             )
+    model.eval()
+    logprobs, y = predict(model, test_batches, runtime)
     last = rows[-1]
     result = {
         "train_loss": last["train_loss"],
@@ -114,14 +140,24 @@ def train_one(
         "model_args": spec["args"],
         "epochs": cfg.epochs,
         "train_images": int(data.train.y.numel()),
+        "resumed_after_epoch": done,
         "seconds": seconds,
         "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
         **runtime.as_dict(),
     }
     with atomic_dir(out) as tmp:
-        save_checkpoint(tmp / "model.pt", spec, model.state_dict(), epoch=cfg.epochs, seed=seed)
+        save_checkpoint(
+            tmp / "model.pt", spec, model.state_dict(), epoch=cfg.epochs, seed=seed, optimizer=optimizer.state_dict()
+        )
         for epoch, state in extra.items():
-            save_checkpoint(tmp / f"epoch_{epoch}.pt", spec, state, epoch=epoch, seed=seed)
+            save_checkpoint(
+                tmp / f"epoch_{epoch}.pt",
+                spec,
+                state["state_dict"],
+                epoch=epoch,
+                seed=seed,
+                optimizer=state["optimizer"],
+            )
         atomic_torch_save({"logprobs": logprobs, "labels": y}, tmp / "test_logprobs.pt")
         if data.val is not None:
             val_batches = Loader(data.val, data.info, EVAL_BATCH, train=False, channels_last=runtime.channels_last)
@@ -129,6 +165,7 @@ def train_one(
             atomic_torch_save({"logprobs": val_lp, "labels": val_y}, tmp / "val_logprobs.pt")
     write_csv(log_csv, rows)
     write_metrics(metrics, result, run)
+    resume.clear()
     return {**result, **run}
 
 

@@ -1,0 +1,185 @@
+"""Resuming long training runs after preemption (DESIGN decision 8).
+
+A 600-epoch curve on a shared GPU must not restart from zero when its job is
+killed. A training run saves its whole state — weights or bends, optimizer
+(momentum buffers included), schedule position, random states, epoch, the
+rows logged so far — at the end of every epoch, into one file whose name is
+a fingerprint of everything that determines the run (settings, input files,
+runtime). A rerun with the same fingerprint continues after the last saved
+epoch and, on a CPU, ends bit for bit where an uninterrupted run ends. A
+state saved under other settings is never used: it is deleted when a run
+with a new fingerprint starts. A file that cannot be read, or that is of
+another format, is ignored with a one-line warning. A finished run deletes
+its state.
+
+    state = ResumeState(folder, fingerprint(config, digest(input_file), ...))
+    saved = state.load()              # None, or the dict of the last finished epoch
+    for epoch in range(saved["epoch"] + 1 if saved else 1, epochs + 1):
+        ...train one epoch...
+        state.epoch_done(epoch, {...})  # save; and stop here if asked to (preemption drill)
+    state.clear()
+
+For drills and tests, ``stop_after`` (or the environment variable
+``MODECONN_STOP_AFTER_EPOCHS``) ends the process as a preemption would, with
+:class:`Preempted`, right after the state of that many epochs is saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModeconnError
+from .io import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+FORMAT = "modeconn.resume/1"
+STOP_ENV = "MODECONN_STOP_AFTER_EPOCHS"
+
+
+class Preempted(ModeconnError):
+    """The run stopped on purpose after saving its state (a preemption drill); rerun it to continue."""
+
+
+def digest(path: Path | str) -> str:
+    """SHA-256 of a file's bytes (inputs enter a fingerprint by content, not by name or date)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hex key of JSON-able ``parts`` (dataclasses are taken as dicts)."""
+    plain = [asdict(p) if is_dataclass(p) and not isinstance(p, type) else p for p in parts]
+    text = json.dumps([FORMAT, *plain], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def rng_state(*generators: torch.Generator) -> dict:
+    """The global random states (Python, torch CPU, CUDA if present) and those of ``generators``."""
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "generators": [g.get_state() for g in generators],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, *generators: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved, into the same ``generators`` (in the same order)."""
+    random.setstate(_tuples(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for g, s in zip(generators, state["generators"], strict=True):
+        g.set_state(s)
+
+
+def _tuples(x: Any) -> Any:
+    """random.setstate wants tuples where a round trip through torch.save may give lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class ResumeState:
+    """The saved state of one training run, in ``folder`` (one folder per run, e.g. per stage and seed).
+
+    ``key`` is the run's fingerprint; ``stop_after`` (default: $MODECONN_STOP_AFTER_EPOCHS) stops the
+    process after saving that many epochs, for drills and tests.
+    """
+
+    def __init__(self, folder: Path | str, key: str, stop_after: int | None = None):
+        self.folder, self.key = Path(folder), key
+        self.path = self.folder / f"{key}.pt"
+        if stop_after is None and os.environ.get(STOP_ENV):
+            try:
+                stop_after = int(os.environ[STOP_ENV])
+            except ValueError:
+                raise ModeconnError(f"{STOP_ENV}={os.environ[STOP_ENV]!r} must be a whole number of epochs") from None
+        self.stop_after = stop_after
+        self.done_here = 0  # epochs finished by this process
+        self.resumed_after = 0  # the epoch a loaded state had reached (0: started from scratch)
+
+    def _clean_others(self) -> None:
+        for other in self.folder.glob("*.pt"):
+            if other != self.path:
+                log.info("removing resume state %s: it belongs to other settings or inputs", other)
+                other.unlink(missing_ok=True)
+
+    def load(self) -> dict | None:
+        """The state of the last finished epoch, or None (nothing saved, or a file not to be trusted)."""
+        if not self.folder.is_dir():
+            return None
+        self._clean_others()
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("key") != self.key:
+                raise ValueError("not a resume state of this run")
+            int(state["epoch"])
+        except Exception as exc:  # truncated, corrupt, another version: never trusted
+            log.warning(
+                "ignoring resume state %s (%s: %s); starting from scratch",
+                self.path,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:100] if str(exc) else "",
+            )
+            self.path.unlink(missing_ok=True)
+            return None
+        log.info("resuming from %s: %d epoch(s) already done", self.path, state["epoch"])
+        self.resumed_after = int(state["epoch"])
+        return state
+
+    def epoch_done(self, epoch: int, state: dict) -> None:
+        """Save the state at the end of ``epoch`` (atomically); then stop if this process was asked to."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"format": FORMAT, "key": self.key, "epoch": epoch, **state}, self.path)
+        self.done_here += 1
+        if self.stop_after is not None and self.done_here >= self.stop_after:
+            raise Preempted(
+                f"stopped after {self.done_here} epoch(s) (epoch {epoch}) as {STOP_ENV} asks; the state "
+                f"is in {self.path}: rerun the same command to continue"
+            )
+
+    def clear(self) -> None:
+        """The run has finished: remove its state (and the folder, if nothing else is in it)."""
+        self.path.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
+
+
+def capture(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, *generators: torch.Generator
+) -> dict:
+    """What a training run needs to continue: weights and buffers, optimizer state, iteration, random states."""
+    return {
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "iteration": iteration,
+        "rng": rng_state(*generators),
+    }
+
+
+def restore(
+    state: dict, module: torch.nn.Module, optimizer: torch.optim.Optimizer, *generators: torch.Generator
+) -> int:
+    """Load what :func:`capture` saved into the same objects; returns the iteration to continue from."""
+    module.load_state_dict(state["module"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"], *generators)
+    return int(state["iteration"])

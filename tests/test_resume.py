@@ -1,0 +1,191 @@
+"""Resume after preemption: a stage killed mid-run continues from its last saved epoch and, on a CPU, ends
+bit for bit where an uninterrupted run ends. A real ``kill -9`` of a stage subprocess, and the drill
+(MODECONN_STOP_AFTER_EPOCHS) that stops each training stage after every epoch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from stages import fge, fit_curve, prepare, sse, train_endpoint
+from stages.common import PREEMPTED_EXIT
+
+from .stage_utils import ROOT, invoke, tiny_params, write_params
+
+TIMINGS = ("seconds", "images_per_s")  # the only columns allowed to differ between two runs
+PARAMS = tiny_params(train__epochs=3, curve__epochs=3, fge__epochs=2, fge__start_epoch=1, sse__epochs=3, sse__cycles=3)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """Prepared data and two endpoints of the config above."""
+    root = tmp_path_factory.mktemp("resume_base")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    write_params(root, PARAMS)
+    assert invoke(prepare).exit_code == 0
+    for seed in (0, 1):
+        assert invoke(train_endpoint, "--seed", seed, "--device", "cpu").exit_code == 0
+    mp.undo()
+    return root
+
+
+def copy_of(base: Path, to: Path) -> Path:
+    shutil.copytree(base, to)
+    shutil.rmtree(to / "metrics", ignore_errors=True)
+    return to
+
+
+def same_tensors(a, b, where: str) -> None:
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_tensors(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, float) and a != a:
+        assert b != b, where
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def same_outputs(a: Path, b: Path, files: list[str], metrics: list[str], tables: list[str]) -> None:
+    for f in files:
+        same_tensors(torch.load(a / f, weights_only=True), torch.load(b / f, weights_only=True), f)
+    for m in metrics:
+        assert json.loads((a / m).read_text()) == json.loads((b / m).read_text()), m
+    for t in tables:
+        ta, tb = (pd.read_csv(x / t) for x in (a, b))
+        keep = [c for c in ta.columns if c not in TIMINGS]
+        pd.testing.assert_frame_equal(ta[keep], tb[keep], check_exact=True, obj=t)
+
+
+STAGES = {  # stage → (module, args, output files, metrics, tables, epochs)
+    "train_endpoint": (
+        train_endpoint,
+        ("--seed", 0),
+        [
+            "data/endpoints/seed_0/model.pt",
+            "data/endpoints/seed_0/epoch_1.pt",
+            "data/endpoints/seed_0/test_logprobs.pt",
+            "data/endpoints/seed_0/val_logprobs.pt",
+        ],
+        ["metrics/endpoints/seed_0.json"],
+        ["metrics/endpoints/seed_0.csv"],
+        3,
+    ),
+    "fit_curve": (fit_curve, (), ["data/curve/curve.pt"], ["metrics/curve_train.json"], ["metrics/curve_train.csv"], 3),
+    "fge": (fge, (), ["data/fge/snapshots.pt"], ["metrics/fge.json"], ["metrics/fge.csv"], 4),  # 2 runs × 2 epochs
+    "sse": (sse, (), ["data/sse/snapshots.pt"], ["metrics/sse.json"], ["metrics/sse.csv"], 3),
+}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_preempted_after_every_epoch_ends_where_an_uninterrupted_run_ends(stage, base, tmp_path, monkeypatch):
+    module, args, files, metrics, tables, epochs = STAGES[stage]
+    whole, pieces = copy_of(base, tmp_path / "whole"), copy_of(base, tmp_path / "pieces")
+    monkeypatch.chdir(whole)
+    assert invoke(module, *args, "--device", "cpu").exit_code == 0
+    monkeypatch.chdir(pieces)
+    monkeypatch.setenv("MODECONN_STOP_AFTER_EPOCHS", "1")
+    codes = []
+    for _ in range(epochs + 1):
+        r = invoke(module, *args, "--device", "cpu")
+        codes.append(r.exit_code)
+        if r.exit_code == 0:
+            break
+        assert r.exit_code == PREEMPTED_EXIT and "rerun the same command" in r.output, r.output
+        assert not (pieces / metrics[0]).exists(), "outputs written before the run finished"
+    assert codes == [PREEMPTED_EXIT] * epochs + [0]  # one epoch per process; the last one only writes
+    run = json.loads((pieces / metrics[0].replace(".json", ".run.json")).read_text())
+    assert run["resumed_after_epoch"] == epochs
+    same_outputs(whole, pieces, files, metrics, tables)
+    assert not list((pieces / ".modeconn/resume").rglob("*.pt")), "a finished stage left its resume state behind"
+
+
+def test_a_corrupt_state_is_ignored_and_state_of_other_params_is_removed(base, tmp_path, monkeypatch):
+    ws = copy_of(base, tmp_path / "ws")
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("MODECONN_STOP_AFTER_EPOCHS", "1")
+    assert invoke(fit_curve, "--device", "cpu").exit_code == PREEMPTED_EXIT
+    (state,) = (ws / ".modeconn/resume/fit_curve").glob("*.pt")
+    state.write_bytes(state.read_bytes()[:100])  # truncated, as by a crash of the file system
+    monkeypatch.delenv("MODECONN_STOP_AFTER_EPOCHS")
+    r = invoke(fit_curve, "--device", "cpu")
+    assert r.exit_code == 0 and "ignoring resume state" in r.output and "Traceback" not in r.output
+    assert json.loads((ws / "metrics/curve_train.run.json").read_text())["resumed_after_epoch"] == 0
+
+    monkeypatch.setenv("MODECONN_STOP_AFTER_EPOCHS", "1")
+    assert invoke(fit_curve, "--device", "cpu").exit_code == PREEMPTED_EXIT
+    (old,) = (ws / ".modeconn/resume/fit_curve").glob("*.pt")
+    write_params(ws, {**PARAMS, "curve": {**PARAMS["curve"], "lr": 0.03}})  # other settings: another run
+    assert invoke(fit_curve, "--device", "cpu").exit_code == PREEMPTED_EXIT
+    (new,) = (ws / ".modeconn/resume/fit_curve").glob("*.pt")
+    assert new != old and not old.exists()
+    assert torch.load(new, weights_only=True)["epoch"] == 1  # started from scratch
+
+
+def test_kill_9_then_rerun_trains_only_the_missing_epochs(tmp_path):
+    """A real SIGKILL of a training subprocess in the middle of its run; the rerun continues from the last
+    saved epoch (fewer epochs trained) and its checkpoint equals that of an uninterrupted run bit for bit."""
+    params = tiny_params(
+        train__epochs=40,
+        train__save_epochs=[20],
+        data__synthetic={**tiny_params()["data"]["synthetic"], "n_train": 1200},
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MODECONN_PLAIN": "1"}
+    cmd = [sys.executable, "-m", "stages.train_endpoint", "--seed", "0", "--device", "cpu"]
+    runs = {}
+    for name in ("whole", "killed"):
+        ws = tmp_path / name
+        ws.mkdir()
+        write_params(ws, params)
+        subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=ws, env=env, check=True, capture_output=True)
+        runs[name] = ws
+    subprocess.run(cmd, cwd=runs["whole"], env=env, check=True, capture_output=True)
+
+    ws = runs["killed"]
+    proc = subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder, killed_after, deadline = ws / ".modeconn/resume/train_endpoint/seed_0", 0, time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        states = list(folder.glob("*.pt"))
+        if states:
+            try:
+                killed_after = int(torch.load(states[0], weights_only=True)["epoch"])
+            except Exception:  # replaced while we read it
+                killed_after = 0
+            if killed_after >= 3:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
+    assert not (ws / "data/endpoints/seed_0/model.pt").exists()
+
+    rerun = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed = json.loads((ws / "metrics/endpoints/seed_0.run.json").read_text())["resumed_after_epoch"]
+    assert resumed >= killed_after >= 3 and f"resuming after epoch {resumed}" in rerun.stderr
+    assert f"train_endpoint seed 0 1/{40 - resumed}" in rerun.stderr  # it trained only the missing epochs
+    same_outputs(
+        runs["whole"],
+        ws,
+        ["data/endpoints/seed_0/model.pt", "data/endpoints/seed_0/epoch_20.pt"],
+        ["metrics/endpoints/seed_0.json"],
+        ["metrics/endpoints/seed_0.csv"],
+    )
+    assert not folder.exists()
