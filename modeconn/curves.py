@@ -13,8 +13,9 @@ sum of control points ("bends") θ_0 = ŵ1, θ_1 … θ_{n−2}, θ_{n−1} = ŵ
 
 :class:`Curve` works on any ``nn.Module`` (DESIGN decision 1): it keeps, per
 parameter of a template network, the endpoints as fixed buffers and the
-interior bends as one trainable tensor ``[n − 2, *shape]``, and runs the
-template at φ_θ(t) with ``torch.func.functional_call``. No curve layers.
+interior bends as one trainable tensor ``[n − 2, P]`` over all P weights of
+the network, and runs the template at φ_θ(t) with
+``torch.func.functional_call``. No curve layers.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from torch.func import functional_call
 
 from .errors import CheckpointError, ConfigError
 from .io import atomic_torch_save, load_file
-from .weights import sq_norm
 
 KINDS = ("bezier", "polychain")
 
@@ -63,17 +63,20 @@ def check_curve_args(kind: str, num_bends: int) -> None:
         )
 
 
-def trainable_names(module: nn.Module) -> list[str]:
-    return [name for name, _ in module.named_parameters()]
-
-
 class Curve(nn.Module):
     """A curve of ``kind`` with ``num_bends`` control points between two weight sets of ``template``.
 
     ``start`` and ``end`` map each parameter name of ``template`` to a tensor
     (e.g. two endpoint state dicts). The template's buffers (BatchNorm running
     statistics) are shared by all t and must be recalibrated per point
-    (:mod:`modeconn.bn`). ``num_bends = 2`` gives the segment (no parameters).
+    (:mod:`modeconn.bn`). ``num_bends = 2`` gives the segment (no trainable bend).
+
+    Storage: every parameter of the template is one slice of a flat vector of
+    length P (the template's parameter count, in ``named_parameters`` order).
+    The endpoints are the buffers ``start`` and ``end`` [P]; the interior
+    bends are one trainable tensor ``bends`` [n − 2, P]. φ_θ(t) is then one
+    matrix-vector product and its squared norm one reduction, whatever the
+    number of layers (the paper's O(|net|) overhead, in a few kernel calls).
     """
 
     def __init__(
@@ -93,44 +96,43 @@ class Curve(nn.Module):
         self.template = template
         for p in template.parameters():
             p.requires_grad_(False)
-        self.names = trainable_names(template)
         check_compatible(template, start, "start")
         check_compatible(template, end, "end")
-        self.bends = nn.ParameterList()
-        for i, name in enumerate(self.names):
-            a, b = start[name].detach().float(), end[name].detach().float()
-            self.register_buffer(f"start_{i}", a.clone())
-            self.register_buffer(f"end_{i}", b.clone())
-            # Interior bends initialised on the segment: θ_k = ŵ1 + k/(n−1) (ŵ2 − ŵ1).
-            s = torch.arange(1, num_bends - 1, dtype=a.dtype) / (num_bends - 1)
-            s = s.view(-1, *([1] * a.dim()))
-            self.bends.append(nn.Parameter(a + s * (b - a)))  # (n-2, *shape)
-
-    def _start(self, i: int) -> torch.Tensor:
-        return getattr(self, f"start_{i}")
-
-    def _end(self, i: int) -> torch.Tensor:
-        return getattr(self, f"end_{i}")
+        params = dict(template.named_parameters())
+        self.names = list(params)
+        self.shapes = [tuple(p.shape) for p in params.values()]
+        self.sizes = [p.numel() for p in params.values()]
+        a = torch.cat([start[n].detach().float().reshape(-1) for n in self.names])  # (P,)
+        b = torch.cat([end[n].detach().float().reshape(-1) for n in self.names])  # (P,)
+        self.register_buffer("start", a)
+        self.register_buffer("end", b)
+        # Interior bends initialised on the segment: θ_k = ŵ1 + k/(n−1) (ŵ2 − ŵ1).
+        s = torch.arange(1, num_bends - 1, dtype=a.dtype) / (num_bends - 1)  # (n-2,)
+        self.bends = nn.Parameter(a + s[:, None] * (b - a))  # (n-2, P)
 
     def coefficients(self, t: float) -> torch.Tensor:
         return COEFFICIENTS[self.kind](t, self.num_bends).float()
 
-    def weights(self, t: float) -> dict[str, torch.Tensor]:
-        """φ_θ(t) as a dict name → tensor (differentiable w.r.t. the bends), always in float32.
+    def point(self, t: float) -> torch.Tensor:
+        """φ_θ(t) as one flat float32 vector [P] (differentiable w.r.t. the bends).
 
         Autocast is off here: under bf16 autocast the weighted sum would otherwise be rounded to bf16
         before the forward pass casts what it needs.
         """
-        device = self._start(0).device if self.names else torch.device("cpu")
-        c = self.coefficients(t).to(device)  # (n,)
-        out = {}
-        with torch.autocast(device.type, enabled=False):
-            for i, name in enumerate(self.names):
-                w = c[0] * self._start(i) + c[-1] * self._end(i)
-                if self.num_bends > 2:
-                    w = w + torch.tensordot(c[1:-1], self.bends[i], dims=1)
-                out[name] = w
-        return out
+        c = self.coefficients(t)  # (n,) on the CPU: the end coefficients enter as plain numbers
+        with torch.autocast(self.start.device.type, enabled=False):
+            w = (self.start * float(c[0])).add_(self.end, alpha=float(c[-1]))  # (P,)
+            if self.num_bends > 2:
+                w = torch.addmv(w, self.bends.t(), c[1:-1].to(w.device))  # + Σ_k c_k θ_k, (P, n-2) @ (n-2,)
+        return w
+
+    def unflat(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat vector [P] as the template's parameter dict (views, no copy)."""
+        return {n: v.view(shape) for n, v, shape in zip(self.names, w.split(self.sizes), self.shapes)}
+
+    def weights(self, t: float) -> dict[str, torch.Tensor]:
+        """φ_θ(t) as a dict name → tensor (views of :meth:`point`), always in float32."""
+        return self.unflat(self.point(t))
 
     def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
         return functional_call(self.template, self.weights(t), (x,), strict=False)
@@ -142,12 +144,15 @@ class Curve(nn.Module):
         state.update({k: v.detach().clone() for k, v in self.weights(t).items()})
         return state
 
+    def endpoint(self, which: int) -> dict[str, torch.Tensor]:
+        """ŵ1 (``which = 0``) or ŵ2 (``which = -1``) as a parameter dict."""
+        return self.unflat((self.start if which == 0 else self.end).detach())
+
     def control_points(self) -> dict[str, torch.Tensor]:
         """Per parameter, the stacked control points [n, *shape] (endpoints included)."""
-        return {
-            name: torch.cat([self._start(i)[None], self.bends[i].detach(), self._end(i)[None]])
-            for i, name in enumerate(self.names)
-        }
+        stack = torch.cat([self.start[None], self.bends.detach(), self.end[None]])  # (n, P)
+        return {n: v.reshape(self.num_bends, *shape)
+                for n, v, shape in zip(self.names, stack.split(self.sizes, dim=1), self.shapes)}
 
     def load_control_points(self, points: dict[str, torch.Tensor], source: str = "<curve>") -> None:
         """Set the interior bends from stacked control points (as saved by :meth:`control_points`)."""
@@ -156,15 +161,15 @@ class Curve(nn.Module):
             raise CheckpointError(
                 f"{source}: control points missing for {missing[:3]}…; was it made for another model?"
             )
+        for name, shape in zip(self.names, self.shapes):
+            if tuple(points[name].shape) != (self.num_bends, *shape):
+                raise CheckpointError(
+                    f"{source}: control points of {name} have shape {tuple(points[name].shape)}, expected "
+                    f"{(self.num_bends, *shape)} (curve.num_bends or the model differ)"
+                )
+        flat = torch.cat([points[n].reshape(self.num_bends, -1) for n in self.names], dim=1)  # (n, P)
         with torch.no_grad():
-            for i, name in enumerate(self.names):
-                p = points[name]
-                if p.shape != (self.num_bends, *self._start(i).shape):
-                    raise CheckpointError(
-                        f"{source}: control points of {name} have shape {tuple(p.shape)}, expected "
-                        f"{(self.num_bends, *self._start(i).shape)} (curve.num_bends or the model differ)"
-                    )
-                self.bends[i].copy_(p[1:-1])
+            self.bends.copy_(flat[1:-1])
 
 
 def check_compatible(template: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
@@ -191,11 +196,11 @@ def curve_loss(curve: Curve, wd: float, generator: torch.Generator):
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.rand((), generator=generator).item()
-        weights = curve.weights(t)
-        logits = functional_call(curve.template, weights, (x,), strict=False)
+        w = curve.point(t)  # (P,)
+        logits = functional_call(curve.template, curve.unflat(w), (x,), strict=False)
         loss = F.cross_entropy(logits.float(), y)
         if wd > 0:
-            loss = loss + 0.5 * wd * sq_norm(weights)
+            loss = loss + 0.5 * wd * torch.dot(w, w)  # ‖φ_θ(t)‖², one reduction
         return loss, logits
 
     return loss_fn
@@ -239,6 +244,4 @@ def load_curve(
 
 def segment_of(curve: Curve, template: nn.Module) -> Curve:
     """The straight segment between a curve's two endpoints, on its own template copy."""
-    start = {n: curve._start(i) for i, n in enumerate(curve.names)}
-    end = {n: curve._end(i) for i, n in enumerate(curve.names)}
-    return Curve(template, start, end, "bezier", 2)
+    return Curve(template, curve.endpoint(0), curve.endpoint(-1), "bezier", 2)

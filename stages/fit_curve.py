@@ -72,7 +72,7 @@ def fit(
         drop_last=True,
         channels_last=runtime.channels_last,
     )
-    optimizer = make_sgd(curve.bends.parameters(), cfg.lr, cfg.momentum, 0.0)  # wd acts on φ(t), not θ
+    optimizer = make_sgd([curve.bends], cfg.lr, cfg.momentum, 0.0)  # wd acts on φ(t), not θ
     total = cfg.epochs * len(batches)
     lr_at = lambda i: schedules.standard_lr((i - 1) / total, cfg.lr)  # noqa: E731
     generator = torch.Generator().manual_seed(cfg.seed)  # the t of each minibatch

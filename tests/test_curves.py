@@ -94,9 +94,9 @@ def test_curve_formula_and_segment_init():
     assert torch.allclose(curve.control_points()[name][1], (sa[name] + sb[name]) / 2)
     for t in (0.2, 0.7):
         assert torch.allclose(curve.weights(t)[name], (1 - t) * sa[name] + t * sb[name], atol=1e-6)
-    theta = torch.randn_like(curve.bends[curve.names.index(name)][0])
+    theta = torch.randn_like(sa[name])
     with torch.no_grad():
-        curve.bends[curve.names.index(name)][0].copy_(theta)
+        curve.unflat(curve.bends[0])[name].copy_(theta)  # a view into the flat bend
     t = 0.3
     expected = (1 - t) ** 2 * sa[name] + 2 * t * (1 - t) * theta + t**2 * sb[name]
     assert torch.allclose(curve.weights(t)[name], expected, atol=1e-6)
@@ -107,22 +107,22 @@ def test_gradients_reach_only_interior_bends(tiny_data, loader_of):
     template = create_model("convfc", 5, in_channels=1, input_size=28, **SMALL_ARGS["convfc"], batch_norm=True)
     curve = Curve(template, a.state_dict(), b.state_dict(), "bezier", 4)
     trainable = [n for n, p in curve.named_parameters() if p.requires_grad]
-    assert trainable and all(n.startswith("bends.") for n in trainable)
-    before = {k: v.clone() for k, v in curve.named_buffers() if k.startswith(("start_", "end_"))}
-    bends_before = [p.detach().clone() for p in curve.bends]
+    assert trainable == ["bends"] and curve.bends.shape == (2, sum(p.numel() for p in template.parameters()))
+    before = {k: curve.get_buffer(k).clone() for k in ("start", "end")}
+    bends_before = curve.bends.detach().clone()
     x = torch.randn(8, 1, 28, 28)
     y = torch.randint(0, 5, (8,))
-    opt = make_sgd(curve.bends.parameters(), 0.1, 0.9, 0.0)
+    opt = make_sgd([curve.bends], 0.1, 0.9, 0.0)
     loss, _ = curve_loss(curve, 5e-4, torch.Generator().manual_seed(0))(x, y)
     loss.backward()
-    for i, p in enumerate(curve.bends):
-        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for bend {curve.names[i]}"
+    for k in range(2):
+        for name, g in curve.unflat(curve.bends.grad[k]).items():
+            assert g.abs().sum() > 0, f"no gradient for parameter {name} of bend {k + 1}"
     assert all(p.grad is None for p in curve.template.parameters())
     opt.step()
-    for k, v in curve.named_buffers():
-        if k in before:
-            assert torch.equal(v, before[k]), f"endpoint buffer {k} changed"
-    assert any(not torch.equal(p, q) for p, q in zip(curve.bends, bends_before))
+    for k, v in before.items():
+        assert torch.equal(curve.get_buffer(k), v), f"endpoint buffer {k} changed"
+    assert not torch.equal(curve.bends, bends_before)
 
 
 def test_curve_objective_is_ce_plus_l2_of_the_point_not_of_the_bends():
@@ -138,13 +138,14 @@ def test_curve_objective_is_ce_plus_l2_of_the_point_not_of_the_bends():
     assert 0.3 < t < 0.5
     net = copy.deepcopy(a)
     state = {}
-    for (name, wa), theta in zip(a.named_parameters(), curve.bends):
-        state[name] = 2 * (t * theta[0] + (0.5 - t) * wa)  # the paper's polychain on [0, 0.5]
+    bend = curve.unflat(curve.bends[0].detach())
+    for name, wa in a.named_parameters():
+        state[name] = 2 * (t * bend[name] + (0.5 - t) * wa)  # the paper's polychain on [0, 0.5]
     net.load_state_dict(state, strict=False)
     point = torch.nn.utils.parameters_to_vector(net.parameters())
     expected = torch.nn.functional.cross_entropy(net(x), y) + 0.5 * wd * point.pow(2).sum()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    bends_l2 = sum(p.pow(2).sum() for p in curve.bends)
+    bends_l2 = curve.bends.pow(2).sum()
     assert abs(bends_l2.item() - point.pow(2).sum().item()) > 1e-2  # the two regularisers would differ
     assert sq_norm(curve.weights(t)).item() == pytest.approx(point.pow(2).sum().item(), rel=1e-5)
 
@@ -194,14 +195,14 @@ def test_user_module_trains_along_a_curve(tiny_data, loader_of):
     torch.manual_seed(1)
     b = _train(UserNet(), train_b)
     curve = Curve(UserNet(), a.state_dict(), b.state_dict(), "bezier", 3)
-    opt = make_sgd(curve.bends.parameters(), 0.05, 0.9, 0.0)
+    opt = make_sgd([curve.bends], 0.05, 0.9, 0.0)
     step = curve_loss(curve, 0.0, torch.Generator().manual_seed(0))
     losses, it = [], 1
     for _ in range(6):
         stats, it = train_epoch(step, opt, train_b, lambda i: 0.05, it, CPU)
         losses.append(stats.loss)
     assert losses[-1] < losses[0]
-    assert not torch.equal(curve.bends[0], (a.conv.weight + b.conv.weight).detach()[None] / 2)
+    assert not torch.equal(curve.unflat(curve.bends[0])["conv.weight"], (a.conv.weight + b.conv.weight).detach() / 2)
 
 
 def test_bn_recalibration_equals_update_bn(tiny_data, loader_of):

@@ -45,26 +45,32 @@ def test_resolve_follows_the_device_and_can_be_forced(monkeypatch):
 
 
 def test_channels_last_on_a_curve_of_a_conv_net():
-    """The defect of the first review: Module.to(channels_last) refuses the 5-D stacks of conv bends."""
+    """The defect of the first review: the old prepare_module called Module.to(channels_last) on a curve,
+    which PyTorch refuses for the 5-D stacks [n − 2, O, I, kh, kw] of conv bends that curves kept then."""
+    with pytest.raises(RuntimeError, match="rank 4"):  # why the old code crashed on every CUDA run
+        torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(1, 2, 3, 3, 3))]).to(memory_format=torch.channels_last)
     a, b = conv_pair(batch_norm=True)
-    curve = Curve(
+    template = create_model("convfc", 4, in_channels=1, input_size=28, batch_norm=True)
+    curve = Curve(template, a.state_dict(), b.state_dict(), "bezier", 4)
+    runtime = Runtime(channels_last=True)
+    curve = runtime.prepare(curve)
+    convs = [p for p in curve.template.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    x, y = runtime.batch(torch.randn(8, 1, 28, 28)), torch.randint(0, 4, (8,))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    loss, logits = curve_loss(curve, 5e-4, torch.Generator().manual_seed(0))(x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and curve.bends.grad is not None and curve.bends.grad.abs().sum() > 0
+    # The same curve in the contiguous layout gives the same loss, within float tolerance.
+    plain = Curve(
         create_model("convfc", 4, in_channels=1, input_size=28, batch_norm=True),
         a.state_dict(),
         b.state_dict(),
         "bezier",
         4,
     )
-    assert any(p.dim() == 5 for p in curve.bends)
-    with pytest.raises(RuntimeError, match="rank 4"):  # what the old prepare_module did
-        curve.to(memory_format=torch.channels_last)
-    runtime = Runtime(channels_last=True)
-    curve = runtime.prepare(curve)
-    convs = [p for p in curve.template.parameters() if p.dim() == 4]
-    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-    x = runtime.batch(torch.randn(8, 1, 28, 28))
-    loss, logits = curve_loss(curve, 5e-4, torch.Generator().manual_seed(0))(x, torch.randint(0, 4, (8,)))
-    loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in curve.bends)
+    ref, ref_logits = curve_loss(plain, 5e-4, torch.Generator().manual_seed(0))(x.contiguous(), y)
+    assert torch.allclose(logits, ref_logits, atol=1e-5) and loss.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 def test_curve_point_and_l2_stay_float32_under_bf16_autocast():
