@@ -1,7 +1,9 @@
 """Throughput of the pipeline's pieces on the default model and data: ``python -m stages.bench``.
 
 A command beside the stages (not a stage, not the library): it reads params.yaml through the stages'
-section readers, so it measures what the pipeline would run.
+section readers, so it measures what the pipeline would run, on whatever device there is, under the
+runtime of :class:`modeconn.runtime.Runtime` (``--device``, ``--precision``, ``--channels-last``;
+bf16 autocast and channels_last on CUDA by default, and forced by the options on the CPU too).
 
 For the ``data`` and ``model`` sections of params.yaml this measures:
 
@@ -11,8 +13,11 @@ For the ``data`` and ``model`` sections of params.yaml this measures:
    ``torchvision.datasets.FashionMNIST``, makes one PIL image per sample and runs the
    ``torchvision.transforms.v2`` pipeline on it (RandomCrop with 4-pixel padding and
    RandomHorizontalFlip as the augmentation asks, then ToImage, ToDtype, Normalize), behind a
-   ``DataLoader`` with worker processes;
-3. evaluation images/s (no grad, batch 1000, the test split) both ways;
+   ``DataLoader``. Every usual setting is measured in the same run — 0 and 2 worker processes (and
+   ``--workers``), each with and without ``pin_memory`` on CUDA — and the Loader is compared with the
+   best of them (highest median images/s), not with one chosen in advance;
+3. evaluation images/s (no grad, batch 1000, the test split) both ways, the best DataLoader setting
+   chosen again (worker start-up counts here);
 4. curve training images/s (paper, Sec. 3: a fresh t ~ U(0, 1) per minibatch and the network run
    at w = φ_θ(t), eq. 2, through ``functional_call``) and its time per image relative to plain
    training. A curve step is one forward/backward of the network plus O(num_bends · |w|) to form
@@ -20,14 +25,26 @@ For the ``data`` and ``model`` sections of params.yaml this measures:
    figure here is 1.5);
 5. the time of one BatchNorm recalibration pass (:func:`modeconn.bn.recalibrate`) over 10k
    training images, for a BatchNorm variant of the model;
-6. peak resident memory of the process and of its largest DataLoader worker.
+6. with ``--paper-model`` (the default on CUDA), the paper's network: VGG16 on 3x32x32 CIFAR-shaped
+   synthetic uint8 data, 10 classes — training images/s, curve training images/s (Bezier, 3 bends,
+   between two random initialisations) with its paired curve/plain ratio, and the images/s of one
+   evaluation point (:func:`modeconn.paths.measure`: BN recalibration, then the train and test
+   passes) on VGG16-BN, since VGG16 has no BatchNorm and its recalibration would be a no-op;
+7. peak resident memory of the process and of its largest DataLoader worker; on CUDA the peak
+   device memory allocated in each section (peak statistics reset at the start of each).
 
 The augmentation is ``data.augment`` (``--augment`` overrides it) on both paths. Training figures
 are taken over ``--batches`` batches of 128 after 3 warm-up batches, with the optimiser settings
-of the ``train`` and ``curve`` sections; each figure is the median of ``--repeats`` interleaved
-runs, reported with its range. Worker start-up is in the evaluation figures of the DataLoader path
+of the ``train`` and ``curve`` sections (the paper's VGG16 settings for the paper model). The
+measurements run in rounds, each round measuring every figure once in a rotating order; a figure
+is the median over ``--repeats`` rounds, reported with its range. A speed-up or a curve/plain ratio
+is paired: one ratio per round (same round, same number of batches), reported as the median and
+the range of those ratios. Worker start-up is in the evaluation figures of the DataLoader path
 (a pass starts new workers, as every evaluation in a pipeline does) but not in its training figure
 (they start in the warm-up). The validation split is not carved out: it changes no speed.
+Every section's forward passes are watched (forward hooks) for the device, the memory format of the
+input and of the first convolution's weight, and the output dtype they actually ran with; the report
+says so, or warns (a curve's weights are φ_θ(t) as :mod:`modeconn.curves` lays them out).
 Other processes on the same CPUs spoil every figure (OpenMP threads that wait for a busy core
 slow down many-fold); the report says how many CPUs they used meanwhile and warns.
 """
@@ -35,6 +52,7 @@ slow down many-fold); the report says how many CPUs they used meanwhile and warn
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import json
 import math
@@ -57,10 +75,22 @@ from torch import nn
 
 from modeconn.bn import has_bn, recalibrate
 from modeconn.curves import Curve, curve_loss
-from modeconn.data import DATASETS, EVAL_BATCH, DatasetInfo, Loader, Prepared, Split, prepare
+from modeconn.data import (
+    DATASETS,
+    EVAL_BATCH,
+    DatasetInfo,
+    Loader,
+    Prepared,
+    Split,
+    channel_stats,
+    eval_batches,
+    make_synthetic,
+    prepare,
+)
 from modeconn.errors import ConfigError, ModeconnError
 from modeconn.io import atomic_write_json
 from modeconn.models import create_model, from_spec
+from modeconn.paths import measure
 from modeconn.runtime import Runtime, seed_everything
 from modeconn.train import cross_entropy_step, make_sgd, predict, train_epoch
 
@@ -71,24 +101,36 @@ BATCH = 128  # training batch, as in params.yaml's train and curve sections
 WARMUP = 3  # batches before any training measurement
 BN_IMAGES = 10_000  # images in the recalibration pass
 BN_BATCH = 500  # its batch: eval.batch_size of params.yaml
+USUAL_WORKERS = (0, 2)  # DataLoader worker counts always tried
+MIB = 2**20
+
+# The paper's network and optimiser (Garipov et al. 2018, CIFAR-10 VGG16: lr 0.05, curve lr 0.015, wd 5e-4).
+PAPER_MODEL, PAPER_BN_MODEL = "vgg16", "vgg16_bn"
+PAPER_CLASSES, PAPER_CHANNELS, PAPER_SIZE = 10, 3, 32
+PAPER_LR, PAPER_CURVE_LR, PAPER_MOMENTUM, PAPER_WD = 0.05, 0.015, 0.9, 5e-4
+PAPER_CURVE, PAPER_BENDS = "bezier", 3
+PAPER_AUGMENT = "crop_flip"
+PAPER_CPU_BATCHES = 2  # default --paper-batches on the CPU, where VGG16 takes seconds per batch
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What to measure and how much; the defaults take about a minute on 2 CPU cores."""
+    """What to measure and how much; the defaults take a minute or two on 2 idle CPU cores."""
 
     params: Path = Path("params.yaml")
     device: str = "auto"
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 on CUDA)
     channels_last: str = "auto"  # 1 | 0 | auto (on for CUDA)
     batches: int = 100  # timed training batches per run
-    repeats: int = 3  # interleaved runs per figure; the median is reported
-    workers: int = 2  # DataLoader worker processes of the per-sample path
+    repeats: int = 3  # interleaved rounds; a figure is the median over them
+    workers: int = 2  # a DataLoader worker count tried besides USUAL_WORKERS
     bn_images: int = BN_IMAGES
     dataset: str | None = None  # overrides data.name (e.g. "synthetic")
     augment: str | None = None  # overrides data.augment (e.g. "crop_flip")
+    paper_model: bool | None = None  # the VGG16 figures; None: on for CUDA, off elsewhere
+    paper_batches: int | None = None  # their timed batches; None: --batches on CUDA, PAPER_CPU_BATCHES elsewhere
     seed: int = 0
 
     def __post_init__(self):
@@ -97,15 +139,18 @@ class Settings:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be 0 (load in the main process) or more, got {self.workers}")
+        if self.paper_batches is not None and self.paper_batches < 1:
+            raise ConfigError(f"--paper-batches must be at least 1, got {self.paper_batches}")
 
 
 @dataclasses.dataclass
 class Figure:
-    """One measured quantity: a run per repeat, reported as the median."""
+    """One measured quantity: a run per round, reported as the median (of the per-round ratios if paired)."""
 
     label: str
     unit: str
     runs: list[float]
+    paired: bool = False  # a ratio of two figures measured in the same round, one per round
 
     @property
     def value(self) -> float:
@@ -123,9 +168,27 @@ class Result:
             "machine": self.machine,
             "setup": self.setup,
             "figures": {
-                k: {"label": f.label, "unit": f.unit, "value": f.value, "runs": f.runs} for k, f in self.figures.items()
+                k: {"label": f.label, "unit": f.unit, "value": f.value, "runs": f.runs, "paired": f.paired}
+                for k, f in self.figures.items()
             },
         }
+
+
+def paired_ratios(numerator: list[float], denominator: list[float]) -> list[float]:
+    """One ratio per round: ``numerator[r] / denominator[r]``."""
+    if len(numerator) != len(denominator):
+        raise ValueError(f"paired ratios need one run of each per round, got {len(numerator)} and {len(denominator)}")
+    return [a / b for a, b in zip(numerator, denominator)]
+
+
+def paired_label(what: str, rounds: int) -> str:
+    return f"{what}, paired, median [min–max] over {rounds} rounds"
+
+
+def rotated(items: list, r: int) -> list:
+    """``items`` starting at position r (mod its length): round r measures in this order."""
+    k = r % len(items) if items else 0
+    return items[k:] + items[:k]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,6 +231,21 @@ def build_bn(model_cfg: ModelConfig, info: DatasetInfo) -> tuple[nn.Module, str]
             "convfc", info.num_classes, in_channels=info.channels, input_size=info.size, batch_norm=True
         )
         return model, "convfc (default size), batch_norm=True"
+
+
+def paper_data(n_train: int, n_test: int, seed: int) -> Prepared:
+    """CIFAR-shaped synthetic data (uint8 3x32x32, 10 classes), made in code, with its own mean/std."""
+    train, test = make_synthetic(
+        n_train=n_train,
+        n_test=n_test,
+        num_classes=PAPER_CLASSES,
+        channels=PAPER_CHANNELS,
+        size=PAPER_SIZE,
+        seed=seed,
+    )
+    mean, std = channel_stats(train.x)
+    info = DatasetInfo("synthetic", PAPER_CLASSES, PAPER_CHANNELS, PAPER_SIZE, mean, std, PAPER_AUGMENT)
+    return Prepared(info, train, test, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,17 +292,47 @@ def transforms_v2(info: DatasetInfo, augment: str):
     return v2.Compose(steps)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoaderSetting:
+    """One way of running the per-sample DataLoader."""
+
+    workers: int
+    pin_memory: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"w{self.workers}" + ("_pin" if self.pin_memory else "")
+
+    @property
+    def name(self) -> str:
+        return f"{self.workers} worker{'' if self.workers == 1 else 's'}" + (", pin_memory" if self.pin_memory else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"setting": self.name, "workers": self.workers, "pin_memory": self.pin_memory}
+
+
+def loader_settings(workers: int, cuda: bool) -> list[LoaderSetting]:
+    """The usual DataLoader settings: 0 and 2 workers and ``workers``; on CUDA each without and with pin_memory."""
+    pins = (False, True) if cuda else (False,)
+    return [LoaderSetting(w, pin) for w in sorted({*USUAL_WORKERS, workers}) for pin in pins]
+
+
+def best_setting(runs: dict[LoaderSetting, list[float]]) -> LoaderSetting:
+    """The setting of the highest median images/s (the first of equals)."""
+    return max(runs, key=lambda s: statistics.median(runs[s]))
+
+
 def data_loader(
-    split: Split, info: DatasetInfo, batch_size: int, *, train: bool, workers: int, runtime: Runtime, seed: int = 0
+    split: Split, info: DatasetInfo, batch_size: int, *, train: bool, setting: LoaderSetting, seed: int = 0
 ) -> torch.utils.data.DataLoader:
     dataset = PerSampleDataset(split, transforms_v2(info, info.augment if train else "none"))
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=train,
-        num_workers=workers,
+        num_workers=setting.workers,
         drop_last=train,
-        pin_memory=runtime.device.type == "cuda",
+        pin_memory=setting.pin_memory,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -271,9 +379,10 @@ class Trainer:
         runtime: Runtime,
         module: nn.Module,
         what: str,
+        warmup: int = WARMUP,
     ):
         self.loss_fn, self.optimizer, self.batches, self.runtime = loss_fn, optimizer, batches, runtime
-        self.module, self.what = module, what
+        self.module, self.what, self.warmup = module, what, warmup
         self.iteration = 1
 
     def _train(self, stream: Iterator, n: int) -> float:
@@ -293,7 +402,7 @@ class Trainer:
         self.module.train()
         stream = forever(self.batches)
         try:
-            self._train(stream, WARMUP)
+            self._train(stream, self.warmup)
             return self._train(stream, n)
         finally:
             stream.close()  # a DataLoader's workers exit here and are reaped
@@ -314,6 +423,17 @@ def bn_seconds(model: nn.Module, batches: Batches, runtime: Runtime) -> float:
     recalibrate(model, batches, runtime=runtime)
     runtime.synchronize()
     return time.perf_counter() - start
+
+
+def point_speed(curve: Curve, t: float, batches, runtime: Runtime) -> float:
+    """Images/s of one evaluation point: φ_θ(t), BN recalibration there, then the evaluation passes."""
+    images = batches.bn.n + batches.train.n + batches.test.n
+    runtime.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        weights = {k: v.detach() for k, v in curve.weights(t).items()}
+    measure(curve.template, weights, batches, runtime)  # ends with the predictions on the CPU
+    return images / (time.perf_counter() - start)
 
 
 def peak_rss_mib(who: int) -> float:
@@ -350,6 +470,136 @@ class OtherLoad:
         return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
 
 
+class Probe:
+    """What the forward passes of each section really ran with: device, memory format of the input and
+    of the first convolution's weight, output dtype.
+
+    Forward hooks on each watched network and on its first convolution (they fire through
+    ``functional_call`` too, where the convolution sees the weight it is called with, e.g. a curve's
+    φ_θ(t)) record the first forward pass of every section; :meth:`mismatches` compares them with the
+    runtime.
+    """
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.section: str | None = None
+        self.seen: dict[str, dict[str, str]] = {}
+        self.conv_weight: dict[str, str] = {}  # section -> memory format of the first conv's weight
+        self.expected_sections: list[str] = []
+
+    def watch(self, module: nn.Module) -> nn.Module:
+        module.register_forward_hook(self._hook)
+        conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is not None:
+            conv.register_forward_hook(self._conv_hook)
+        return module
+
+    def _conv_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.section is not None and self.section not in self.conv_weight:
+            self.conv_weight[self.section] = self._format(module.weight)
+
+    def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.section is None or self.section in self.seen or not args or not isinstance(output, torch.Tensor):
+            return
+        x = args[0]
+        self.seen[self.section] = {
+            "device": str(x.device),
+            "memory_format": self._format(x),
+            **({"weight_memory_format": self.conv_weight[self.section]} if self.section in self.conv_weight else {}),
+            "output_dtype": str(output.dtype).removeprefix("torch."),
+        }
+
+    def _format(self, x: torch.Tensor) -> str:
+        """The layout of x, naming the runtime's own first when both fit (one channel, 1x1 images)."""
+        formats = [("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)]
+        if self.runtime.channels_last:
+            formats.reverse()
+        for name, memory_format in formats:
+            if (x.dim() == 4 and x.is_contiguous(memory_format=memory_format)) or (x.dim() != 4 and x.is_contiguous()):
+                return name
+        return "strided"
+
+    def expected(self) -> dict[str, str]:
+        layout = "channels_last" if self.runtime.channels_last else "contiguous"
+        return {
+            "device": self.runtime.device.type,
+            "memory_format": layout,
+            "weight_memory_format": layout,  # checked where the network has a convolution
+            "output_dtype": "bfloat16" if self.runtime.precision == "bf16" else "float32",
+        }
+
+    def mismatches(self) -> list[str]:
+        """One line per section whose forward passes did not run as the runtime says (none seen counts)."""
+        want, out = self.expected(), []
+        for section in self.expected_sections:
+            seen = self.seen.get(section)
+            if seen is None:
+                out.append(f"{section}: no forward pass seen")
+                continue
+            got = {**seen, "device": torch.device(seen["device"]).type}
+            wrong = [f"{k} {got[k]} (expected {v})" for k, v in want.items() if k in got and got[k] != v]
+            if wrong:
+                out.append(f"{section}: {', '.join(wrong)}")
+        return out
+
+
+class Sections:
+    """Runs each measurement as a named section: status line, runtime probe, and on CUDA its own peak memory."""
+
+    def __init__(self, runtime: Runtime, probe: Probe, status: Callable[[str], Any]):
+        self.runtime, self.probe, self.status = runtime, probe, status
+        self.cuda = runtime.device.type == "cuda"
+        self.peaks: dict[str, list[float]] = {}  # MiB allocated at most during the section, per run
+        self.before: dict[str, float] = {}  # MiB allocated when the section first started
+
+    def __call__(self, key: str, what: str, fn: Callable[[], float]) -> float:
+        self.status(what)
+        if key not in self.probe.expected_sections:
+            self.probe.expected_sections.append(key)
+        device = self.runtime.device
+        if self.cuda:
+            self.runtime.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            self.before.setdefault(key, torch.cuda.memory_allocated(device) / MIB)
+        self.probe.section = key
+        try:
+            value = fn()
+        finally:
+            self.probe.section = None
+        if self.cuda:
+            self.runtime.synchronize()
+            self.peaks.setdefault(key, []).append(torch.cuda.max_memory_allocated(device) / MIB)
+        return value
+
+    def memory_figures(self, labels: dict[str, str]) -> dict[str, Figure]:
+        """On CUDA, the peak device memory of each section and over all of them; nothing elsewhere."""
+        if not self.peaks:
+            return {}
+        figures = {
+            f"cuda_peak_{key}": Figure(
+                f"peak CUDA memory allocated: {labels.get(key, key)} ({self.before[key]:,.0f} MiB allocated before)",
+                "MiB",
+                peaks,
+            )
+            for key, peaks in self.peaks.items()
+        }
+        overall = [max(runs) for runs in zip(*self.peaks.values())]  # one per round
+        figures["cuda_peak"] = Figure("peak CUDA memory allocated, all sections", "MiB", overall)
+        return figures
+
+
+def bends(curve: Curve) -> list[nn.Parameter]:
+    """What a curve trains: its interior bends (the template's own parameters are frozen)."""
+    return [p for p in curve.parameters() if p.requires_grad]
+
+
+def release(runtime: Runtime) -> None:
+    """Free what the last phase left (its networks and data), so the next section's peak is its own."""
+    gc.collect()
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def machine(runtime: Runtime) -> dict[str, Any]:
     device = runtime.device
     info = {
@@ -359,6 +609,7 @@ def machine(runtime: Runtime) -> dict[str, Any]:
         "device": str(device),
         "precision": runtime.precision,
         "channels_last": runtime.channels_last,
+        "runtime": runtime.describe(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "rss_after_imports_mib": peak_rss_mib(resource.RUSAGE_SELF),
@@ -368,133 +619,162 @@ def machine(runtime: Runtime) -> dict[str, Any]:
     return info
 
 
-def run(settings: Settings, status: Callable[[str], Any] | None = None) -> Result:
-    """Measure everything; ``status(message)`` is told what is being measured."""
-    status = status or (lambda message: None)
-    seed_everything(settings.seed)
-    runtime = Runtime.resolve(settings.device, settings.precision, settings.channels_last)
-    device = runtime.device
-    host = machine(runtime)  # before any work: the memory of the imports
-    # Other processes on the same cores slow every figure (and collapse OpenMP's throughput).
-    others, started = OtherLoad(), time.perf_counter()
+def measure_default(
+    settings: Settings, runtime: Runtime, section: Sections, status: Callable[[str], Any]
+) -> tuple[dict[str, Figure], dict[str, Any]]:
+    """Figures 1-5 (and their setup) for the data and model of params.yaml."""
     data_cfg, model_cfg, train_cfg, curve_cfg = read_sections(settings.params, "data", "model", "train", "curve")
     lr, momentum, wd = train_cfg.lr, train_cfg.momentum, train_cfg.wd
     curve_lr, kind, num_bends = curve_cfg.lr, curve_cfg.type, curve_cfg.num_bends
+    watch = section.probe.watch
 
     status("loading the data")
     data, source = load_data(data_cfg, settings.dataset, settings.augment)
     info = data.info
-    data = data.to(device)
+    data = data.to(runtime.device)
     channels_last = runtime.channels_last
 
     def fresh(seed: int) -> nn.Module:
         torch.manual_seed(seed)
         return runtime.prepare(build(model_cfg, info))
 
-    # Plain training, both data paths, from the same initialisation.
-    plain_model, conv_model = fresh(settings.seed), fresh(settings.seed)
+    def train_loader() -> Loader:
+        return Loader(
+            data.train, info, BATCH, train=True, seed=settings.seed, drop_last=True, channels_last=channels_last
+        )
+
+    # Plain training, both data paths and every DataLoader setting, from the same initialisation.
+    plain_model = watch(fresh(settings.seed))
     plain = Trainer(
         cross_entropy_step(plain_model),
         make_sgd(plain_model.parameters(), lr, momentum, wd),
-        Loader(data.train, info, BATCH, train=True, seed=settings.seed, drop_last=True, channels_last=channels_last),
+        train_loader(),
         runtime,
         plain_model,
         "plain training",
     )
-    conventional = Trainer(
-        cross_entropy_step(conv_model),
-        make_sgd(conv_model.parameters(), lr, momentum, wd),
-        OnDevice(
-            data_loader(
-                data.train, info, BATCH, train=True, workers=settings.workers, runtime=runtime, seed=settings.seed
-            ),
+    settings_tried = loader_settings(settings.workers, runtime.device.type == "cuda")
+    conventional: dict[LoaderSetting, Trainer] = {}
+    eval_data_loaders: dict[LoaderSetting, OnDevice] = {}
+    for setting in settings_tried:
+        model = watch(fresh(settings.seed))
+        batches = data_loader(data.train, info, BATCH, train=True, setting=setting, seed=settings.seed)
+        conventional[setting] = Trainer(
+            cross_entropy_step(model),
+            make_sgd(model.parameters(), lr, momentum, wd),
+            OnDevice(batches, runtime),
             runtime,
-        ),
-        runtime,
-        conv_model,
-        "training (DataLoader)",
-    )
+            model,
+            f"training (DataLoader, {setting.name})",
+        )
+        eval_data_loaders[setting] = OnDevice(
+            data_loader(data.test, info, EVAL_BATCH, train=False, setting=setting), runtime
+        )
     # Curve between two randomly initialised copies; only the bends train, wd acts on φ_θ(t).
     start, end = fresh(settings.seed + 1).state_dict(), fresh(settings.seed + 2).state_dict()
     curve = runtime.prepare(Curve(build(model_cfg, info), start, end, kind, num_bends))
+    watch(curve.template)
     curve_trainer = Trainer(
         curve_loss(curve, wd, torch.Generator().manual_seed(settings.seed)),
-        make_sgd(curve.bends.parameters(), curve_lr, momentum, 0.0),
-        Loader(data.train, info, BATCH, train=True, seed=settings.seed, drop_last=True, channels_last=channels_last),
+        make_sgd(bends(curve), curve_lr, momentum, 0.0),
+        train_loader(),
         runtime,
         curve.template,
         "curve training",
     )
     bn_model, bn_name = build_bn(model_cfg, info)
-    bn_model = runtime.prepare(bn_model)
+    bn_model = watch(runtime.prepare(bn_model))
     bn_batches = Loader(
         data.train, info, BN_BATCH, train=False, max_samples=settings.bn_images, channels_last=channels_last
     )
     eval_loader = Loader(data.test, info, EVAL_BATCH, train=False, channels_last=channels_last)
-    eval_data_loader = data_loader(data.test, info, EVAL_BATCH, train=False, workers=settings.workers, runtime=runtime)
     status("warming up")
     predict(plain_model.eval(), itertools.islice(eval_loader, 1), runtime)
     recalibrate(bn_model, itertools.islice(bn_batches, 1), runtime=runtime)
 
-    runs: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "train_loader",
-            "train_dataloader",
-            "train_speedup",
-            "curve_train",
-            "curve_plain_ratio",
-            "eval_loader",
-            "eval_dataloader",
-            "eval_speedup",
-            "bn_recalibration",
+    n = settings.batches
+    training: list[tuple[str, str, Trainer]] = [
+        ("train_loader", "plain training, in-memory Loader", plain),
+        ("curve_train", "curve training", curve_trainer),
+        *[
+            (f"train_dataloader_{s.key}", f"plain training, per-sample DataLoader ({s.name})", t)
+            for s, t in conventional.items()
+        ],
+    ]
+    evaluation: list[tuple[str, str, Batches]] = [
+        ("eval_loader", "evaluation, in-memory Loader", eval_loader),
+        *[
+            (f"eval_dataloader_{s.key}", f"evaluation, per-sample DataLoader ({s.name})", b)
+            for s, b in eval_data_loaders.items()
+        ],
+    ]
+    runs: dict[str, list[float]] = {key: [] for key, _, _ in (*training, *evaluation)}
+    runs["bn_recalibration"] = []
+    for r in range(settings.repeats):
+        at = f"(round {r + 1}/{settings.repeats})"
+        for key, what, trainer in rotated(training, r):
+            runs[key].append(section(key, f"{what} {at}", lambda trainer=trainer: trainer.run(n)))
+        for key, what, batches in rotated(evaluation, r):
+            runs[key].append(
+                section(key, f"{what} {at}", lambda batches=batches: eval_speed(plain_model, batches, runtime, n))
+            )
+        runs["bn_recalibration"].append(
+            section(
+                "bn_recalibration", f"BatchNorm recalibration {at}", lambda: bn_seconds(bn_model, bn_batches, runtime)
+            )
         )
-    }
-    for r in range(1, settings.repeats + 1):
-        at = f"(run {r}/{settings.repeats})"
-        status(f"plain training, in-memory Loader {at}")
-        runs["train_loader"].append(plain.run(settings.batches))
-        status(f"curve training {at}")
-        runs["curve_train"].append(curve_trainer.run(settings.batches))
-        status(f"plain training, per-sample DataLoader {at}")
-        runs["train_dataloader"].append(conventional.run(settings.batches))
-        runs["train_speedup"].append(runs["train_loader"][-1] / runs["train_dataloader"][-1])
-        runs["curve_plain_ratio"].append(runs["train_loader"][-1] / runs["curve_train"][-1])
-        status(f"evaluation {at}")
-        runs["eval_loader"].append(eval_speed(plain_model, eval_loader, runtime, settings.batches))
-        runs["eval_dataloader"].append(
-            eval_speed(plain_model, OnDevice(eval_data_loader, runtime), runtime, settings.batches)
-        )
-        runs["eval_speedup"].append(runs["eval_loader"][-1] / runs["eval_dataloader"][-1])
-        status(f"BatchNorm recalibration {at}")
-        runs["bn_recalibration"].append(bn_seconds(bn_model, bn_batches, runtime))
 
-    host["other_processes_cpus"] = others.cpus()
-    host["bench_seconds"] = time.perf_counter() - started
-    n_train, n_eval = settings.batches * BATCH, min(settings.batches * EVAL_BATCH, len(data.test))
-    labels = {
-        "train_loader": ("training, in-memory Loader", "images/s"),
-        "train_dataloader": (f"training, per-sample DataLoader ({settings.workers} workers)", "images/s"),
-        "train_speedup": ("training speed-up, Loader / DataLoader", "x"),
-        "eval_loader": ("evaluation, in-memory Loader", "images/s"),
-        "eval_dataloader": (f"evaluation, per-sample DataLoader ({settings.workers} workers)", "images/s"),
-        "eval_speedup": ("evaluation speed-up, Loader / DataLoader", "x"),
-        "curve_train": (f"curve training ({kind}, {num_bends} bends), in-memory Loader", "images/s"),
-        "curve_plain_ratio": ("curve/plain time ratio (per image)", "x"),
-        "bn_recalibration": (f"BN recalibration, {bn_batches.n} images ({bn_name})", "s"),
+    rounds = settings.repeats
+    best_train = best_setting({s: runs[f"train_dataloader_{s.key}"] for s in settings_tried})
+    best_eval = best_setting({s: runs[f"eval_dataloader_{s.key}"] for s in settings_tried})
+
+    def mark(setting: LoaderSetting, best: LoaderSetting) -> str:
+        return f"{setting.name}, best" if setting == best and len(settings_tried) > 1 else setting.name
+
+    figures = {
+        "train_loader": Figure("training, in-memory Loader", "images/s", runs["train_loader"]),
+        **{
+            f"train_dataloader_{s.key}": Figure(
+                f"training, per-sample DataLoader ({mark(s, best_train)})",
+                "images/s",
+                runs[f"train_dataloader_{s.key}"],
+            )
+            for s in settings_tried
+        },
+        "train_speedup": Figure(
+            paired_label(f"training speed-up, Loader / best DataLoader ({best_train.name})", rounds),
+            "x",
+            paired_ratios(runs["train_loader"], runs[f"train_dataloader_{best_train.key}"]),
+            paired=True,
+        ),
+        "eval_loader": Figure("evaluation, in-memory Loader", "images/s", runs["eval_loader"]),
+        **{
+            f"eval_dataloader_{s.key}": Figure(
+                f"evaluation, per-sample DataLoader ({mark(s, best_eval)})",
+                "images/s",
+                runs[f"eval_dataloader_{s.key}"],
+            )
+            for s in settings_tried
+        },
+        "eval_speedup": Figure(
+            paired_label(f"evaluation speed-up, Loader / best DataLoader ({best_eval.name})", rounds),
+            "x",
+            paired_ratios(runs["eval_loader"], runs[f"eval_dataloader_{best_eval.key}"]),
+            paired=True,
+        ),
+        "curve_train": Figure(
+            f"curve training ({kind}, {num_bends} bends), in-memory Loader", "images/s", runs["curve_train"]
+        ),
+        "curve_plain_ratio": Figure(
+            paired_label("curve/plain time per image", rounds),
+            "x",
+            paired_ratios(runs["train_loader"], runs["curve_train"]),
+            paired=True,
+        ),
+        "bn_recalibration": Figure(
+            f"BN recalibration, {bn_batches.n} images ({bn_name})", "s", runs["bn_recalibration"]
+        ),
     }
-    figures = {k: Figure(*labels[k], runs[k]) for k in labels}
-    figures["peak_rss"] = Figure("peak resident memory, this process", "MiB", [peak_rss_mib(resource.RUSAGE_SELF)])
-    if settings.workers > 0:
-        figures["peak_rss_worker"] = Figure(
-            "peak resident memory, largest DataLoader worker (shared pages too)",
-            "MiB",
-            [peak_rss_mib(resource.RUSAGE_CHILDREN)],
-        )
-    if device.type == "cuda":
-        figures["cuda_peak"] = Figure(
-            "peak CUDA memory allocated", "MiB", [torch.cuda.max_memory_allocated(device) / 2**20]
-        )
     setup = {
         "dataset": info.name,
         "source": source,
@@ -508,13 +788,183 @@ def run(settings: Settings, status: Callable[[str], Any] | None = None) -> Resul
         "train_batch": BATCH,
         "warmup_batches": WARMUP,
         "timed_batches": settings.batches,
-        "train_images_per_run": n_train,
+        "train_images_per_run": settings.batches * BATCH,
         "eval_batch": EVAL_BATCH,
-        "eval_images_per_run": n_eval,
+        "eval_images_per_run": min(settings.batches * EVAL_BATCH, len(data.test)),
         "repeats": settings.repeats,
         "workers": settings.workers,
+        "dataloader_settings": [s.as_dict() for s in settings_tried],
+        "dataloader_best": {
+            "train": {**best_train.as_dict(), "figure": f"train_dataloader_{best_train.key}"},
+            "eval": {**best_eval.as_dict(), "figure": f"eval_dataloader_{best_eval.key}"},
+            "chosen_by": "highest median images/s over the rounds",
+        },
         "curve": f"{kind}, {num_bends} bends",
     }
+    return figures, setup
+
+
+def measure_paper(
+    settings: Settings, runtime: Runtime, section: Sections, status: Callable[[str], Any]
+) -> tuple[dict[str, Figure], dict[str, Any]]:
+    """Figure 6: the paper's VGG16 on CIFAR-shaped synthetic data (VGG16-BN for the evaluation point)."""
+    cuda = runtime.device.type == "cuda"
+    n = settings.paper_batches or (settings.batches if cuda else PAPER_CPU_BATCHES)
+    warmup = min(WARMUP, n)
+    n_train = min(50_000, BATCH * (warmup + n))  # every timed batch a fresh image, up to CIFAR-10's size
+    n_point = n * BATCH  # images of each evaluation pass of a point (BN, train, test)
+    n_test = min(10_000, n_point)
+    watch, channels_last = section.probe.watch, runtime.channels_last
+
+    status("making the paper model's data")
+    data = paper_data(n_train, n_test, settings.seed).to(runtime.device)
+    info = data.info
+
+    def fresh(name: str, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = create_model(name, PAPER_CLASSES, in_channels=PAPER_CHANNELS, input_size=PAPER_SIZE)
+        return runtime.prepare(model)
+
+    def train_loader() -> Loader:
+        return Loader(
+            data.train, info, BATCH, train=True, seed=settings.seed, drop_last=True, channels_last=channels_last
+        )
+
+    model = watch(fresh(PAPER_MODEL, settings.seed))
+    plain = Trainer(
+        cross_entropy_step(model),
+        make_sgd(model.parameters(), PAPER_LR, PAPER_MOMENTUM, PAPER_WD),
+        train_loader(),
+        runtime,
+        model,
+        f"{PAPER_MODEL} training",
+        warmup=warmup,
+    )
+    start, end = fresh(PAPER_MODEL, settings.seed + 1).state_dict(), fresh(PAPER_MODEL, settings.seed + 2).state_dict()
+    curve = runtime.prepare(Curve(fresh(PAPER_MODEL, settings.seed), start, end, PAPER_CURVE, PAPER_BENDS))
+    watch(curve.template)
+    curve_trainer = Trainer(
+        curve_loss(curve, PAPER_WD, torch.Generator().manual_seed(settings.seed)),
+        make_sgd(bends(curve), PAPER_CURVE_LR, PAPER_MOMENTUM, 0.0),
+        train_loader(),
+        runtime,
+        curve.template,
+        f"{PAPER_MODEL} curve training",
+        warmup=warmup,
+    )
+    del start, end
+    # The evaluation point: the middle of a VGG16-BN curve (BN recalibration is a no-op on VGG16).
+    bn_start = fresh(PAPER_BN_MODEL, settings.seed + 1).state_dict()
+    bn_end = fresh(PAPER_BN_MODEL, settings.seed + 2).state_dict()
+    bn_curve = runtime.prepare(Curve(fresh(PAPER_BN_MODEL, settings.seed), bn_start, bn_end, PAPER_CURVE, PAPER_BENDS))
+    watch(bn_curve.template)
+    del bn_start, bn_end
+    point = eval_batches(
+        data,
+        BN_BATCH,
+        bn_samples=n_point,
+        train_samples=n_point,
+        test_samples=n_point,
+        seed=settings.seed,
+        channels_last=channels_last,
+    )
+    status("warming up the paper model")
+    predict(bn_curve.template.eval(), itertools.islice(point.test, 1), runtime)
+    recalibrate(bn_curve.template, itertools.islice(point.bn, 1), runtime=runtime)
+
+    training = [
+        ("paper_train", f"{PAPER_MODEL} training", plain),
+        ("paper_curve_train", f"{PAPER_MODEL} curve training", curve_trainer),
+    ]
+    runs: dict[str, list[float]] = {"paper_train": [], "paper_curve_train": [], "paper_point": []}
+    for r in range(settings.repeats):
+        at = f"(round {r + 1}/{settings.repeats})"
+        for key, what, trainer in rotated(training, r):
+            runs[key].append(section(key, f"{what} {at}", lambda trainer=trainer: trainer.run(n)))
+        runs["paper_point"].append(
+            section(
+                "paper_point",
+                f"{PAPER_BN_MODEL} evaluation point {at}",
+                lambda: point_speed(bn_curve, 0.5, point, runtime),
+            )
+        )
+
+    shape = f"{PAPER_CHANNELS}x{PAPER_SIZE}x{PAPER_SIZE}"
+    curve_name = f"{PAPER_CURVE}, {PAPER_BENDS} bends"
+    figures = {
+        "paper_train": Figure(f"paper model {PAPER_MODEL}, {shape}: training", "images/s", runs["paper_train"]),
+        "paper_curve_train": Figure(
+            f"paper model {PAPER_MODEL}, {shape}: curve training ({curve_name})", "images/s", runs["paper_curve_train"]
+        ),
+        "paper_curve_plain_ratio": Figure(
+            paired_label(f"paper model {PAPER_MODEL}: curve/plain time per image", settings.repeats),
+            "x",
+            paired_ratios(runs["paper_train"], runs["paper_curve_train"]),
+            paired=True,
+        ),
+        "paper_point": Figure(
+            f"paper model {PAPER_BN_MODEL} (VGG16 has no BN), {shape}: one evaluation point = BN recalibration "
+            f"({point.bn.n}) + evaluation ({point.train.n} train + {point.test.n} test images)",
+            "images/s",
+            runs["paper_point"],
+        ),
+    }
+    setup = {
+        "model": PAPER_MODEL,
+        "bn_model": PAPER_BN_MODEL,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "bn_parameters": sum(p.numel() for p in bn_curve.template.parameters()),
+        "data": f"synthetic uint8 {shape}, {PAPER_CLASSES} classes, made in code",
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "augment": PAPER_AUGMENT,
+        "train_batch": BATCH,
+        "warmup_batches": warmup,
+        "timed_batches": n,
+        "lr": PAPER_LR,
+        "curve_lr": PAPER_CURVE_LR,
+        "momentum": PAPER_MOMENTUM,
+        "wd": PAPER_WD,
+        "curve": f"{curve_name}, between two random initialisations",
+        "point": {"t": 0.5, "bn_images": point.bn.n, "train_images": point.train.n, "test_images": point.test.n},
+        "eval_batch": BN_BATCH,
+    }
+    return figures, setup
+
+
+def run(settings: Settings, status: Callable[[str], Any] | None = None) -> Result:
+    """Measure everything; ``status(message)`` is told what is being measured."""
+    status = status or (lambda message: None)
+    seed_everything(settings.seed)
+    runtime = Runtime.resolve(settings.device, settings.precision, settings.channels_last)
+    host = machine(runtime)  # before any work: the memory of the imports
+    # Other processes on the same cores slow every figure (and collapse OpenMP's throughput).
+    others, started = OtherLoad(), time.perf_counter()
+    section = Sections(runtime, Probe(runtime), status)
+
+    figures, setup = measure_default(settings, runtime, section, status)
+    paper = runtime.device.type == "cuda" if settings.paper_model is None else settings.paper_model
+    setup["paper"] = None
+    if paper:
+        release(runtime)  # the default model's networks and data, gone with measure_default's frame
+        paper_figures, setup["paper"] = measure_paper(settings, runtime, section, status)
+        figures.update(paper_figures)
+    release(runtime)
+
+    host["other_processes_cpus"] = others.cpus()
+    host["bench_seconds"] = time.perf_counter() - started
+    figures["peak_rss"] = Figure("peak resident memory, this process", "MiB", [peak_rss_mib(resource.RUSAGE_SELF)])
+    if any(s["workers"] > 0 for s in setup["dataloader_settings"]):
+        figures["peak_rss_worker"] = Figure(
+            "peak resident memory, largest DataLoader worker (shared pages too)",
+            "MiB",
+            [peak_rss_mib(resource.RUSAGE_CHILDREN)],
+        )
+    figures.update(section.memory_figures({k: f.label for k, f in figures.items()}))
+    setup["runtime"] = runtime.as_dict()
+    setup["runtime_expected"] = section.probe.expected()
+    setup["runtime_observed"] = section.probe.seen
+    setup["runtime_mismatches"] = section.probe.mismatches()
     return Result(host, setup, figures)
 
 
@@ -530,34 +980,71 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
 
+def _spread(f: Figure) -> str:
+    return f"{_fmt(min(f.runs))}–{_fmt(max(f.runs))}" if len(f.runs) > 1 else ""
+
+
 def header_lines(result: Result) -> list[str]:
     m, s = result.machine, result.setup
     gpu = f" ({m['gpu']})" if "gpu" in m else ""
     args = ", ".join(f"{k}={v}" for k, v in s["model_args"].items())
     others = "?" if m["other_processes_cpus"] is None else f"{m['other_processes_cpus']:.2f}"
-    return [
+    tried = ", ".join(d["setting"] for d in s["dataloader_settings"])
+    best = s["dataloader_best"]
+    checked = (
+        f"checked in every section: inputs {s['runtime_expected']['memory_format']}, conv weights "
+        f"{s['runtime_expected']['weight_memory_format']}, outputs {s['runtime_expected']['output_dtype']}"
+        if not s["runtime_mismatches"]
+        else "NOT every section ran so (see the warning)"
+    )
+    lines = [
         f"machine: {m['cpus']} CPUs ({m['cpus_usable']} usable), {m['torch_threads']} torch threads, "
         f"device {m['device']}{gpu}, torch {m['torch']}, Python {m['python']}; "
         f"{m['rss_after_imports_mib']:,.0f} MiB resident after imports",
+        f"{m['runtime']}; {checked}",
         f"data:    {s['dataset']} from {s['source']}: {s['n_train']} train / {s['n_test']} test images of "
         f"{'x'.join(map(str, s['image']))}, augmentation {s['augment']}",
         f"model:   {s['model']}({args}), {s['parameters']:,} parameters; curve: {s['curve']}",
+        f"loaders: per-sample DataLoader tried with {tried}; best (highest median images/s) for training: "
+        f"{best['train']['setting']}, for evaluation: {best['eval']['setting']}",
+    ]
+    p = s.get("paper")
+    if p is None:
+        lines.append("paper:   VGG16 figures off (on by default on CUDA; --paper-model measures them here)")
+    else:
+        lines.append(
+            f"paper:   {p['model']} ({p['parameters']:,} parameters) on {p['data']}, {p['n_train']} train / "
+            f"{p['n_test']} test, augmentation {p['augment']}; training {p['timed_batches']} batch(es) of "
+            f"{p['train_batch']} after {p['warmup_batches']} warm-up (lr {p['lr']:g}, curve lr {p['curve_lr']:g}, "
+            f"wd {p['wd']:g}); curve {p['curve']}; evaluation point at t={p['point']['t']:g} on {p['bn_model']} "
+            f"(VGG16 has no BatchNorm), in batches of {p['eval_batch']}"
+        )
+    lines.append(
         f"method:  training {s['timed_batches']} batches of {s['train_batch']} after {s['warmup_batches']} "
         f"warm-up; evaluation {s['eval_images_per_run']} test images in batches of {s['eval_batch']}; "
-        f"median of {s['repeats']} interleaved runs [min-max]; {m['bench_seconds']:.0f} s, other processes "
-        f"used {others} CPUs meanwhile",
-    ]
+        f"median of {s['repeats']} interleaved rounds [min–max]; ratios paired per round; "
+        f"{m['bench_seconds']:.0f} s, other processes used {others} CPUs meanwhile",
+    )
+    return lines
 
 
-def report(result: Result, console: Console) -> None:
-    """A rich table on a terminal; aligned plain text otherwise (logs, pipes, CliRunner)."""
-    lines = header_lines(result)
+def warning_lines(result: Result) -> list[str]:
+    lines = []
+    mismatches = result.setup.get("runtime_mismatches") or []
+    if mismatches:
+        lines.append("warning: not every section ran under the runtime: " + "; ".join(mismatches))
     busy = result.machine.get("other_processes_cpus")
     if busy is not None and busy > 0.25:
         lines.append(
             f"warning: other processes kept {busy:.1f} CPUs busy on average during the bench; the "
             "figures are low and noisy. Rerun on an idle machine."
         )
+    return lines
+
+
+def report(result: Result, console: Console) -> None:
+    """A rich table on a terminal; aligned plain text otherwise (logs, pipes, CliRunner)."""
+    lines = header_lines(result) + warning_lines(result)
     if console.is_terminal:
         for line in lines:
             console.print(line, highlight=False, markup=False)
@@ -565,8 +1052,7 @@ def report(result: Result, console: Console) -> None:
         for column, justify in (("what", "left"), ("value", "right"), ("unit", "left"), ("range of runs", "right")):
             table.add_column(column, justify=justify)
         for f in result.figures.values():
-            spread = f"{_fmt(min(f.runs))}-{_fmt(max(f.runs))}" if len(f.runs) > 1 else ""
-            table.add_row(f.label, _fmt(f.value), f.unit, spread)
+            table.add_row(f.label, _fmt(f.value), f.unit, _spread(f))
         console.print(table)
         return
     width = max(len(f.label) for f in result.figures.values())
@@ -574,7 +1060,7 @@ def report(result: Result, console: Console) -> None:
         print(line)
     print()
     for f in result.figures.values():
-        spread = f"  [{_fmt(min(f.runs))}-{_fmt(max(f.runs))}]" if len(f.runs) > 1 else ""
+        spread = f"  [{_spread(f)}]" if len(f.runs) > 1 else ""
         print(f"{f.label:<{width}}  {_fmt(f.value):>9} {f.unit}{spread}")
 
 
@@ -598,12 +1084,28 @@ def main(
         "--batches",
         help="Timed training batches (of 128) per run; also caps the evaluation batches (of 1000).",
     ),
-    repeats: int = typer.Option(Settings.repeats, "--repeats", help="Runs per figure; the median is reported."),
-    workers: int = typer.Option(Settings.workers, "--workers", help="DataLoader workers of the per-sample path."),
+    repeats: int = typer.Option(
+        Settings.repeats, "--repeats", help="Interleaved rounds; a figure is the median over them."
+    ),
+    workers: int = typer.Option(
+        Settings.workers,
+        "--workers",
+        help=f"A DataLoader worker count to try besides {' and '.join(map(str, USUAL_WORKERS))} (always tried).",
+    ),
     bn_images: int = typer.Option(BN_IMAGES, "--bn-images", help="Training images in the BN recalibration pass."),
     dataset: str = typer.Option(None, "--dataset", help="Use this dataset instead of data.name (e.g. synthetic)."),
     augment: str = typer.Option(
         None, "--augment", help="Use this augmentation instead of data.augment (none, crop, flip, crop_flip, default)."
+    ),
+    paper_model: bool | None = typer.Option(
+        None,
+        "--paper-model/--no-paper-model",
+        help="Also measure the paper's VGG16 on 3x32x32 synthetic data (default: on for CUDA, off elsewhere).",
+    ),
+    paper_batches: int = typer.Option(
+        None,
+        "--paper-batches",
+        help=f"Timed batches (of 128) of the VGG16 figures (default: --batches on CUDA, {PAPER_CPU_BATCHES} on CPU).",
     ),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
@@ -621,6 +1123,8 @@ def main(
             bn_images=bn_images,
             dataset=dataset,
             augment=augment,
+            paper_model=paper_model,
+            paper_batches=paper_batches,
         )
         with _status(Console(stderr=True)) as status:
             result = run(settings, status)
