@@ -102,6 +102,7 @@ class Curve(nn.Module):
         self.names = list(params)
         self.shapes = [tuple(p.shape) for p in params.values()]
         self.sizes = [p.numel() for p in params.values()]
+        self.nhwc = [False] * len(self.names)  # conv weights stored (O, H, W, I): see use_channels_last
         a = torch.cat([start[n].detach().float().reshape(-1) for n in self.names])  # (P,)
         b = torch.cat([end[n].detach().float().reshape(-1) for n in self.names])  # (P,)
         self.register_buffer("start", a)
@@ -127,15 +128,55 @@ class Curve(nn.Module):
         return w
 
     def unflat(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A flat vector [P] as the template's parameter dict (views, no copy)."""
-        return {n: v.view(shape) for n, v, shape in zip(self.names, w.split(self.sizes), self.shapes)}
+        """A flat vector [P] in this curve's layout as the template's parameter dict (views, no copy)."""
+        out = {}
+        for n, v, shape, nhwc in zip(self.names, w.split(self.sizes), self.shapes, self.nhwc):
+            if nhwc:
+                o, i, h, k = shape
+                out[n] = v.view(o, h, k, i).permute(0, 3, 1, 2)  # (O, I, H, W) with channels_last strides
+            else:
+                out[n] = v.view(shape)
+        return out
+
+    def _relayout(self, flat: torch.Tensor, to_nhwc: bool) -> torch.Tensor:
+        """Rows [.., P] from the contiguous layout of the 4-D parameters to this curve's (or back)."""
+        parts = []
+        for v, shape, nhwc in zip(flat.split(self.sizes, dim=-1), self.shapes, self.nhwc):
+            if nhwc:
+                o, i, h, k = shape
+                lead = v.shape[:-1]
+                if to_nhwc:
+                    v = v.reshape(*lead, o, i, h, k).movedim(-3, -1)  # (.., O, H, W, I)
+                else:
+                    v = v.reshape(*lead, o, h, k, i).movedim(-1, -3)  # (.., O, I, H, W)
+                v = v.reshape(*lead, -1)
+            parts.append(v)
+        return torch.cat(parts, dim=-1)
+
+    @torch.no_grad()
+    def use_channels_last(self) -> None:
+        """Store every 4-D (conv) weight in (O, H, W, I) order, so that φ_θ(t) hands the network conv weights
+        with channels_last strides, without a copy (what :meth:`Runtime.prepare` asks for channels_last)."""
+        if all(nhwc or len(shape) != 4 for nhwc, shape in zip(self.nhwc, self.shapes)):
+            return
+        plain = self._relayout(torch.cat([self.start[None], self.bends, self.end[None]]), to_nhwc=False)  # (n, P)
+        self.nhwc = [len(shape) == 4 for shape in self.shapes]
+        stack = self._relayout(plain, to_nhwc=True)
+        self.start.copy_(stack[0])
+        self.end.copy_(stack[-1])
+        self.bends.copy_(stack[1:-1])
 
     def weights(self, t: float) -> dict[str, torch.Tensor]:
         """φ_θ(t) as a dict name → tensor (views of :meth:`point`), always in float32."""
         return self.unflat(self.point(t))
 
-    def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        return functional_call(self.template, self.weights(t), (x,), strict=False)
+    def forward(self, x: torch.Tensor, t: float, l2: bool = False):
+        """The template's output at φ_θ(t); with ``l2``, also ‖φ_θ(t)‖² (one reduction over the flat point).
+
+        The whole step goes through here, so that DistributedDataParallel can wrap a curve."""
+        w = self.point(t)  # (P,)
+        logits = functional_call(self.template, self.unflat(w), (x,), strict=False)
+        return (logits, torch.dot(w, w)) if l2 else logits
 
     @torch.no_grad()
     def state_at(self, t: float) -> dict[str, torch.Tensor]:
@@ -149,10 +190,12 @@ class Curve(nn.Module):
         return self.unflat((self.start if which == 0 else self.end).detach())
 
     def control_points(self) -> dict[str, torch.Tensor]:
-        """Per parameter, the stacked control points [n, *shape] (endpoints included)."""
-        stack = torch.cat([self.start[None], self.bends.detach(), self.end[None]])  # (n, P)
-        return {n: v.reshape(self.num_bends, *shape)
-                for n, v, shape in zip(self.names, stack.split(self.sizes, dim=1), self.shapes)}
+        """Per parameter, the stacked control points [n, *shape] (endpoints included), contiguous."""
+        stack = self._relayout(torch.cat([self.start[None], self.bends.detach(), self.end[None]]), to_nhwc=False)
+        return {
+            n: v.reshape(self.num_bends, *shape)
+            for n, v, shape in zip(self.names, stack.split(self.sizes, dim=1), self.shapes)
+        }
 
     def load_control_points(self, points: dict[str, torch.Tensor], source: str = "<curve>") -> None:
         """Set the interior bends from stacked control points (as saved by :meth:`control_points`)."""
@@ -169,7 +212,7 @@ class Curve(nn.Module):
                 )
         flat = torch.cat([points[n].reshape(self.num_bends, -1) for n in self.names], dim=1)  # (n, P)
         with torch.no_grad():
-            self.bends.copy_(flat[1:-1])
+            self.bends.copy_(self._relayout(flat[1:-1].to(self.bends.device), to_nhwc=True))
 
 
 def check_compatible(template: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
@@ -186,21 +229,23 @@ def check_compatible(template: nn.Module, state: dict[str, torch.Tensor], label:
             )
 
 
-def curve_loss(curve: Curve, wd: float, generator: torch.Generator):
+def curve_loss(curve: Curve, wd: float, generator: torch.Generator, module: nn.Module | None = None):
     """The paper's training objective as a ``loss_fn(x, y)`` for :func:`modeconn.train.train_epoch`.
 
     Each call draws t ~ U(0, 1) from ``generator`` and returns
     ``CE(f(x; φ_θ(t)), y) + 0.5 · wd · ‖φ_θ(t)‖²`` — an unbiased estimate of the
     gradient of ℓ(θ) = E_t L(φ_θ(t)). The optimiser's own weight decay must be 0.
+    ``module`` is what runs the curve (e.g. ``curve`` wrapped in DistributedDataParallel; default ``curve``):
+    every process of a data-parallel run draws the same t, from generators seeded alike.
     """
+    run = module if module is not None else curve
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.rand((), generator=generator).item()
-        w = curve.point(t)  # (P,)
-        logits = functional_call(curve.template, curve.unflat(w), (x,), strict=False)
+        logits, sq_norm = run(x, t, l2=True)
         loss = F.cross_entropy(logits.float(), y)
         if wd > 0:
-            loss = loss + 0.5 * wd * torch.dot(w, w)  # ‖φ_θ(t)‖², one reduction
+            loss = loss + 0.5 * wd * sq_norm
         return loss, logits
 
     return loss_fn

@@ -67,7 +67,7 @@ class SnapshotCollector:
         self.prev: torch.Tensor | None = None  # (D,) flat weights of the last snapshot
 
     def on_step(self, i: int) -> None:
-        if not self.is_snapshot(i):
+        if not self.is_snapshot(i) or not self.runtime.is_main:  # in a data-parallel run rank 0 evaluates
             return
         self.model.eval()
         logprobs, _ = predict(self.model, self.test_batches, self.runtime)
@@ -216,7 +216,7 @@ def train_runs(
             iteration = restore(saved["current"], model, optimizer, train_batches.generator)
             collector.load_state_dict(saved["current"]["collector"])
             first = done + 1
-        step = cross_entropy_step(model)
+        step = cross_entropy_step(runtime.wrap(model))  # data-parallel under torchrun
         for g in range(first, (r + 1) * epochs + 1):
             model.train()
             stats, iteration = train_epoch(

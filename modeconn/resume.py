@@ -39,6 +39,7 @@ import torch
 
 from .errors import ModeconnError
 from .io import atomic_torch_save
+from .runtime import CPU, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ class ResumeState:
     process after saving that many epochs, for drills and tests.
     """
 
-    def __init__(self, folder: Path | str, key: str, stop_after: int | None = None):
-        self.folder, self.key = Path(folder), key
+    def __init__(self, folder: Path | str, key: str, stop_after: int | None = None, runtime: Runtime = CPU):
+        self.folder, self.key, self.runtime = Path(folder), key, runtime
         self.path = self.folder / f"{key}.pt"
         if stop_after is None and os.environ.get(STOP_ENV):
             try:
@@ -119,7 +120,15 @@ class ResumeState:
                 other.unlink(missing_ok=True)
 
     def load(self) -> dict | None:
-        """The state of the last finished epoch, or None (nothing saved, or a file not to be trusted)."""
+        """The state of the last finished epoch, or None (nothing saved, or a file not to be trusted).
+
+        In a data-parallel run, rank 0 reads it and every process gets rank 0's answer (the file need not be
+        on a file system the other machines see)."""
+        state = self.runtime.broadcast(self._read() if self.runtime.is_main else None)
+        self.resumed_after = int(state["epoch"]) if state is not None else 0
+        return state
+
+    def _read(self) -> dict | None:
         if not self.folder.is_dir():
             return None
         self._clean_others()
@@ -140,13 +149,13 @@ class ResumeState:
             self.path.unlink(missing_ok=True)
             return None
         log.info("resuming from %s: %d epoch(s) already done", self.path, state["epoch"])
-        self.resumed_after = int(state["epoch"])
         return state
 
     def epoch_done(self, epoch: int, state: dict) -> None:
-        """Save the state at the end of ``epoch`` (atomically); then stop if this process was asked to."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"format": FORMAT, "key": self.key, "epoch": epoch, **state}, self.path)
+        """Save the state at the end of ``epoch`` (atomically, rank 0 only); then stop if asked to."""
+        if self.runtime.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save({"format": FORMAT, "key": self.key, "epoch": epoch, **state}, self.path)
         self.done_here += 1
         if self.stop_after is not None and self.done_here >= self.stop_after:
             raise Preempted(
@@ -156,6 +165,8 @@ class ResumeState:
 
     def clear(self) -> None:
         """The run has finished: remove its state (and the folder, if nothing else is in it)."""
+        if not self.runtime.is_main:
+            return
         self.path.unlink(missing_ok=True)
         try:
             self.folder.rmdir()

@@ -16,10 +16,14 @@ a curve φ_θ(t) and its L2 term (see :mod:`modeconn.curves`), the loss
 from __future__ import annotations
 
 import contextlib
+import datetime
+import os
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .errors import ConfigError
@@ -77,10 +81,20 @@ class Runtime:
     ) -> Runtime:
         """The runtime for ``device`` with ``precision`` and ``channels_last`` forced or following the device.
 
-        Forcing what the device cannot do (bf16 on a GPU without bf16) is a ConfigError naming the option.
+        Under ``torchrun`` (WORLD_SIZE > 1 in the environment) this joins the process group — NCCL on CUDA,
+        gloo on the CPU — and each process takes the GPU of its LOCAL_RANK. Forcing what the device cannot
+        do (bf16 on a GPU without bf16, CUDA where there is none) is a ConfigError naming the option.
         """
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
         dev = resolve_device(device)
         cuda = dev.type == "cuda"
+        if world > 1 and cuda and dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if world > 1:
+            if cuda:
+                torch.cuda.set_device(dev)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
         if precision in (None, "", AUTO):
             precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
         if precision not in PRECISIONS:
@@ -91,7 +105,48 @@ class Runtime:
                 "does not support bfloat16; use --precision fp32"
             )
         flag = _flag(channels_last, "--channels-last (MODECONN_CHANNELS_LAST)")
-        return cls(dev, precision, cuda if flag is None else flag)
+        return cls(dev, precision, cuda if flag is None else flag, world, rank)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that evaluates, logs and writes."""
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, processes): which slice of every training batch this process takes."""
+        return self.rank, self.world_size
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """``module`` as the training loop calls it: itself in one process; DistributedDataParallel
+        (gradients averaged over the processes at every step) in several. On CUDA, BatchNorm becomes
+        SyncBatchNorm (statistics over the global batch); gloo on the CPU has no SyncBatchNorm, so there each
+        process normalises with the statistics of its own shard."""
+        if self.world_size == 1:
+            return module
+        if self.device.type == "cuda":
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every process (any picklable object; itself in one process)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the processes, in place (itself in one process)."""
+        if self.world_size > 1:
+            dist.all_reduce(values)
+        return values
+
+    def close(self) -> None:
+        """Leave the process group (at the end of a command)."""
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -107,12 +162,16 @@ class Runtime:
     def prepare(self, module: nn.Module) -> nn.Module:
         """``module`` on the device; with channels_last, every 4-D parameter and buffer in NHWC layout.
 
-        Only 4-D tensors are converted (conv weights): a curve keeps its bends as 5-D stacks, which
-        ``Module.to(memory_format=...)`` refuses.
+        Only 4-D tensors are converted (conv weights; ``Module.to(memory_format=...)`` would refuse any 5-D
+        tensor), and a module with a ``use_channels_last()`` method — a :class:`~modeconn.curves.Curve`, whose
+        weights live in one flat vector — is asked to lay its conv weights out so.
         """
         module = module.to(self.device)
         if self.channels_last:
             module._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
+            for m in module.modules():  # modules that keep weights in their own storage (a Curve) relayout it
+                if hasattr(m, "use_channels_last"):
+                    m.use_channels_last()
         return module
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:

@@ -83,10 +83,15 @@ def train_epoch(
         if on_step is not None:
             on_step(iteration)
         iteration += 1
-    mean_loss = (loss_sum / max(n, 1)).item()
+    # Over all processes of a data-parallel run: one reduction per epoch.
+    totals = runtime.all_sum(
+        torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(n), device=runtime.device)])
+    )
+    mean_loss = (totals[0] / totals[2].clamp(min=1)).item()
     if not math.isfinite(mean_loss):
         raise TrainingError(_nan_message(what, iteration - 1, lr_at(iteration - 1)))
-    return EpochStats(mean_loss, correct.item() / max(n, 1), n, time.perf_counter() - start), iteration
+    n = int(totals[2].item())
+    return EpochStats(mean_loss, totals[1].item() / max(n, 1), n, time.perf_counter() - start), iteration
 
 
 def _nan_message(what: str, iteration: int, lr: float) -> str:

@@ -16,6 +16,7 @@ import inspect
 import json
 import logging
 import os
+import subprocess
 import sys
 import typing
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from modeconn.data import Prepared, load_prepared
-from modeconn.errors import CheckpointError, ModeconnError
+from modeconn.errors import CheckpointError, ConfigError, ModeconnError
 from modeconn.io import atomic_write_json, atomic_write_text, load_checkpoint
 from modeconn.resume import Preempted, ResumeState, digest, fingerprint
 from modeconn.runtime import Runtime
@@ -38,6 +39,8 @@ log = logging.getLogger("modeconn")
 
 PARAMS = Path("params.yaml")
 RESUME_DIR = Path(".modeconn/resume")
+NPROC_ENV = "MODECONN_NPROC"  # processes per training stage; a setting of the machine, not a param
+FAULT_ENV = "MODECONN_FAULT_RANK"  # a drill: that rank raises at start, as a failing process would
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on purpose after saving its state; rerun to continue
 PREPARED = Path("data/prepared")
 ENDPOINTS = Path("data/endpoints")
@@ -101,12 +104,16 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def stage_app(main: Callable[..., None]) -> typer.Typer:
+def stage_app(main: Callable[..., None], data_parallel: bool = False) -> typer.Typer:
     """The Typer app of a stage command ``main``, which raises ModeconnErrors for people to read.
 
     Errors become one line and exit code 1 (no traceback). If ``main`` takes ``runtime``, the command gets
     the runtime options ``--device``, ``--precision`` and ``--channels-last`` (and their environment
     variables) instead, resolved into one :class:`Runtime` that the first log line states.
+
+    ``data_parallel`` stages (the training stages) run under ``torchrun`` when it starts them; with
+    ``MODECONN_NPROC=N`` (N > 1) and no torchrun around, the command starts ``torchrun --standalone
+    --nproc-per-node N`` on itself — how `dvc repro` runs a training stage on the N GPUs of one machine.
     """
     hints = typing.get_type_hints(main)
     signature = inspect.signature(main)
@@ -121,10 +128,22 @@ def stage_app(main: Callable[..., None]) -> typer.Typer:
     @functools.wraps(main)
     def command(**kwargs: Any) -> None:
         with user_errors():
-            if wants_runtime:
-                options = (kwargs.pop(k) for k in ("device", "precision", "channels_last"))
-                kwargs["runtime"] = runtime_of(*options)
-            main(**kwargs)
+            nproc = processes()
+            if data_parallel and nproc > 1 and "WORLD_SIZE" not in os.environ:
+                module = main.__module__
+                if module == "__main__":  # run as `python -m stages.<name>`
+                    module = sys.modules["__main__"].__spec__.name
+                raise typer.Exit(launch(module, nproc))
+            if not wants_runtime:
+                main(**kwargs)
+                return
+            runtime = runtime_of(*(kwargs.pop(k) for k in ("device", "precision", "channels_last")))
+            try:
+                if os.environ.get(FAULT_ENV) == str(runtime.rank):
+                    raise ModeconnError(f"fault injected on rank {runtime.rank} ({FAULT_ENV}), as a drill")
+                main(**kwargs, runtime=runtime)
+            finally:
+                runtime.close()
 
     command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     command.__annotations__ = hints
@@ -134,10 +153,47 @@ def stage_app(main: Callable[..., None]) -> typer.Typer:
 
 
 def runtime_of(device: str, precision: str, channels_last: str) -> Runtime:
-    """The stage's runtime from its options (or their environment variables), stated in the first log line."""
+    """The stage's runtime from its options (or their environment variables), stated in the first log line.
+
+    In a data-parallel run only rank 0 logs progress; the other ranks report warnings and errors."""
     runtime = Runtime.resolve(device, precision, channels_last)
+    if not runtime.is_main:
+        log.setLevel(logging.WARNING)
     log.info("%s", runtime.describe())
     return runtime
+
+
+def processes() -> int:
+    """$MODECONN_NPROC: processes per training stage (1: no torchrun)."""
+    value = os.environ.get(NPROC_ENV, "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{NPROC_ENV}={value!r}: set it to the number of processes per training stage (1, 2, …)")
+    return int(value)
+
+
+def launch(module: str, nproc: int) -> int:
+    """Run this command again under ``torchrun --standalone --nproc-per-node nproc``; its exit code.
+
+    torchrun starts the processes, joins them, and ends them all when one fails."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        module,
+        *sys.argv[1:],
+    ]
+    log.info("starting %d processes: %s", nproc, " ".join(cmd[1:]))
+    code = subprocess.call(cmd)
+    if code:
+        console.print(
+            f"[bold red]error:[/] the {nproc}-process run of {module} failed (torchrun exit code {code}); "
+            "the failing rank's message is above. Nothing was written.",
+            highlight=False,
+        )
+    return code
 
 
 def prepared_files(prepared: Path) -> tuple[Path, Path]:
@@ -150,7 +206,7 @@ def prepared_data(prepared: Path, runtime: Runtime) -> Prepared:
     return load_prepared(prepared, runtime.device, hint="Run `dvc repro prepare` (or python -m stages.prepare).")
 
 
-def resume_state(run: str, *settings: Any, inputs: tuple[Path, ...] = ()) -> ResumeState:
+def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path, ...] = ()) -> ResumeState:
     """Where training run ``run`` (e.g. ``train_endpoint/seed_0``) saves its state each epoch, keyed by its
     ``settings`` (config sections, runtime) and the content of its input files.
 
@@ -158,7 +214,16 @@ def resume_state(run: str, *settings: Any, inputs: tuple[Path, ...] = ()) -> Res
     stage (which deletes its outputs first) finds it.
     """
     folder = Path(os.environ.get("MODECONN_RESUME_DIR", RESUME_DIR)) / run
-    return ResumeState(folder, fingerprint(run, *settings, [digest(p) for p in inputs]))
+    key = fingerprint(
+        run,
+        runtime.device.type,
+        runtime.precision,
+        runtime.channels_last,
+        runtime.world_size,
+        *settings,
+        [digest(p) for p in inputs],
+    )
+    return ResumeState(folder, key, runtime=runtime)
 
 
 def endpoint_checkpoint(path: Path) -> dict:

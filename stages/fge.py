@@ -91,6 +91,7 @@ def main(
                 train=True,
                 seed=run_seed,
                 drop_last=True,
+                shard=runtime.shard,
                 channels_last=runtime.channels_last,
             )
             lr_at, is_snap = fge_schedule(cycle_iterations(cfg.cycle, len(train_b)), cfg.lr_1, cfg.lr_2)
@@ -110,7 +111,7 @@ def main(
         )
 
     plans = [plan(seed, ckpt) for seed, ckpt in zip(cfg.start_seeds, ckpts)]
-    resume = resume_state("fge", cfg, runtime.as_dict(), inputs=(*prepared_files(prepared), *paths))
+    resume = resume_state("fge", runtime, cfg, inputs=(*prepared_files(prepared), *paths))
     log.info(
         "FGE: %d run(s) of %d epochs from epoch %d of seeds %s, cycle %s epochs, lr %g → %g",
         len(plans),
@@ -133,6 +134,8 @@ def main(
             on_epoch=lambda g, s: advance(f"epoch {g} loss {s.loss:.3f}"),
             what="FGE",
         )
+    if not runtime.is_main:  # rank 0 evaluated the snapshots and writes; the others only trained
+        return
     save_runs(out, runs, labels)
     summary = runs_summary(rows)
     info = {
@@ -160,7 +163,7 @@ def main(
     )
 
 
-app = stage_app(main)
+app = stage_app(main, data_parallel=True)
 
 if __name__ == "__main__":
     app()

@@ -71,16 +71,17 @@ def fit(
         seed=cfg.seed,
         drop_last=True,
         channels_last=runtime.channels_last,
+        shard=runtime.shard,
     )
     optimizer = make_sgd([curve.bends], cfg.lr, cfg.momentum, 0.0)  # wd acts on φ(t), not θ
     total = cfg.epochs * len(batches)
     lr_at = lambda i: schedules.standard_lr((i - 1) / total, cfg.lr)  # noqa: E731
     generator = torch.Generator().manual_seed(cfg.seed)  # the t of each minibatch
-    step = curve_loss(curve, cfg.wd, generator)
+    step = curve_loss(curve, cfg.wd, generator, module=runtime.wrap(curve))  # data-parallel under torchrun
     inputs = (*prepared_files(prepared), *(endpoints_dir / f"seed_{s}" / "model.pt" for s in cfg.endpoints))
     if cfg.init != "linear":
         inputs += (Path(cfg.init),)
-    resume = resume_state("fit_curve", cfg, runtime.as_dict(), inputs=inputs)
+    resume = resume_state("fit_curve", runtime, cfg, inputs=inputs)
     saved = resume.load()
     rows, iteration, seconds, done = [], 1, 0.0, 0
     if saved is not None:
@@ -119,6 +120,8 @@ def fit(
                 },
             )
             advance(f"loss at random t {stats.loss:.3f} acc {stats.accuracy:.3f} {stats.images_per_s:.0f} img/s")
+    if not runtime.is_main:  # rank 0 writes; the others only trained
+        return {}
     save_curve(out / "curve.pt", curve, spec, endpoints=list(cfg.endpoints), wd=cfg.wd)
     result = {"train_loss": rows[-1]["train_loss"], "train_accuracy": rows[-1]["train_accuracy"]}
     run = {
@@ -148,7 +151,7 @@ def main(
     ),
     out: Path = typer.Option(Path("data/curve"), "--out", help="Output folder (curve.pt)."),
     metrics: Path = typer.Option(Path("metrics/curve_train.json"), "--metrics", help="Metrics JSON."),
-    log_csv: Path = typer.Option(Path("metrics/curve_train.csv"), "--log", help="Per-epoch CSV."),
+    log_csv: Path = typer.Option(Path("metrics/curve_train.csv"), "--history", help="Per-epoch CSV."),
     runtime: Runtime = CPU,
 ) -> None:
     """Fit a curve between the endpoints curve.endpoints (params: curve)."""
@@ -156,6 +159,8 @@ def main(
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     result = fit(cfg, prepared, endpoints, out, metrics, log_csv, runtime)
+    if not runtime.is_main:
+        return
     console.print(
         f"[bold]{cfg.type}[/] ({cfg.num_bends} bends) between seeds {cfg.endpoints[0]} and "
         f"{cfg.endpoints[1]}: train loss at random t {result['train_loss']:.4f} after "
@@ -163,7 +168,7 @@ def main(
     )
 
 
-app = stage_app(main)
+app = stage_app(main, data_parallel=True)
 
 if __name__ == "__main__":
     app()

@@ -65,12 +65,13 @@ def main(
             train=True,
             seed=cfg.seed,
             drop_last=True,
+            shard=runtime.shard,
             channels_last=runtime.channels_last,
         )
         lr_at, is_snap = sse_schedule(cfg.epochs * len(train_b), cfg.cycles, cfg.lr)
         return model, make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.wd), train_b, lr_at, is_snap
 
-    resume = resume_state("sse", cfg, model_cfg, runtime.as_dict(), inputs=prepared_files(prepared))
+    resume = resume_state("sse", runtime, cfg, model_cfg, inputs=prepared_files(prepared))
     log.info("SSE: %d epochs, %d cycles from scratch (seed %d)", cfg.epochs, cfg.cycles, cfg.seed)
     t0 = time.perf_counter()
     with progress("sse", cfg.epochs) as advance:
@@ -84,6 +85,8 @@ def main(
             on_epoch=lambda e, s: advance(f"loss {s.loss:.3f} acc {s.accuracy:.3f}"),
             what="SSE training",
         )
+    if not runtime.is_main:  # rank 0 evaluated the snapshots and writes; the others only trained
+        return
     save_runs(out, runs, data.test.y.cpu())
     summary = runs_summary(rows)
     run_info = {
@@ -107,7 +110,7 @@ def main(
     )
 
 
-app = stage_app(main)
+app = stage_app(main, data_parallel=True)
 
 if __name__ == "__main__":
     app()

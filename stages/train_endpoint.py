@@ -61,15 +61,14 @@ def train_one(
         seed=seed,
         drop_last=True,
         channels_last=runtime.channels_last,
+        shard=runtime.shard,
     )
     test_batches = Loader(data.test, data.info, EVAL_BATCH, train=False, channels_last=runtime.channels_last)
     optimizer = make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.wd)
     total = cfg.epochs * len(train_batches)
     lr_at = lambda i: schedules.standard_lr((i - 1) / total, cfg.lr)  # noqa: E731
-    step = cross_entropy_step(model)
-    resume = resume_state(
-        f"train_endpoint/seed_{seed}", cfg, model_cfg, seed, runtime.as_dict(), inputs=prepared_files(prepared)
-    )
+    step = cross_entropy_step(runtime.wrap(model))  # data-parallel under torchrun
+    resume = resume_state(f"train_endpoint/seed_{seed}", runtime, cfg, model_cfg, seed, inputs=prepared_files(prepared))
     saved = resume.load()
     rows, extra, iteration, seconds, done = [], {}, 1, 0.0, 0
     if saved is not None:
@@ -92,6 +91,9 @@ def train_one(
                 step, optimizer, train_batches, lr_at, iteration, runtime, what=f"endpoint training (seed {seed})"
             )
             seconds += stats.seconds
+            if not runtime.is_main:  # rank 0 evaluates, logs and saves; the others only train
+                resume.epoch_done(epoch, {})
+                continue
             model.eval()
             logprobs, y = predict(model, test_batches, runtime)
             row = {
@@ -123,6 +125,8 @@ def train_one(
                 f"loss {stats.loss:.3f} acc {stats.accuracy:.3f} test acc {row['test_accuracy']:.3f} "
                 f"{stats.images_per_s:.0f} img/s"
             )
+    if not runtime.is_main:
+        return {}
     model.eval()
     logprobs, y = predict(model, test_batches, runtime)
     last = rows[-1]
@@ -175,7 +179,7 @@ def main(
     prepared: Path = PreparedOpt,
     out: Path = typer.Option(None, "--out", help="Output folder [default: data/endpoints/seed_<seed>]."),
     metrics: Path = typer.Option(None, "--metrics", help="Metrics JSON [default: metrics/endpoints/seed_<seed>.json]."),
-    log_csv: Path = typer.Option(None, "--log", help="Per-epoch CSV [default: metrics/endpoints/seed_<seed>.csv]."),
+    log_csv: Path = typer.Option(None, "--history", help="Per-epoch CSV [default: metrics/endpoints/seed_<seed>.csv]."),
     runtime: Runtime = CPU,
 ) -> None:
     """Train the endpoint network of one seed with the standard schedule (params: model, train)."""
@@ -185,6 +189,8 @@ def main(
     log_csv = log_csv or Path(f"metrics/endpoints/seed_{seed}.csv")
     t0 = time.perf_counter()
     result = train_one(cfg, model_cfg, seed, prepared, out, metrics, log_csv, runtime)
+    if not runtime.is_main:
+        return
     console.print(
         f"[bold]seed {seed}[/]: test accuracy {result['test_accuracy']:.4f}, "
         f"NLL {result['test_nll']:.4f} after {cfg.epochs} epochs "
@@ -192,7 +198,7 @@ def main(
     )
 
 
-app = stage_app(main)
+app = stage_app(main, data_parallel=True)
 
 if __name__ == "__main__":
     app()

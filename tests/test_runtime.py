@@ -54,7 +54,7 @@ def test_channels_last_on_a_curve_of_a_conv_net():
     curve = Curve(template, a.state_dict(), b.state_dict(), "bezier", 4)
     runtime = Runtime(channels_last=True)
     curve = runtime.prepare(curve)
-    convs = [p for p in curve.template.parameters() if p.dim() == 4]
+    convs = [p for p in curve.weights(0.3).values() if p.dim() == 4]  # what the network is run with
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     x, y = runtime.batch(torch.randn(8, 1, 28, 28)), torch.randint(0, 4, (8,))
     assert x.is_contiguous(memory_format=torch.channels_last)
@@ -69,6 +69,8 @@ def test_channels_last_on_a_curve_of_a_conv_net():
         "bezier",
         4,
     )
+    for name, points in plain.control_points().items():  # the relayout moved no weight
+        assert torch.equal(curve.control_points()[name], points), name
     ref, ref_logits = curve_loss(plain, 5e-4, torch.Generator().manual_seed(0))(x.contiguous(), y)
     assert torch.allclose(logits, ref_logits, atol=1e-5) and loss.item() == pytest.approx(ref.item(), rel=1e-6)
 
@@ -146,7 +148,7 @@ def test_a_curve_fitted_under_bf16_agrees_with_fp32(tmp_path, monkeypatch):
             out,
             "--metrics",
             out / "m.json",
-            "--log",
+            "--history",
             out / "log.csv",
             "--device",
             "cpu",

@@ -66,6 +66,7 @@ class Loader:
         device: torch.device | str | None = None,
         channels_last: bool = False,
         max_samples: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -78,6 +79,14 @@ class Loader:
         self.device = torch.device(device) if device is not None else split.x.device
         self.batch_size, self.train, self.augment = batch_size, train, augment
         self.drop_last, self.channels_last = drop_last, channels_last
+        # Data-parallel: rank r of w processes takes the r-th of w equal slices of every batch, so the w
+        # shards of a step are exactly the batch one process would draw (same order, same augmentation).
+        self.rank, self.world = shard
+        if self.world > 1 and (batch_size % self.world or not drop_last):
+            raise ConfigError(
+                f"batch_size {batch_size} cannot be split evenly over {self.world} processes: use a batch size "
+                f"divisible by the number of processes (and drop_last)"
+            )
         self.generator = torch.Generator().manual_seed(seed)
 
         x, y = split.x, split.y
@@ -106,7 +115,9 @@ class Loader:
         if "flip" in self.augment:
             flips = (torch.rand(self.n, generator=g) < 0.5).to(self.device)
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            part = self.batch_size // self.world
+            start = i * self.batch_size + self.rank * part
+            sl = slice(start, start + part)
             if order is None:
                 x, y = self.x[sl], self.y[sl]  # views, in order
             else:
