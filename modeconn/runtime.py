@@ -143,6 +143,11 @@ class Runtime:
             dist.all_reduce(values)
         return values
 
+    def barrier(self) -> None:
+        """Wait for every process (nothing in one process)."""
+        if self.world_size > 1:
+            dist.barrier()
+
     def close(self) -> None:
         """Leave the process group (at the end of a command)."""
         if self.world_size > 1 and dist.is_initialized():

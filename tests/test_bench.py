@@ -227,3 +227,20 @@ def test_cuda_peaks_are_reported_per_section():
     assert "training, in-memory Loader (5 MiB allocated before)" in figures["cuda_peak_train_loader"].label
     assert figures["cuda_peak"].runs == [30.0, 20.0]  # per round, the largest of the sections
     assert bench.Sections(Runtime(), bench.Probe(Runtime()), print).memory_figures({}) == {}
+
+
+def test_data_parallel_bench_reports_one_and_two_processes(tmp_path):
+    from stages import bench_ddp
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(train__batch_size=16)))
+    out = tmp_path / "ddp.json"
+    result = CliRunner().invoke(
+        bench_ddp.app,
+        ["--params", str(params), "--dataset", "synthetic", "--batches", "3", "--device", "cpu", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert figures["one"]["processes"] == 1 and figures["many"]["processes"] == 2
+    assert figures["one"]["images_per_s"] > 0 and figures["many"]["images_per_s"] > 0
+    assert "2 processes" in result.output and "images/s" in result.output
