@@ -19,22 +19,30 @@ from . import ensemble
 class Member:
     method: str
     cost: float  # cumulative epochs spent by the method when this member exists
-    logprobs: torch.Tensor  # (N, K)
+    logprobs: torch.Tensor  # (N_test, K)
+    val_logprobs: torch.Tensor | None = None  # (N_val, K), where there is a validation split
+
+    def on(self, split: str) -> torch.Tensor | None:
+        """The member's log-probabilities on ``split`` (``test`` or ``val``)."""
+        return self.logprobs if split == "test" else self.val_logprobs
 
 
-def at_budget(members: list[Member], budget: float, labels: torch.Tensor, method: str = "probs") -> dict | None:
-    """Accuracy, NLL and error of the members affordable within ``budget`` epochs; None if there are none.
+def at_budget(
+    members: list[Member], budget: float, labels: torch.Tensor, method: str = "probs", split: str = "test"
+) -> dict | None:
+    """Accuracy, NLL and error on ``split`` (``test`` or ``val``, with its ``labels``) of the members affordable
+    within ``budget`` epochs; None if there are none.
 
-    The error is named ``test_error``: `dvc metrics` takes a key named ``error`` for a failure.
+    The error is named ``<split>_error``: `dvc metrics` takes a key named ``error`` for a failure.
     """
-    chosen = [m.logprobs for m in sorted(members, key=lambda m: m.cost) if m.cost <= budget + 1e-9]
+    chosen = [m.on(split) for m in sorted(members, key=lambda m: m.cost) if m.cost <= budget + 1e-9]
     if not chosen:
         return None
     lp = ensemble.combine(chosen, method)
     return {
         "accuracy": ensemble.accuracy(lp, labels),
         "nll": ensemble.nll(lp, labels),
-        "test_error": 1 - ensemble.accuracy(lp, labels),
+        f"{split}_error": 1 - ensemble.accuracy(lp, labels),
         "members": len(chosen),
     }
 

@@ -9,8 +9,8 @@ snapshot's test-set predictions:
 - SSE (Huang et al. 2017) trains from scratch with cosine annealing and warm
   restarts (:func:`schedules.sse_lr`), a snapshot at the end of each cycle.
 
-A snapshot records where it was taken (iteration, epoch), its test
-log-probabilities and its distance in weight space to the previous snapshot
+A snapshot records where it was taken (iteration, epoch), its test (and, when
+there is a validation split, validation) log-probabilities and its distance in weight space to the previous snapshot
 (the paper contrasts ≈7 for FGE with ≈40 for SSE on PreResNet-164).
 """
 
@@ -37,6 +37,7 @@ class Snapshot:
     epoch: float  # epochs into this run
     logprobs: torch.Tensor  # (N_test, K)
     distance: float  # ‖w − w_prev‖ to the previous snapshot (nan for the first)
+    val_logprobs: torch.Tensor | None = None  # (N_val, K); None without a validation split
 
 
 def cycle_iterations(cycle_epochs: float, iters_per_epoch: int) -> int:
@@ -48,9 +49,9 @@ def cycle_iterations(cycle_epochs: float, iters_per_epoch: int) -> int:
 class SnapshotCollector:
     """The snapshots of one run as it trains: pass :meth:`on_step` to :func:`modeconn.train.train_epoch`.
 
-    After every iteration ``i`` with ``is_snapshot(i)`` it records the model's test log-probabilities and its
-    distance to the previous snapshot. Its state (snapshots so far, the last snapshot's weights) round-trips
-    through :meth:`state_dict` for resuming a run.
+    After every iteration ``i`` with ``is_snapshot(i)`` it records the model's test (and, with ``val_batches``,
+    validation) log-probabilities and its distance to the previous snapshot. Its state (snapshots so far, the
+    last snapshot's weights) round-trips through :meth:`state_dict` for resuming a run.
     """
 
     def __init__(
@@ -60,9 +61,10 @@ class SnapshotCollector:
         is_snapshot: Callable[[int], bool],
         iters_per_epoch: int,
         runtime: Runtime = CPU,
+        val_batches=None,
     ):
         self.model, self.test_batches, self.is_snapshot = model, test_batches, is_snapshot
-        self.iters_per_epoch, self.runtime = iters_per_epoch, runtime
+        self.iters_per_epoch, self.runtime, self.val_batches = iters_per_epoch, runtime, val_batches
         self.snapshots: list[Snapshot] = []
         self.prev: torch.Tensor | None = None  # (D,) flat weights of the last snapshot
 
@@ -71,11 +73,14 @@ class SnapshotCollector:
             return
         self.model.eval()
         logprobs, _ = predict(self.model, self.test_batches, self.runtime)
+        val_lp = predict(self.model, self.val_batches, self.runtime)[0] if self.val_batches is not None else None
         self.model.train()
         w = flat(dict(self.model.named_parameters()))
         dist = (w - self.prev).norm().item() if self.prev is not None else float("nan")
         self.prev = w
-        self.snapshots.append(Snapshot(iteration=i, epoch=i / self.iters_per_epoch, logprobs=logprobs, distance=dist))
+        self.snapshots.append(
+            Snapshot(iteration=i, epoch=i / self.iters_per_epoch, logprobs=logprobs, distance=dist, val_logprobs=val_lp)
+        )
 
     def state_dict(self) -> dict:
         return {"snapshots": [vars(s) for s in self.snapshots], "prev": self.prev}
@@ -125,14 +130,21 @@ def sse_schedule(total_iters: int, cycles: int, lr: float):
 
 
 def snapshot_rows(
-    run: int, seed: int, snapshots: list[Snapshot], labels: torch.Tensor, offset: float, method: str = "probs"
+    run: int,
+    seed: int,
+    snapshots: list[Snapshot],
+    labels: torch.Tensor,
+    offset: float,
+    method: str = "probs",
+    val_labels: torch.Tensor | None = None,
 ) -> list[dict]:
-    """One row per snapshot of a run: its own accuracy and NLL, and those of the run's ensemble so far.
+    """One row per snapshot of a run: its own test accuracy and NLL, and those of the run's ensemble so far;
+    with ``val_labels``, the same on the validation split (``val_`` columns).
 
     ``offset`` is the epochs spent before the run (FGE: its pretraining), so ``cost`` = offset + epoch.
     """
     running = ensemble.running([s.logprobs for s in snapshots], labels, method)
-    return [
+    rows = [
         {
             "run": run,
             "seed": seed,
@@ -146,6 +158,17 @@ def snapshot_rows(
         }
         for j, (s, ens) in enumerate(zip(snapshots, running))
     ]
+    if val_labels is not None:
+        val_running = ensemble.running([s.val_logprobs for s in snapshots], val_labels, method)
+        for row, s, ens in zip(rows, snapshots, val_running):
+            own = ensemble.scores(s.val_logprobs, val_labels)
+            row.update(
+                val_accuracy=own["accuracy"],
+                val_nll=own["nll"],
+                ensemble_val_accuracy=ens["accuracy"],
+                ensemble_val_nll=ens["nll"],
+            )
+    return rows
 
 
 def runs_summary(rows: list[dict]) -> dict:
@@ -155,7 +178,7 @@ def runs_summary(rows: list[dict]) -> dict:
     per_run = [[r for r in rows if r["run"] == i] for i in runs]
     finals = [rr[-1] for rr in per_run]
     dists = [r["distance"] for r in rows if not math.isnan(r["distance"])]
-    return {
+    summary = {
         "runs": len(runs),
         "snapshots_per_run": [len(rr) for rr in per_run],
         "ensemble_accuracy": sum(f["ensemble_accuracy"] for f in finals) / len(finals),
@@ -163,6 +186,11 @@ def runs_summary(rows: list[dict]) -> dict:
         "snapshot_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
         "mean_distance": sum(dists) / len(dists) if dists else None,
     }
+    if all("val_accuracy" in r for r in rows):
+        summary["ensemble_val_accuracy"] = sum(f["ensemble_val_accuracy"] for f in finals) / len(finals)
+        summary["ensemble_val_nll"] = sum(f["ensemble_val_nll"] for f in finals) / len(finals)
+        summary["snapshot_val_accuracy"] = sum(r["val_accuracy"] for r in rows) / len(rows)
+    return summary
 
 
 @dataclass
@@ -197,8 +225,12 @@ def train_runs(
     resume: ResumeState | None = None,
     on_epoch: Callable[[int, EpochStats], None] | None = None,
     what: str = "training",
+    val_batches=None,
+    val_labels: torch.Tensor | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Train the runs one after the other, ``epochs`` each, collecting snapshots; returns (records, rows).
+
+    With ``val_batches`` and ``val_labels`` each snapshot is also evaluated on the validation split.
 
     With ``resume``, the whole state (finished runs, and the current run's weights, optimizer, schedule
     position, random states and snapshots) is saved after every epoch, and a saved state is continued.
@@ -210,7 +242,7 @@ def train_runs(
         if (r + 1) * epochs <= done:
             continue  # finished before the preemption
         model, optimizer, train_batches, lr_at, is_snapshot = plan.make()
-        collector = SnapshotCollector(model, test_batches, is_snapshot, len(train_batches), runtime)
+        collector = SnapshotCollector(model, test_batches, is_snapshot, len(train_batches), runtime, val_batches)
         iteration, first = 1, r * epochs + 1
         if saved and done > r * epochs:  # this run was interrupted: continue it
             iteration = restore(saved["current"], model, optimizer, train_batches.generator)
@@ -231,7 +263,9 @@ def train_runs(
             )
             state: dict = {"runs": records, "rows": rows}
             if g == (r + 1) * epochs:
-                rows += snapshot_rows(r, plan.seed, collector.snapshots, labels, float(plan.start_epoch))
+                rows += snapshot_rows(
+                    r, plan.seed, collector.snapshots, labels, float(plan.start_epoch), val_labels=val_labels
+                )
                 records.append(run_record(plan, epochs, collector.snapshots))
             else:
                 state["current"] = {

@@ -25,6 +25,7 @@ from .train import Batches, predict
 from .weights import sq_norm
 
 MEASURES = ("train_loss", "train_nll", "train_error", "test_nll", "test_error")
+VAL_MEASURES = ("val_nll", "val_error")  # where there is a validation split
 
 
 def forward_at(template: nn.Module, weights: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

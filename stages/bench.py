@@ -731,37 +731,27 @@ def measure_default(
     def mark(setting: LoaderSetting, best: LoaderSetting) -> str:
         return f"{setting.name}, best" if setting == best and len(settings_tried) > 1 else setting.name
 
+    def loader_figures(kind: str, what: str, best: LoaderSetting) -> dict[str, Figure]:
+        """The in-memory Loader, each DataLoader setting tried, and the paired speed-up against the best."""
+        return {
+            f"{kind}_loader": Figure(f"{what}, in-memory Loader", "images/s", runs[f"{kind}_loader"]),
+            **{
+                f"{kind}_dataloader_{s.key}": Figure(
+                    f"{what}, per-sample DataLoader ({mark(s, best)})", "images/s", runs[f"{kind}_dataloader_{s.key}"]
+                )
+                for s in settings_tried
+            },
+            f"{kind}_speedup": Figure(
+                paired_label(f"{what} speed-up, Loader / best DataLoader ({best.name})", rounds),
+                "x",
+                paired_ratios(runs[f"{kind}_loader"], runs[f"{kind}_dataloader_{best.key}"]),
+                paired=True,
+            ),
+        }
+
     figures = {
-        "train_loader": Figure("training, in-memory Loader", "images/s", runs["train_loader"]),
-        **{
-            f"train_dataloader_{s.key}": Figure(
-                f"training, per-sample DataLoader ({mark(s, best_train)})",
-                "images/s",
-                runs[f"train_dataloader_{s.key}"],
-            )
-            for s in settings_tried
-        },
-        "train_speedup": Figure(
-            paired_label(f"training speed-up, Loader / best DataLoader ({best_train.name})", rounds),
-            "x",
-            paired_ratios(runs["train_loader"], runs[f"train_dataloader_{best_train.key}"]),
-            paired=True,
-        ),
-        "eval_loader": Figure("evaluation, in-memory Loader", "images/s", runs["eval_loader"]),
-        **{
-            f"eval_dataloader_{s.key}": Figure(
-                f"evaluation, per-sample DataLoader ({mark(s, best_eval)})",
-                "images/s",
-                runs[f"eval_dataloader_{s.key}"],
-            )
-            for s in settings_tried
-        },
-        "eval_speedup": Figure(
-            paired_label(f"evaluation speed-up, Loader / best DataLoader ({best_eval.name})", rounds),
-            "x",
-            paired_ratios(runs["eval_loader"], runs[f"eval_dataloader_{best_eval.key}"]),
-            paired=True,
-        ),
+        **loader_figures("train", "training", best_train),
+        **loader_figures("eval", "evaluation", best_eval),
         "curve_train": Figure(
             f"curve training ({kind}, {num_bends} bends), in-memory Loader", "images/s", runs["curve_train"]
         ),

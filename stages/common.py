@@ -28,7 +28,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from modeconn.data import Prepared, load_prepared
+from modeconn.data import EVAL_BATCH, EvalBatches, Loader, Prepared, eval_batches, load_prepared
 from modeconn.errors import CheckpointError, ConfigError, ModeconnError
 from modeconn.io import atomic_write_json, atomic_write_text, load_checkpoint
 from modeconn.resume import Preempted, ResumeState, digest, fingerprint
@@ -194,6 +194,46 @@ def launch(module: str, nproc: int) -> int:
             highlight=False,
         )
     return code
+
+
+def train_loader(data: Prepared, batch_size: int, seed: int, runtime: Runtime) -> Loader:
+    """The shuffled, augmented training batches of a training stage; this process's shard of each under torchrun."""
+    return Loader(
+        data.train,
+        data.info,
+        batch_size,
+        train=True,
+        seed=seed,
+        drop_last=True,
+        channels_last=runtime.channels_last,
+        shard=runtime.shard,
+    )
+
+
+def test_loader(data: Prepared, runtime: Runtime, split: str = "test") -> Loader:
+    """The in-order, un-augmented batches of the test (or ``val``) split, for per-epoch and snapshot predictions."""
+    return Loader(getattr(data, split), data.info, EVAL_BATCH, train=False, channels_last=runtime.channels_last)
+
+
+def val_split(data: Prepared, runtime: Runtime) -> tuple[Loader | None, Any]:
+    """(batches, labels) of the validation split, or (None, None) where ``data.val_size`` is 0."""
+    if data.val is None:
+        return None, None
+    return test_loader(data, runtime, "val"), data.val.y.cpu()
+
+
+def measurement_batches(data: Prepared, cfg: Any, runtime: Runtime) -> EvalBatches:
+    """The passes that measure a point (BN, train subset, test, val) with the sizes of an eval-like section
+    (``batch_size``, ``bn_samples``, ``train_samples``, optional ``test_samples``, ``seed``)."""
+    return eval_batches(
+        data,
+        cfg.batch_size,
+        bn_samples=cfg.bn_samples,
+        train_samples=getattr(cfg, "train_samples", 0),
+        test_samples=getattr(cfg, "test_samples", 0),
+        seed=cfg.seed,
+        channels_last=runtime.channels_last,
+    )
 
 
 def prepared_files(prepared: Path) -> tuple[Path, Path]:

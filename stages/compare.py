@@ -35,20 +35,26 @@ def load_snapshots(path: Path, stage: str) -> dict:
 
 
 def gather(train: TrainConfig, endpoints: Path, fge_path: Path, sse_path: Path):
-    """All members with their costs, the test labels, and each method's replicates at 1B."""
+    """All members with their costs, the labels of each split, and each method's replicates at 1B.
+
+    ``labels`` maps ``test`` (and ``val``, when every member has validation predictions) to the split's labels.
+    """
     B = train.epochs
-    members, labels, singles = [], None, {"ind": [], "fge": []}
+    members, labels, val_labels, singles = [], None, None, {"ind": [], "fge": []}
     for k, seed in enumerate(train.seeds):
+        folder = endpoints / f"seed_{seed}"
         blob = load_file(
-            endpoints / f"seed_{seed}" / "test_logprobs.pt",
-            f"test predictions of seed {seed}",
-            "Run `dvc repro train_endpoint`.",
+            folder / "test_logprobs.pt", f"test predictions of seed {seed}", "Run `dvc repro train_endpoint`."
         )
         labels = blob["labels"] if labels is None else labels
         if not torch.equal(blob["labels"], labels):
             raise CheckpointError(f"seed {seed}'s predictions are of another test set: rerun `dvc repro`")
-        members.append(Member("ind", (k + 1) * B, blob["logprobs"]))
-        singles["ind"].append([Member("ind", B, blob["logprobs"])])
+        val_lp = None
+        if (folder / "val_logprobs.pt").exists():
+            val = load_file(folder / "val_logprobs.pt", f"validation predictions of seed {seed}", "Run `dvc repro`.")
+            val_labels, val_lp = val["labels"], val["logprobs"]
+        members.append(Member("ind", (k + 1) * B, blob["logprobs"], val_lp))
+        singles["ind"].append([Member("ind", B, blob["logprobs"], val_lp)])
     for stage, path in (("fge", fge_path), ("sse", sse_path)):
         blob = load_snapshots(path, stage)
         if not torch.equal(blob["labels"], labels):
@@ -56,66 +62,93 @@ def gather(train: TrainConfig, endpoints: Path, fge_path: Path, sse_path: Path):
         spent = 0.0
         for run in blob["runs"]:
             run_members = [
-                Member(stage, spent + run["start_epoch"] + s["epoch"], s["logprobs"]) for s in run["snapshots"]
+                Member(stage, spent + run["start_epoch"] + s["epoch"], s["logprobs"], s.get("val_logprobs"))
+                for s in run["snapshots"]
             ]
             members += run_members
             if stage == "fge":
                 singles["fge"].append(
-                    [Member(stage, run["start_epoch"] + s["epoch"], s["logprobs"]) for s in run["snapshots"]]
+                    [
+                        Member(stage, run["start_epoch"] + s["epoch"], s["logprobs"], s.get("val_logprobs"))
+                        for s in run["snapshots"]
+                    ]
                 )
             spent += run["cost"]
-    return members, labels, singles
+    splits = {"test": labels}
+    if val_labels is not None and all(m.val_logprobs is not None for m in members):
+        splits["val"] = val_labels
+    return members, splits, singles
 
 
-def compare(cfg: CompareConfig, train: TrainConfig, members, labels, singles) -> tuple[dict, list[dict]]:
-    """Each method at each budget, the replicates at 1B, and the ensemble after each member joins (rows)."""
+def compare(cfg: CompareConfig, train: TrainConfig, members, splits, singles) -> tuple[dict, list[dict]]:
+    """Each method at each budget, the replicates at 1B, and the ensemble after each member joins (rows).
+
+    Test figures at the top level (``1B``, ``2B``, …); the same on the validation split under ``val`` — the
+    split on which settings are chosen.
+    """
     B = train.epochs
-    # An unaffordable budget is 0 members, not null: `dvc metrics` reads scalar leaves only.
-    result: dict = {}
-    for k in cfg.budgets:
-        result[f"{k}B"] = {
-            m: at_budget([x for x in members if x.method == m], k * B, labels, cfg.ensemble) or {"members": 0}
-            for m in METHODS
-        }
-    spread = {}
-    for m, reps in singles.items():
-        accs = [r["accuracy"] for r in (at_budget(rep, B, labels, cfg.ensemble) for rep in reps) if r]
-        if accs:
-            spread[m] = {
-                "mean_accuracy": statistics.fmean(accs),
-                "std_accuracy": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "n": len(accs),
+
+    def table(split: str) -> dict:
+        # An unaffordable budget is 0 members, not null: `dvc metrics` reads scalar leaves only.
+        out: dict = {}
+        for k in cfg.budgets:
+            out[f"{k}B"] = {
+                m: at_budget([x for x in members if x.method == m], k * B, splits[split], cfg.ensemble, split)
+                or {"members": 0}
+                for m in METHODS
             }
-    result["1B_over_seeds"] = spread
+        spread = {}
+        for m, reps in singles.items():
+            runs = (at_budget(rep, B, splits[split], cfg.ensemble, split) for rep in reps)
+            accs = [r["accuracy"] for r in runs if r]
+            if accs:
+                spread[m] = {
+                    "mean_accuracy": statistics.fmean(accs),
+                    "std_accuracy": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                    "n": len(accs),
+                }
+        out["1B_over_seeds"] = spread
+        return out
+
+    result = table("test")
+    if "val" in splits:
+        result["val"] = table("val")
     rows = []
     for m in METHODS:
-        rows += over_cost([x for x in members if x.method == m], labels, cfg.ensemble)
+        rows += over_cost([x for x in members if x.method == m], splits["test"], cfg.ensemble)
     return result, rows
 
 
 def markdown(result: dict, setup: dict, budgets) -> str:
     names = {"ind": "Ind (independent networks)", "sse": "SSE (Snapshot Ensembles)", "fge": "FGE"}
     B = setup["B"]
-    head = "| method | " + " | ".join(f"{k}B ({k * B} ep): error % / NLL / members" for k in budgets) + " |"
+    splits = [("test", result, setup["test_samples"])]
+    if "val" in result:
+        splits.append(("val", result["val"], setup["val_samples"]))
     lines = [
-        f"Test error (%), NLL and ensemble size at equal training budgets; B = {B} epochs; "
-        f"ensembles average {'probabilities' if setup['ensemble'] == 'probs' else 'logits'}; "
-        f"{setup['test_samples']} test images.",
+        f"Error (%), NLL and ensemble size at equal training budgets; B = {B} epochs; ensembles average "
+        f"{'probabilities' if setup['ensemble'] == 'probs' else 'logits'}; "
+        + "; ".join(f"{n} {name} images" for name, _, n in splits)
+        + ". Settings are chosen on the validation split, never on test.",
         "",
-        head,
-        "|---" * (len(budgets) + 1) + "|",
+        "| method | split | " + " | ".join(f"{k}B ({k * B} ep): error % / NLL / members" for k in budgets) + " |",
+        "|---|---" + "|---" * len(budgets) + "|",
     ]
     for m in METHODS:
-        cells = []
-        for k in budgets:
-            r = result[f"{k}B"][m]
-            cells.append("—" if not r["members"] else f"{100 * r['test_error']:.2f} / {r['nll']:.4f} / {r['members']}")
-        lines.append(f"| {names[m]} | " + " | ".join(cells) + " |")
+        for name, res, _ in splits:
+            cells = []
+            for k in budgets:
+                r = res[f"{k}B"][m]
+                err = r.get(f"{name}_error")
+                cells.append("—" if not r["members"] else f"{100 * err:.2f} / {r['nll']:.4f} / {r['members']}")
+            lines.append(f"| {names[m]} | {name} | " + " | ".join(cells) + " |")
     lines += ["", "At 1B over seeds (each replicate a different endpoint seed; SSE has one run):", ""]
     for m, s in result["1B_over_seeds"].items():
-        lines.append(
-            f"- {names[m]}: accuracy {100 * s['mean_accuracy']:.2f} ± {100 * s['std_accuracy']:.2f} % (n = {s['n']})"
-        )
+        text = f"- {names[m]}: test accuracy {100 * s['mean_accuracy']:.2f} ± {100 * s['std_accuracy']:.2f} %"
+        if "val" in result and m in result["val"]["1B_over_seeds"]:
+            v = result["val"]["1B_over_seeds"][m]
+            text += f", validation {100 * v['mean_accuracy']:.2f} ± {100 * v['std_accuracy']:.2f} %"
+        lines.append(text + f" (n = {s['n']})")
     return "\n".join(lines) + "\n"
 
 
@@ -135,13 +168,14 @@ def main(
 ) -> None:
     """Compare Ind, SSE and FGE ensembles at budgets kB (params: train.epochs, train.seeds, compare)."""
     cfg, train = read_sections(params, "compare", "train")
-    members, labels, singles = gather(train, endpoints, fge, sse)
-    result, rows = compare(cfg, train, members, labels, singles)
+    members, splits, singles = gather(train, endpoints, fge, sse)
+    result, rows = compare(cfg, train, members, splits, singles)
     setup = {
         "B": train.epochs,
         "seeds": list(train.seeds),
         "ensemble": cfg.ensemble,
-        "test_samples": int(labels.numel()),
+        "test_samples": int(splits["test"].numel()),
+        "val_samples": int(splits["val"].numel()) if "val" in splits else 0,
     }
     write_metrics(metrics, result, setup)
     for m in METHODS:

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import typer
 
-from modeconn.data import EVAL_BATCH, Loader
 from modeconn.errors import CheckpointError
 from modeconn.fge import RunPlan, cycle_iterations, fge_schedule, runs_summary, train_runs
 from modeconn.io import atomic_dir, atomic_torch_save, build_from_checkpoint
@@ -35,6 +34,9 @@ from .common import (
     progress,
     resume_state,
     stage_app,
+    test_loader,
+    train_loader,
+    val_split,
     write_csv,
     write_metrics,
 )
@@ -57,9 +59,11 @@ def start_checkpoint_path(endpoints: Path, seed: int, epoch: int) -> Path:
     )
 
 
-def save_runs(out: Path, runs: list[dict], labels: torch.Tensor) -> None:
+def save_runs(out: Path, runs: list[dict], labels: torch.Tensor, val_labels: torch.Tensor | None = None) -> None:
+    """The runs with their snapshots' test (and validation) log-probabilities, as ``compare`` reads them."""
+    blob = {"format": "modeconn.snapshots/1", "runs": runs, "labels": labels, "val_labels": val_labels}
     with atomic_dir(out) as tmp:
-        atomic_torch_save({"format": "modeconn.snapshots/1", "runs": runs, "labels": labels}, tmp / "snapshots.pt")
+        atomic_torch_save(blob, tmp / "snapshots.pt")
 
 
 def main(
@@ -76,24 +80,16 @@ def main(
     paths = [start_checkpoint_path(endpoints, s, cfg.start_epoch) for s in cfg.start_seeds]
     ckpts = [endpoint_checkpoint(p) for p in paths]  # fail early, before any training
     data = prepared_data(prepared, runtime)
-    test_b = Loader(data.test, data.info, EVAL_BATCH, train=False, channels_last=runtime.channels_last)
+    test_b = test_loader(data, runtime)
     labels = data.test.y.cpu()
+    val_b, val_labels = val_split(data, runtime)
 
     def plan(seed: int, ckpt: dict) -> RunPlan:
         def make():
             run_seed = derived_seed(cfg.seed, seed)
             seed_everything(run_seed)
             model = runtime.prepare(build_from_checkpoint(ckpt))
-            train_b = Loader(
-                data.train,
-                data.info,
-                cfg.batch_size,
-                train=True,
-                seed=run_seed,
-                drop_last=True,
-                shard=runtime.shard,
-                channels_last=runtime.channels_last,
-            )
+            train_b = train_loader(data, cfg.batch_size, run_seed, runtime)
             lr_at, is_snap = fge_schedule(cycle_iterations(cfg.cycle, len(train_b)), cfg.lr_1, cfg.lr_2)
             opt = make_sgd(model.parameters(), cfg.lr_1, cfg.momentum, cfg.wd)
             if "optimizer" in ckpt:  # continue the endpoint's optimizer (momentum), as the paper's code does
@@ -133,10 +129,12 @@ def main(
             resume,
             on_epoch=lambda g, s: advance(f"epoch {g} loss {s.loss:.3f}"),
             what="FGE",
+            val_batches=val_b,
+            val_labels=val_labels,
         )
     if not runtime.is_main:  # rank 0 evaluated the snapshots and writes; the others only trained
         return
-    save_runs(out, runs, labels)
+    save_runs(out, runs, labels, val_labels)
     summary = runs_summary(rows)
     info = {
         "runs": summary.pop("runs"),

@@ -21,7 +21,6 @@ import typer
 
 from modeconn import ensemble
 from modeconn.curves import load_curve
-from modeconn.data import eval_batches
 from modeconn.errors import CheckpointError
 from modeconn.io import load_file
 from modeconn.models import from_spec
@@ -36,6 +35,7 @@ from .common import (
     PreparedOpt,
     console,
     log,
+    measurement_batches,
     prepared_data,
     progress,
     stage_app,
@@ -86,9 +86,7 @@ def run(
         raise CheckpointError(
             f"{curve_eval} holds predictions on another test set than {prepared}: rerun `dvc repro eval_curve`"
         )
-    batches = eval_batches(
-        data, cfg.batch_size, bn_samples=cfg.bn_samples, seed=cfg.seed, channels_last=runtime.channels_last
-    )
+    batches = measurement_batches(data, cfg, runtime)
     start = stored["curve"][0]  # ŵ1's test log-probs (BN recalibrated by eval_curve)
     rows = []
     t0 = time.perf_counter()

@@ -23,7 +23,6 @@ import typer
 from modeconn import plane as pl
 from modeconn.bn import has_bn
 from modeconn.curves import load_curve
-from modeconn.data import eval_batches
 from modeconn.errors import CheckpointError
 from modeconn.io import atomic_dir, atomic_torch_save, load_file
 from modeconn.models import from_spec
@@ -37,6 +36,7 @@ from .common import (
     PreparedOpt,
     console,
     log,
+    measurement_batches,
     prepared_data,
     progress,
     stage_app,
@@ -84,15 +84,7 @@ def compute(
     template = runtime.prepare(from_spec(blob["spec"]))
     like = {k: v.to(runtime.device) for k, v in like.items()}
     data = prepared_data(prepared, runtime)
-    batches = eval_batches(
-        data,
-        cfg.batch_size,
-        bn_samples=cfg.bn_samples,
-        train_samples=cfg.train_samples,
-        test_samples=cfg.test_samples,
-        seed=cfg.seed,
-        channels_last=runtime.channels_last,
-    )._replace(val=None)
+    batches = measurement_batches(data, cfg, runtime)._replace(val=None)
 
     def at(a: float, bb: float) -> dict:
         return measure(template, pl.to_weights(b.origin, b.u, b.v, a, bb, like), batches, runtime).row(wd)

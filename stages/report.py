@@ -99,6 +99,11 @@ def headline(ends: dict, cur: dict, cmp: dict) -> dict:
         "segment_max_test_error": cur["segment"]["test_error"]["max"],
         "length_ratio": cur["length"]["ratio"],
         "test_error_1B": {m: at_1b[m]["test_error"] for m in ("ind", "sse", "fge") if at_1b.get(m, {}).get("members")},
+        "val_error_1B": {
+            m: r["val_error"]
+            for m, r in cmp.get("val", {}).get("1B", {}).items()
+            if isinstance(r, dict) and r["members"]
+        },
     }
 
 
@@ -159,14 +164,14 @@ def build(metrics: Path, out: Path, seeds) -> tuple[str, dict]:
         "",
         "## Endpoints",
         "",
-        "| seed | test accuracy | test NLL | train loss | seconds |",
-        "|---|---|---|---|---|",
+        "| seed | val accuracy | val NLL | test accuracy | test NLL | train loss | seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in seeds:
         e = ends[s]
         L.append(
-            f"| {s} | {pct(e['test_accuracy'])} | {num(e['test_nll'])} | {num(e['train_loss'])} | "
-            f"{end_runs[s]['seconds']:.0f} |"
+            f"| {s} | {pct(e.get('val_accuracy'))} | {num(e.get('val_nll'))} | {pct(e['test_accuracy'])} | "
+            f"{num(e['test_nll'])} | {num(e['train_loss'])} | {end_runs[s]['seconds']:.0f} |"
         )
     L += [
         "",
@@ -181,6 +186,11 @@ def build(metrics: Path, out: Path, seeds) -> tuple[str, dict]:
         "",
         "| | curve | segment |",
         "|---|---|---|",
+        *(
+            [f"| max validation error | {pct(c['val_error']['max'])} | {pct(s_['val_error']['max'])} |"]
+            if "val_error" in c
+            else []
+        ),
         f"| max test error | {pct(c['test_error']['max'])} | {pct(s_['test_error']['max'])} |",
         f"| mean test error over t | {pct(c['test_error']['mean_t'])} | {pct(s_['test_error']['mean_t'])} |",
         f"| max train loss | {num(c['train_loss']['max'])} | {num(s_['train_loss']['max'])} |",
@@ -191,17 +201,25 @@ def build(metrics: Path, out: Path, seeds) -> tuple[str, dict]:
         "",
         f"Curve ensemble (Sec. 4, {ens['members']} points, averaging {cur_run['ensemble']}):",
         "",
-        "| ensemble | test accuracy | test NLL |",
-        "|---|---|---|",
-        f"| the two endpoints | {pct(ens['endpoints']['accuracy'])} | {num(ens['endpoints']['nll'])} |",
-        f"| all curve points | {pct(ens['curve']['accuracy'])} | {num(ens['curve']['nll'])} |",
-        f"| all segment points | {pct(ens['segment']['accuracy'])} | {num(ens['segment']['nll'])} |",
+        "| ensemble | val accuracy | val NLL | test accuracy | test NLL |",
+        "|---|---|---|---|---|",
     ]
+    ens_val = cur.get("ensemble_val", {})
+    for key, label in (
+        ("endpoints", "the two endpoints"),
+        ("curve", "all curve points"),
+        ("segment", "all segment points"),
+    ):
+        v = ens_val.get(key, {})
+        L.append(
+            f"| {label} | {pct(v.get('accuracy'))} | {num(v.get('nll'))} | {pct(ens[key]['accuracy'])} | "
+            f"{num(ens[key]['nll'])} |"
+        )
     if "curve_scaled" in ens:
         L += [
-            f"| endpoints, temperature-scaled | {pct(ens['endpoints_scaled']['accuracy'])} | "
+            f"| endpoints, temperature-scaled | (fitted here) | | {pct(ens['endpoints_scaled']['accuracy'])} | "
             f"{num(ens['endpoints_scaled']['nll'])} |",
-            f"| curve points, temperature-scaled | {pct(ens['curve_scaled']['accuracy'])} | "
+            f"| curve points, temperature-scaled | (fitted here) | | {pct(ens['curve_scaled']['accuracy'])} | "
             f"{num(ens['curve_scaled']['nll'])} |",
         ]
     else:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import typer
 
-from modeconn.data import EVAL_BATCH, Loader
 from modeconn.errors import ConfigError
 from modeconn.fge import RunPlan, runs_summary, sse_schedule, train_runs
 from modeconn.models import from_spec
@@ -31,6 +30,9 @@ from .common import (
     progress,
     resume_state,
     stage_app,
+    test_loader,
+    train_loader,
+    val_split,
     write_csv,
     write_metrics,
 )
@@ -50,7 +52,8 @@ def main(
     cfg, model_cfg = read_sections(params, "sse", "model")
     data = prepared_data(prepared, runtime)
     info = data.info
-    test_b = Loader(data.test, info, EVAL_BATCH, train=False, channels_last=runtime.channels_last)
+    test_b = test_loader(data, runtime)
+    val_b, val_labels = val_split(data, runtime)
     iters = len(data.train) // cfg.batch_size
     if cfg.cycles > cfg.epochs * iters:
         raise ConfigError(f"sse.cycles = {cfg.cycles} exceeds the {cfg.epochs * iters} iterations of sse.epochs")
@@ -58,16 +61,7 @@ def main(
     def make():
         seed_everything(cfg.seed)
         model = runtime.prepare(from_spec(model_cfg.spec(info)))
-        train_b = Loader(
-            data.train,
-            info,
-            cfg.batch_size,
-            train=True,
-            seed=cfg.seed,
-            drop_last=True,
-            shard=runtime.shard,
-            channels_last=runtime.channels_last,
-        )
+        train_b = train_loader(data, cfg.batch_size, cfg.seed, runtime)
         lr_at, is_snap = sse_schedule(cfg.epochs * len(train_b), cfg.cycles, cfg.lr)
         return model, make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.wd), train_b, lr_at, is_snap
 
@@ -84,10 +78,12 @@ def main(
             resume,
             on_epoch=lambda e, s: advance(f"loss {s.loss:.3f} acc {s.accuracy:.3f}"),
             what="SSE training",
+            val_batches=val_b,
+            val_labels=val_labels,
         )
     if not runtime.is_main:  # rank 0 evaluated the snapshots and writes; the others only trained
         return
-    save_runs(out, runs, data.test.y.cpu())
+    save_runs(out, runs, data.test.y.cpu(), val_labels)
     summary = runs_summary(rows)
     run_info = {
         "runs": summary.pop("runs"),

@@ -16,7 +16,6 @@ from pathlib import Path
 import typer
 
 from modeconn import ensemble, schedules
-from modeconn.data import EVAL_BATCH, Loader
 from modeconn.io import atomic_dir, atomic_torch_save, save_checkpoint
 from modeconn.models import from_spec
 from modeconn.resume import capture, restore
@@ -33,6 +32,9 @@ from .common import (
     progress,
     resume_state,
     stage_app,
+    test_loader,
+    train_loader,
+    val_split,
     write_csv,
     write_metrics,
 )
@@ -53,17 +55,8 @@ def train_one(
     data = prepared_data(prepared, runtime)
     spec = model_cfg.spec(data.info)
     model = runtime.prepare(from_spec(spec))
-    train_batches = Loader(
-        data.train,
-        data.info,
-        cfg.batch_size,
-        train=True,
-        seed=seed,
-        drop_last=True,
-        channels_last=runtime.channels_last,
-        shard=runtime.shard,
-    )
-    test_batches = Loader(data.test, data.info, EVAL_BATCH, train=False, channels_last=runtime.channels_last)
+    train_batches = train_loader(data, cfg.batch_size, seed, runtime)
+    test_batches = test_loader(data, runtime)
     optimizer = make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.wd)
     total = cfg.epochs * len(train_batches)
     lr_at = lambda i: schedules.standard_lr((i - 1) / total, cfg.lr)  # noqa: E731
@@ -129,6 +122,8 @@ def train_one(
         return {}
     model.eval()
     logprobs, y = predict(model, test_batches, runtime)
+    val_b, _ = val_split(data, runtime)
+    val_lp, val_y = predict(model, val_b, runtime) if val_b is not None else (None, None)
     last = rows[-1]
     result = {
         "train_loss": last["train_loss"],
@@ -137,6 +132,8 @@ def train_one(
         "test_accuracy": last["test_accuracy"],
         "test_error": 1 - last["test_accuracy"],
     }
+    if val_lp is not None:  # the split that chooses settings (issue: defaults by validation, never test)
+        result.update(val_nll=ensemble.nll(val_lp, val_y), val_accuracy=ensemble.accuracy(val_lp, val_y))
     run = {
         "seed": seed,
         "dataset": data.info.name,
@@ -163,9 +160,7 @@ def train_one(
                 optimizer=state["optimizer"],
             )
         atomic_torch_save({"logprobs": logprobs, "labels": y}, tmp / "test_logprobs.pt")
-        if data.val is not None:
-            val_batches = Loader(data.val, data.info, EVAL_BATCH, train=False, channels_last=runtime.channels_last)
-            val_lp, val_y = predict(model, val_batches, runtime)
+        if val_lp is not None:
             atomic_torch_save({"logprobs": val_lp, "labels": val_y}, tmp / "val_logprobs.pt")
     write_csv(log_csv, rows)
     write_metrics(metrics, result, run)

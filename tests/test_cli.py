@@ -41,7 +41,15 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
     m = json.loads((workspace / "metrics/endpoints/seed_0.json").read_text())
     run = json.loads((workspace / "metrics/endpoints/seed_0.run.json").read_text())
     assert run["epochs"] == 2 and 0 <= m["test_accuracy"] <= 1 and m["test_nll"] > 0
-    assert set(m) == {"train_loss", "train_accuracy", "test_nll", "test_accuracy", "test_error"}  # numbers only
+    assert set(m) == {
+        "train_loss",
+        "train_accuracy",
+        "test_nll",
+        "test_accuracy",
+        "test_error",
+        "val_nll",
+        "val_accuracy",
+    }  # numbers only
     assert (workspace / "data/endpoints/seed_0/epoch_1.pt").is_file()
     assert (workspace / "data/endpoints/seed_0/test_logprobs.pt").is_file()
     for module in (eval_curve, fge, sse):
@@ -50,7 +58,7 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
     r = invoke(compare)
     assert r.exit_code == 0, r.output
     curve = json.loads((workspace / "metrics/curve.json").read_text())
-    assert set(curve) == {"curve", "segment", "length", "ensemble"}
+    assert set(curve) == {"curve", "segment", "length", "ensemble", "ensemble_val"}
     curve_run = json.loads((workspace / "metrics/curve.run.json").read_text())
     assert curve_run["bn_samples"] == 192  # convfc with BN: recalibrated on every training image
     assert curve["length"]["ratio"] >= 1 - 1e-6  # the segment is the shortest path
@@ -60,6 +68,7 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
     assert res["1B"]["fge"]["members"] == 2 and res["2B"]["fge"]["members"] == 4
     assert res["1B"]["sse"]["members"] == 2
     assert "| FGE |" in (workspace / "metrics/compare.md").read_text()
+    check_validation_split(workspace, m, curve, res)
 
     def leaves(x):
         if isinstance(x, dict):
@@ -78,6 +87,34 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
     for path in (workspace / "metrics").rglob("*.json"):
         if not path.name.endswith(".run.json"):
             assert all(isinstance(v, (int, float)) for v in leaves(json.loads(path.read_text()))), path
+
+
+def check_validation_split(workspace, endpoint: dict, curve: dict, res: dict) -> None:
+    """Every stage that measures test also measures validation, and compare's validation figures are the
+    ensembles of the stored validation predictions (computed here by hand, from the files)."""
+    val = torch.load(workspace / "data/endpoints/seed_0/val_logprobs.pt", weights_only=True)
+    val_acc = (val["logprobs"].argmax(1) == val["labels"]).float().mean().item()
+    assert val["labels"].numel() == 48
+    assert endpoint["val_accuracy"] == pytest.approx(val_acc)
+    assert res["val"]["1B"]["ind"]["val_error"] == pytest.approx(1 - val_acc)
+    assert res["val"]["1B"]["ind"]["members"] == res["1B"]["ind"]["members"] == 1
+    # FGE at 1B: the two snapshots of the first run, probabilities averaged.
+    snaps = torch.load(workspace / "data/fge/snapshots.pt", weights_only=True)
+    assert torch.equal(snaps["val_labels"], val["labels"])
+    lps = [s["val_logprobs"] for s in snaps["runs"][0]["snapshots"]]
+    probs = torch.stack([lp.exp() for lp in lps]).mean(0)
+    fge_acc = (probs.argmax(1) == val["labels"]).float().mean().item()
+    fge_nll = -probs.log().gather(1, val["labels"][:, None]).mean().item()
+    assert res["val"]["1B"]["fge"]["val_error"] == pytest.approx(1 - fge_acc)
+    assert res["val"]["1B"]["fge"]["nll"] == pytest.approx(fge_nll, rel=1e-5)
+    assert res["val"]["1B"]["fge"]["nll"] != pytest.approx(res["1B"]["fge"]["nll"])  # another split
+    table = (workspace / "metrics/compare.md").read_text()
+    assert "| FGE | val |" in table and "| FGE | test |" in table
+    # eval_curve: validation error along both paths; its endpoint values are the BN-recalibrated endpoints'.
+    assert 0 <= curve["curve"]["val_error"]["max"] <= 1 and 0 <= curve["segment"]["val_error"]["max"] <= 1
+    assert curve["curve"]["val_error"]["start"] == pytest.approx(curve["segment"]["val_error"]["start"])
+    fge_rows = (workspace / "metrics/fge.csv").read_text().splitlines()[0]
+    assert "ensemble_val_accuracy" in fge_rows
 
 
 def _bad(tmp_path, monkeypatch, module, *args, **overrides):

@@ -70,6 +70,18 @@ def test_budget_accounting_never_exceeds_budget():
     assert [r["epochs"] for r in rows] == [4.5, 5.0, 5.5]
 
 
+def test_budget_on_the_validation_split_uses_the_validation_predictions():
+    y_test, y_val = torch.tensor([0]), torch.tensor([1])
+    a, b = lp([[0.9, 0.1]]), lp([[0.2, 0.8]])
+    # The first member predicts class 0 on test (right) and class 1 on val (right); split="val" must read
+    # its validation predictions, not its test ones (which would give error 1 and NLL -log 0.1).
+    members = [Member("ind", 1.0, a, b), Member("ind", 2.0, b, b)]
+    test, val = at_budget(members, 1.0, y_test), at_budget(members, 1.0, y_val, split="val")
+    assert test["test_error"] == 0.0 and "val_error" not in test
+    assert val["val_error"] == 0.0 and val["nll"] == pytest.approx(-math.log(0.8))
+    assert at_budget(members, 2.0, y_test)["nll"] == pytest.approx(-math.log((0.9 + 0.2) / 2))
+
+
 def test_path_summary_closed_form():
     t = [0.0, 0.5, 1.0]
     values = [1.0, 3.0, 1.0]
