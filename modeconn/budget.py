@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ensemble
+from . import calibration, ensemble
 
 
 @dataclass
@@ -30,21 +30,36 @@ class Member:
 def at_budget(
     members: list[Member], budget: float, labels: torch.Tensor, method: str = "probs", split: str = "test"
 ) -> dict | None:
-    """Accuracy, NLL and error on ``split`` (``test`` or ``val``, with its ``labels``) of the members affordable
-    within ``budget`` epochs; None if there are none.
+    """Accuracy, NLL, error and expected calibration error (15 bins, :func:`modeconn.calibration.ece`) on
+    ``split`` (``test`` or ``val``, with its ``labels``) of the members affordable within ``budget`` epochs;
+    None if there are none.
 
     The error is named ``<split>_error``: `dvc metrics` takes a key named ``error`` for a failure.
     """
-    chosen = [m.on(split) for m in sorted(members, key=lambda m: m.cost) if m.cost <= budget + 1e-9]
-    if not chosen:
+    affordable = affordable_members(members, budget)
+    if not affordable:
         return None
-    lp = ensemble.combine(chosen, method)
+    lp = ensemble.combine([m.on(split) for m in affordable], method)
     return {
         "accuracy": ensemble.accuracy(lp, labels),
         "nll": ensemble.nll(lp, labels),
         f"{split}_error": 1 - ensemble.accuracy(lp, labels),
-        "members": len(chosen),
+        "ece": calibration.ece(lp, labels),
+        "members": len(affordable),
     }
+
+
+def affordable_members(members: list[Member], budget: float) -> list[Member]:
+    """The members that exist within ``budget`` epochs, cheapest first."""
+    return [m for m in sorted(members, key=lambda m: m.cost) if m.cost <= budget + 1e-9]
+
+
+def ensemble_at(
+    members: list[Member], budget: float, method: str = "probs", split: str = "test"
+) -> torch.Tensor | None:
+    """Log-probabilities [N, K] on ``split`` of the ensemble affordable within ``budget``; None if empty."""
+    affordable = affordable_members(members, budget)
+    return ensemble.combine([m.on(split) for m in affordable], method) if affordable else None
 
 
 def over_cost(members: list[Member], labels: torch.Tensor, method: str = "probs") -> list[dict]:
@@ -60,6 +75,7 @@ def over_cost(members: list[Member], labels: torch.Tensor, method: str = "probs"
                 "members": len(chosen),
                 "accuracy": ensemble.accuracy(lp, labels),
                 "nll": ensemble.nll(lp, labels),
+                "ece": calibration.ece(lp, labels),
             }
         )
     return rows

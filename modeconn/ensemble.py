@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import calibration
 from .errors import ConfigError
 
 METHODS = ("probs", "logits")
@@ -102,15 +103,21 @@ def curve_ensembles(
 ) -> dict:
     """The ensembles of Sec. 4 from the predictions at the t grid of a curve and of its segment.
 
-    ``curve[0]`` and ``curve[-1]`` are the endpoints. Returns accuracy and NLL of the ensembles of the two
-    endpoints, of every curve point and of every segment point; with ``temperatures`` (one per curve point,
-    fitted on held-out data), also of the temperature-scaled curve points and endpoints.
+    ``curve[0]`` and ``curve[-1]`` are the endpoints. Returns accuracy, NLL and expected calibration error
+    (:func:`modeconn.calibration.ece`, 15 bins) of the ensembles of the two endpoints, of every curve point and
+    of every segment point; with ``temperatures`` (one per curve point, fitted on held-out data), also of the
+    temperature-scaled curve points and endpoints.
     """
+
+    def rated(members: Sequence[torch.Tensor]) -> dict[str, float]:
+        lp = combine(list(members), method)
+        return {**scores(lp, y), "ece": calibration.ece(lp, y)}
+
     out: dict = {"members": len(curve)}
     for label, members in (("endpoints", [curve[0], curve[-1]]), ("curve", curve), ("segment", segment)):
-        out[label] = scores(combine(list(members), method), y)
+        out[label] = rated(members)
     if temperatures is not None:
         scaled = [scale(lp, temp) for lp, temp in zip(curve, temperatures, strict=True)]
-        out["curve_scaled"] = scores(combine(scaled, method), y)
-        out["endpoints_scaled"] = scores(combine([scaled[0], scaled[-1]], method), y)
+        out["curve_scaled"] = rated(scaled)
+        out["endpoints_scaled"] = rated([scaled[0], scaled[-1]])
     return out

@@ -12,6 +12,9 @@ snapshot's test-set predictions:
 A snapshot records where it was taken (iteration, epoch), its test (and, when
 there is a validation split, validation) log-probabilities and its distance in weight space to the previous snapshot
 (the paper contrasts ≈7 for FGE with ≈40 for SSE on PreResNet-164).
+
+With ``swa_batches`` a run also keeps the running mean of its snapshots' weights and, when it ends,
+evaluates that average as one network, BatchNorm recalibrated (SWA, Izmailov et al. 2018; :mod:`modeconn.swa`).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import ensemble, schedules
+from . import calibration, ensemble, schedules
 from .resume import ResumeState, capture, restore
 from .runtime import CPU, Runtime
+from .swa import WeightAverage, averaged_model
 from .train import EpochStats, LossFn, cross_entropy_step, predict, train_epoch
 from .weights import flat
 
@@ -62,11 +66,13 @@ class SnapshotCollector:
         iters_per_epoch: int,
         runtime: Runtime = CPU,
         val_batches=None,
+        average: bool = False,
     ):
         self.model, self.test_batches, self.is_snapshot = model, test_batches, is_snapshot
         self.iters_per_epoch, self.runtime, self.val_batches = iters_per_epoch, runtime, val_batches
         self.snapshots: list[Snapshot] = []
         self.prev: torch.Tensor | None = None  # (D,) flat weights of the last snapshot
+        self.average = WeightAverage() if average else None  # SWA: the running mean of the snapshots' weights
 
     def on_step(self, i: int) -> None:
         if not self.is_snapshot(i) or not self.runtime.is_main:  # in a data-parallel run rank 0 evaluates
@@ -76,18 +82,46 @@ class SnapshotCollector:
         val_lp = predict(self.model, self.val_batches, self.runtime)[0] if self.val_batches is not None else None
         self.model.train()
         w = flat(dict(self.model.named_parameters()))
-        dist = (w - self.prev).norm().item() if self.prev is not None else float("nan")
+        dist = (w - self.prev.to(w.device)).norm().item() if self.prev is not None else float("nan")
         self.prev = w
+        if self.average is not None:
+            self.average.update(self.model)
         self.snapshots.append(
             Snapshot(iteration=i, epoch=i / self.iters_per_epoch, logprobs=logprobs, distance=dist, val_logprobs=val_lp)
         )
 
     def state_dict(self) -> dict:
-        return {"snapshots": [vars(s) for s in self.snapshots], "prev": self.prev}
+        average = self.average.state_dict() if self.average is not None else None
+        return {"snapshots": [vars(s) for s in self.snapshots], "prev": self.prev, "average": average}
 
     def load_state_dict(self, state: dict) -> None:
         self.snapshots = [Snapshot(**s) for s in state["snapshots"]]
         self.prev = state["prev"]
+        if self.average is not None:
+            if state.get("average") is None and self.snapshots:
+                raise ValueError(
+                    "the saved run has snapshots but no weight average (saved without SWA): "
+                    "delete the resume state to start the run again"
+                )
+            if state.get("average") is not None:
+                self.average.load_state_dict(state["average"])
+
+    def swa(self, bn_batches, runtime: Runtime | None = None) -> dict:
+        """The average of the snapshots so far as one network, BatchNorm recalibrated on ``bn_batches`` (the
+        un-augmented training set): how many snapshots it averages, the epoch of the last one, its test (and
+        validation) log-probabilities."""
+        runtime = runtime or self.runtime
+        if self.average is None:
+            raise ValueError("this collector keeps no weight average: create it with average=True")
+        net = averaged_model(self.model, self.average, bn_batches, runtime)
+        logprobs, _ = predict(net, self.test_batches, runtime)
+        val_lp = predict(net, self.val_batches, runtime)[0] if self.val_batches is not None else None
+        return {
+            "snapshots": self.average.n,
+            "epoch": self.snapshots[-1].epoch,
+            "logprobs": logprobs,
+            "val_logprobs": val_lp,
+        }
 
 
 def run_snapshots(
@@ -193,6 +227,23 @@ def runs_summary(rows: list[dict]) -> dict:
     return summary
 
 
+def swa_summary(records: list[dict], labels: torch.Tensor, val_labels: torch.Tensor | None = None) -> dict:
+    """Over the runs' SWA networks (records with ``swa``): mean test accuracy, NLL and ECE (and validation
+    accuracy and NLL); empty when no run has one."""
+    swas = [rec["swa"] for rec in records if rec.get("swa") is not None]
+    if not swas:
+        return {}
+    out = {
+        "swa_accuracy": sum(ensemble.accuracy(s["logprobs"], labels) for s in swas) / len(swas),
+        "swa_nll": sum(ensemble.nll(s["logprobs"], labels) for s in swas) / len(swas),
+        "swa_ece": sum(calibration.ece(s["logprobs"], labels) for s in swas) / len(swas),
+    }
+    if val_labels is not None and all(s["val_logprobs"] is not None for s in swas):
+        out["swa_val_accuracy"] = sum(ensemble.accuracy(s["val_logprobs"], val_labels) for s in swas) / len(swas)
+        out["swa_val_nll"] = sum(ensemble.nll(s["val_logprobs"], val_labels) for s in swas) / len(swas)
+    return out
+
+
 @dataclass
 class RunPlan:
     """One run of snapshots to train: ``make()`` builds it — (model, optimizer, train batches, lr_at, is_snapshot) —
@@ -227,10 +278,15 @@ def train_runs(
     what: str = "training",
     val_batches=None,
     val_labels: torch.Tensor | None = None,
+    swa_batches=None,
 ) -> tuple[list[dict], list[dict]]:
     """Train the runs one after the other, ``epochs`` each, collecting snapshots; returns (records, rows).
 
     With ``val_batches`` and ``val_labels`` each snapshot is also evaluated on the validation split.
+
+    With ``swa_batches`` (the un-augmented training set) each run keeps the running mean of its snapshots'
+    weights and, when it ends, its record gets ``swa``: that average evaluated as one network after BatchNorm
+    recalibration on ``swa_batches`` (:meth:`SnapshotCollector.swa`).
 
     With ``resume``, the whole state (finished runs, and the current run's weights, optimizer, schedule
     position, random states and snapshots) is saved after every epoch, and a saved state is continued.
@@ -242,7 +298,9 @@ def train_runs(
         if (r + 1) * epochs <= done:
             continue  # finished before the preemption
         model, optimizer, train_batches, lr_at, is_snapshot = plan.make()
-        collector = SnapshotCollector(model, test_batches, is_snapshot, len(train_batches), runtime, val_batches)
+        collector = SnapshotCollector(
+            model, test_batches, is_snapshot, len(train_batches), runtime, val_batches, average=swa_batches is not None
+        )
         iteration, first = 1, r * epochs + 1
         if saved and done > r * epochs:  # this run was interrupted: continue it
             iteration = restore(saved["current"], model, optimizer, train_batches.generator)
@@ -267,6 +325,8 @@ def train_runs(
                     r, plan.seed, collector.snapshots, labels, float(plan.start_epoch), val_labels=val_labels
                 )
                 records.append(run_record(plan, epochs, collector.snapshots))
+                if swa_batches is not None and collector.snapshots:  # rank 0 (the others take no snapshots)
+                    records[-1]["swa"] = collector.swa(swa_batches)
             else:
                 state["current"] = {
                     **capture(model, optimizer, iteration, train_batches.generator),

@@ -43,3 +43,44 @@ def path_summaries(rows: list[dict], arc: Sequence[float], measures: Sequence[st
 def length_ratio(curve: float, segment: float) -> dict[str, float]:
     """The lengths of a curve and of its segment, and their ratio (the paper: 1.30–2.13 for Bezier curves)."""
     return {"curve": curve, "segment": segment, "ratio": curve / segment if segment > 0 else math.nan}
+
+
+def width_point(k: float, curve: dict, segment_length: float | None = None) -> dict[str, float]:
+    """One point of the width experiment (paper, Sec. 4, Fig. 3) from the summaries of a curve's evaluation.
+
+    ``curve`` holds :func:`path_summaries` of the curve (``train_loss``, ``train_nll``, ``test_error``)
+    under ``"curve"`` and :func:`length_ratio` under ``"length"`` (the eval_curve stage's metrics). The
+    barrier is the worst train loss along the curve minus the larger of the two endpoints' train losses,
+    ``max_t L(φ(t)) − max(L(ŵ1), L(ŵ2))`` (0 when the curve is never worse than its ends); the same with the
+    NLL alone (no 0.5·wd·‖w‖² term); and the length ratio ‖curve‖ / ‖ŵ2 − ŵ1‖.
+    """
+    c, length = curve["curve"], curve["length"]
+
+    def barrier(measure: str) -> float:
+        s = c[measure]
+        return s["max"] - max(s["start"], s["end"])
+
+    return {
+        "k": k,
+        "train_loss_barrier": barrier("train_loss"),
+        "train_nll_barrier": barrier("train_nll"),
+        "test_error_barrier": barrier("test_error"),
+        "max_train_loss": c["train_loss"]["max"],
+        "endpoint_train_loss": max(c["train_loss"]["start"], c["train_loss"]["end"]),
+        "length_ratio": length["ratio"],
+        "curve_length": length["curve"],
+        "segment_length": length["segment"],
+    }
+
+
+def loss_barrier(t: Sequence[float], values: Sequence[float]) -> float:
+    """The barrier of a measure along a path: max_t [f(t) − ((1 − s) f(t_0) + s f(t_m))], s = (t − t_0)/(t_m − t_0).
+
+    The largest gap between the path's values and the straight line between its ends' values (Frankle et
+    al. 2020; Ainsworth et al. 2023, Sec. 2); 0 when the path never rises above that line (it includes the
+    ends, where the gap is 0, so it is never negative).
+    """
+    if len(t) < 2 or len(t) != len(values):
+        raise ValueError("loss_barrier needs at least two grid points and as many values as points")
+    t0, t1, f0, f1 = t[0], t[-1], values[0], values[-1]
+    return max(f - (f0 + (ti - t0) / (t1 - t0) * (f1 - f0)) for ti, f in zip(t, values))

@@ -18,13 +18,27 @@ parameters, w = phi_theta(t) (eq. 2 and Section 3.3).
     >>> model = create_model("convfc", num_classes=10, in_channels=1, input_size=28)
     >>> list_models()
     ['convfc', 'mlp', 'preresnet', 'vgg16', 'vgg16_bn', 'vgg19', 'vgg19_bn', 'wideresnet']
+
+Beyond the registry, ``torchvision/<builder>`` and ``timm/<name>`` build any
+torchvision classification model or timm model with fresh weights (never a
+download: torchvision with ``weights=None``, timm with ``pretrained=False``);
+their keyword arguments pass through, ``num_classes`` (and timm's ``in_chans``)
+come from the data. Pretrained weights come from a local file:
+:func:`read_weights` + :func:`load_weights`, which keeps a classifier head of
+another number of classes freshly initialised (fine-tuning, as for the paper's
+ImageNet FGE run from a pretrained ResNet-50, Section 5.4).
+
+    >>> model = create_model("torchvision/resnet18", num_classes=10)
+    >>> model = create_model("timm/resnet18", num_classes=10, in_channels=1, input_size=28)
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +46,19 @@ from torch import nn
 
 from modeconn.errors import ConfigError
 
-__all__ = ["MODELS", "create_model", "from_spec", "list_models", "model_spec", "register"]
+__all__ = [
+    "EXTERNAL",
+    "MODELS",
+    "create_model",
+    "from_spec",
+    "list_models",
+    "load_weights",
+    "model_spec",
+    "read_weights",
+    "register",
+]
+
+log = logging.getLogger(__name__)
 
 # name -> builder(num_classes, in_channels, input_size, **options) -> nn.Module
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -67,12 +93,18 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, input_size: 
     ``kwargs`` are the model's own options (e.g. ``depth`` for ``preresnet``);
     unknown options, options of the wrong type and invalid values raise
     :class:`~modeconn.errors.ConfigError` with a message that names them.
+    ``torchvision/<builder>`` and ``timm/<name>`` build external models (see the module docstring).
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels), ("input_size", input_size)):
         if not _is_int(value) or value < 1:
             raise ConfigError(f"model {name!r}: {arg} must be a positive integer, got {value!r}")
+    if "/" in name:
+        return _create_external(name, num_classes, in_channels, input_size, kwargs)
+    if name not in MODELS:
+        raise ConfigError(
+            f"unknown model {name!r}; registered models: {', '.join(list_models())}; "
+            "or torchvision/<builder>, timm/<name>"
+        )
     builder = MODELS[name]
     _check_options(name, builder, kwargs)
     return builder(num_classes, in_channels, input_size, **kwargs)
@@ -98,6 +130,143 @@ def from_spec(spec: dict) -> nn.Module:
         input_size=spec["input_size"],
         **spec.get("args", {}),
     )
+
+
+# -----------------------------------------------------------------------------
+# torchvision and timm models, and weights from a local file
+
+EXTERNAL = ("torchvision", "timm")
+# Arguments that would download weights or that the data decides: refused in model args.
+_DOWNLOAD_ARGS = ("pretrained", "weights", "weights_backbone", "pretrained_cfg", "pretrained_cfg_overlay",
+                  "checkpoint_path", "pretrained_strict")  # fmt: skip
+_DATA_KWARGS = {"num_classes": "the data (the number of class folders / the dataset)", "in_chans": "the data"}
+
+
+def _create_external(name: str, num_classes: int, in_channels: int, input_size: int, kwargs: dict) -> nn.Module:
+    library, _, builder = name.partition("/")
+    if library not in EXTERNAL or not builder:
+        raise ConfigError(
+            f"unknown model {name!r}: use a registered model ({', '.join(list_models())}), "
+            "torchvision/<builder> (e.g. torchvision/resnet18) or timm/<name> (e.g. timm/resnet18)"
+        )
+    for key in kwargs:
+        if key in _DOWNLOAD_ARGS:
+            raise ConfigError(
+                f"model {name!r}: argument {key!r} is not allowed: modeconn never downloads weights at run time. "
+                "Save the pretrained weights to a local file (a state dict, torch.save(model.state_dict(), path)) "
+                "and pass it as a file (model.weights, or fge.start_files / curve.endpoint_files)"
+            )
+        if key in _DATA_KWARGS:
+            raise ConfigError(f"model {name!r}: argument {key!r} is set from {_DATA_KWARGS[key]}; remove it")
+    if library == "torchvision":
+        import torchvision.models as tvm  # slow to import; only needed here
+
+        names = tvm.list_models(module=tvm)  # classification builders only
+        if builder not in names:
+            raise ConfigError(
+                f"torchvision has no classification model {builder!r} (model {name!r}). List the names with "
+                "`python -c 'import torchvision; print(torchvision.models.list_models(module=torchvision.models))'`"
+            )
+        if in_channels != 3:
+            raise ConfigError(
+                f"model {name!r}: torchvision models take 3-channel images, the data has {in_channels}; "
+                "use a 3-channel dataset or a timm model (timm/<name> sets in_chans from the data)"
+            )
+        make = lambda: tvm.get_model_builder(builder)(weights=None, num_classes=num_classes, **kwargs)  # noqa: E731
+    else:
+        try:
+            import timm
+        except ImportError:
+            raise ConfigError(f"model {name!r} needs the timm package: pip install timm") from None
+        if not timm.is_model(builder):
+            raise ConfigError(
+                f"timm has no model {builder!r} (model {name!r}). Find names with "
+                f"`python -c 'import timm; print(timm.list_models(\"*{builder[:6]}*\"))'`"
+            )
+        make = lambda: timm.create_model(  # noqa: E731
+            builder, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs
+        )
+    try:
+        return make()
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        raise ConfigError(f"model {name!r} with arguments {kwargs}: {type(e).__name__}: {e}") from None
+
+
+def read_weights(path: Path | str) -> dict[str, torch.Tensor]:
+    """The state dict in a local weights file: a plain state dict, a modeconn checkpoint, or a dict with
+    a ``state_dict`` / ``model`` entry; a ``module.`` prefix (DataParallel/DDP) is removed.
+
+    Loaded with ``weights_only=True``; an unreadable file or one without tensors is a ConfigError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"weights file {path} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types on a corrupt or foreign file
+        raise ConfigError(f"cannot read weights file {path}: {type(e).__name__}: {str(e)[:200]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"weights file {path} holds no state dict (a mapping of parameter names to tensors)")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights", new_head: bool = True
+) -> list[str]:
+    """Load ``state`` into ``model``; returns the names of the tensors left freshly initialised.
+
+    Every tensor of the model must be in ``state`` under its name and shape, with one exception when
+    ``new_head``: the classifier head, when the file was trained for another number of classes (e.g.
+    ImageNet's 1,000 vs an image folder's 3). Its tensors — those whose shapes differ only in the first
+    dimension, in the modules whose output is the model's classes — keep the builder's initialisation,
+    and a warning says so. Anything else that differs is a ConfigError naming ``source`` and the tensors.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else ""]  # fmt: skip
+        raise ConfigError(
+            f"{source} does not fit the model: {'; '.join(p for p in parts if p)} tensor names. "
+            "Is it a state dict of the same architecture (model.name and model.args)?"
+        )
+    mismatched = [k for k in own if own[k].shape != state[k].shape]
+    head = _head_tensors(model)
+    bad = [k for k in mismatched if not (new_head and k in head and own[k].shape[1:] == state[k].shape[1:])]
+    if bad:
+        k = bad[0]
+        raise ConfigError(
+            f"{source} does not fit the model: {len(bad)} tensor(s) of another shape, e.g. {k!r} "
+            f"{list(state[k].shape)} in the file vs {list(own[k].shape)} in the model"
+            + ("" if new_head else " (a classifier of another number of classes: fine-tune it on this data first)")
+        )
+    model.load_state_dict({k: (own[k] if k in mismatched else v) for k, v in state.items()})
+    if mismatched:
+        classes = {int(state[k].shape[0]) for k in mismatched}
+        log.warning(
+            "%s: classifier of %s classes, the model has %d: %s re-initialised, every other tensor loaded",
+            source, "/".join(map(str, sorted(classes))), int(own[mismatched[0]].shape[0]), ", ".join(mismatched),
+        )  # fmt: skip
+    return mismatched
+
+
+def _head_tensors(model: nn.Module) -> set[str]:
+    """Names of the tensors of the classifier head: the last Linear (or 1x1 Conv2d) module of the model."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)):
+            last = name
+    if last is None:
+        return set()
+    prefix = f"{last}." if last else ""
+    return {k for k in model.state_dict() if k.startswith(prefix) and "." not in k[len(prefix) :]}
 
 
 def _is_int(value: Any) -> bool:

@@ -40,8 +40,10 @@ def accuracy_vs_epochs(rows: list[dict], budget: float, path: Path | str, title:
 def along_t(rows: list[dict], path: Path | str, title: str = "") -> None:
     """Train loss and test error along t for the curve and the segment (paper, Fig. 2)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, style in (("curve", "-"), ("segment", "--")):
+    for name, style in (("curve", "-"), ("segment", "--"), ("aligned", ":")):  # aligned: permuted ŵ2 (align.py)
         pts = [r for r in rows if r["path"] == name]
+        if not pts:
+            continue
         t = [r["t"] for r in pts]
         axes[0].plot(t, [r["train_loss"] for r in pts], style, marker=".", label=name)
         axes[1].plot(t, [100 * r["test_error"] for r in pts], style, marker=".", label=name)
@@ -57,7 +59,18 @@ def along_t(rows: list[dict], path: Path | str, title: str = "") -> None:
 
 
 def plane_contours(
-    alpha, beta, values, points: dict, curve, segment, path: Path | str, label: str, title: str = "", levels: int = 20
+    alpha,
+    beta,
+    values,
+    points: dict,
+    curve,
+    segment,
+    path: Path | str,
+    label: str,
+    title: str = "",
+    levels: int = 20,
+    aligned=None,
+    aligned_label: str = "aligned segment (projection)",
 ) -> None:
     """Contours of a measure over the plane of ŵ1, ŵ2 and the bend (paper, Fig. 1).
 
@@ -89,6 +102,12 @@ def plane_contours(
     ax.plot(seg[:, 0], seg[:, 1], "--", color="white", lw=1.8, label="segment")
     cur = np.asarray(curve, dtype=float)
     ax.plot(cur[:, 0], cur[:, 1], "-", color="tab:orange", lw=2.2, label="curve")
+    if aligned is not None:  # [P, 2]: the projection of a path that leaves the plane (see ``aligned_label``)
+        ali = np.asarray(aligned, dtype=float)
+        ax.plot(ali[:, 0], ali[:, 1], ":", color="tab:red", lw=2.0, label=aligned_label)
+        ax.plot(ali[-1:, 0], ali[-1:, 1], "x", color="tab:red", ms=8, mew=2, zorder=5)
+        ax.set_xlim(alpha[0], alpha[-1])  # the grid, not the projection, sets the frame
+        ax.set_ylim(beta[0], beta[-1])
     for (name, (a, b)), marker in zip(points.items(), ("o", "o", "D", "s", "^")):
         ax.plot([a], [b], marker, ms=8, mec="k", mfc="white" if marker == "o" else "tab:orange", zorder=5)
         ax.annotate(
@@ -134,4 +153,71 @@ def path_ensembles(rows: list[dict], path: Path | str, endpoint_error: float | N
     ax.set_title(title or "Ensemble of ŵ1 and one point of a path")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    save(fig, path)
+
+
+def reliability_diagrams(diagrams: dict, path: Path | str, title: str = "") -> None:
+    """Reliability diagrams side by side, one panel per entry of ``diagrams`` (a label → a
+    :class:`modeconn.calibration.Reliability`): the accuracy of each confidence bin as a bar at the bin,
+    the diagonal of perfect calibration, the gap to the mean confidence shaded, the ECE in the panel's
+    title (Guo et al. 2017, Fig. 1)."""
+    n = len(diagrams)
+    if not n:
+        raise ValueError("reliability_diagrams needs at least one diagram")
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.6), squeeze=False, sharey=True)
+    for ax, (label, rel) in zip(axes[0], diagrams.items()):
+        lo, hi = rel.edges[:-1].numpy(), rel.edges[1:].numpy()
+        width, full = hi - lo, rel.count.numpy() > 0
+        ax.bar(
+            lo[full],
+            rel.accuracy.numpy()[full],
+            width=width[full],
+            align="edge",
+            color="tab:blue",
+            edgecolor="k",
+            lw=0.4,
+            label="accuracy",
+        )
+        gap = rel.confidence.numpy()[full] - rel.accuracy.numpy()[full]
+        ax.bar(
+            lo[full],
+            gap,
+            bottom=rel.accuracy.numpy()[full],
+            width=width[full],
+            align="edge",
+            color="tab:red",
+            alpha=0.3,
+            edgecolor="tab:red",
+            lw=0.4,
+            label="gap to confidence",
+        )
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_title(f"{label}: ECE {100 * rel.ece:.2f}%", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title or "Reliability diagrams", fontsize=11)
+    save(fig, path)
+
+
+def width_effect(rows: list[dict], path: Path | str, title: str = "") -> None:
+    """Against the width factor K: the curve's train-loss barrier and its length / segment length (Fig. 3)."""
+    k = [r["k"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].plot(k, [r["train_loss_barrier"] for r in rows], marker="o", label="train loss (with L2 term)")
+    axes[0].plot(k, [r["train_nll_barrier"] for r in rows], marker="s", ls="--", label="train NLL")
+    axes[0].axhline(0, color="grey", lw=0.5)
+    axes[0].set_ylabel("max along curve − max of endpoints")
+    axes[0].legend()
+    axes[1].plot(k, [r["length_ratio"] for r in rows], marker="o")
+    axes[1].set_ylabel("curve length / segment length")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(k, [str(v) for v in k])
+        ax.set_xlabel("width factor K")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "Width of the network against the curve's barrier and length")
     save(fig, path)

@@ -353,3 +353,53 @@ def progress(description: str, total: int) -> Iterator[typing.Callable[..., None
             log.info("%s %d/%d %s", description, step[0], total, message)
 
         yield advance
+
+
+def user_checkpoints(paths: typing.Sequence[Path], params: Path, prepared: Path, key: str, new_head: bool) -> list:
+    """Checkpoints of the user's own (``curve.endpoint_files``, ``fge.start_files``) as modeconn checkpoints.
+
+    A modeconn checkpoint keeps its spec, which must fit the prepared data; a plain state dict (or a file with a
+    ``state_dict`` entry) is loaded into the network of params.yaml's ``model`` section on that data
+    (modeconn.models.load_weights: with ``new_head``, a classifier of another number of classes stays freshly
+    initialised). A file that does not fit is a CheckpointError naming ``key`` and the file.
+    """
+    from modeconn.data import read_info
+    from modeconn.models import from_spec, load_weights, read_weights
+
+    from .config import read_sections
+
+    info = read_info(prepared, hint="Run the prepare stage first (`dvc repro prepare`).")
+    ckpts = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise CheckpointError(f"{key}: {path} not found")
+        raw = torch_load_plain(path)
+        if isinstance(raw, dict) and raw.get("format") == "modeconn.checkpoint/1":
+            ckpt = load_checkpoint(path)
+            spec = ckpt["spec"]
+            if (spec["num_classes"], spec["in_channels"]) != (info.num_classes, info.channels):
+                raise CheckpointError(
+                    f"{key}: {path} is a {spec['name']} for {spec['num_classes']} classes of {spec['in_channels']} "
+                    f"channel(s); the data ({info.name}) has {info.num_classes} classes of {info.channels}"
+                )
+        else:
+            (model_cfg,) = read_sections(params, "model")
+            spec = model_cfg.spec(info)
+            model = from_spec(spec)
+            try:
+                load_weights(model, read_weights(path), f"{key}: {path} ({spec['name']})", new_head=new_head)
+            except ConfigError as exc:
+                raise CheckpointError(str(exc)) from None
+            ckpt = {"format": "modeconn.checkpoint/1", "spec": spec, "state_dict": model.state_dict()}
+        ckpts.append(ckpt)
+    return ckpts
+
+
+def torch_load_plain(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, or a CheckpointError naming the file."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types on a corrupt or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:200]}") from None

@@ -6,6 +6,13 @@ its epoch in the SSE run; the j-th snapshot of FGE run r costs
 r·(start_epoch + fge.epochs) + start_epoch + its epoch in the run (the
 pretraining is counted even though it is the endpoint run's first epochs).
 At budget kB each method ensembles the members it could afford.
+
+SWA (Izmailov et al. 2018): the average of one FGE run's snapshot weights, BatchNorm recalibrated, is one
+network; run r's SWA network costs what its last snapshot costs (its averaging and BN pass, one forward pass
+over the training set, are not counted, as no evaluation pass is). At kB the ``swa`` row ensembles the SWA
+networks of the FGE runs that fit: at 1B the single SWA network of the first run, against that run's
+snapshot ensemble in the ``fge`` row. Every ensemble also gets its expected calibration error (``ece``,
+15 equal-width bins); the reliability diagram shows Ind, SSE, FGE and SWA at 1B on test.
 """
 
 from __future__ import annotations
@@ -16,15 +23,22 @@ from pathlib import Path
 import torch
 import typer
 
-from modeconn.budget import Member, at_budget, over_cost
+from modeconn.budget import Member, at_budget, ensemble_at, over_cost
+from modeconn.calibration import reliability
 from modeconn.errors import CheckpointError
 from modeconn.io import atomic_write_text, load_file
-from modeconn.plots import accuracy_vs_epochs
+from modeconn.plots import accuracy_vs_epochs, reliability_diagrams
 
 from .common import ENDPOINTS, ParamsOpt, console, stage_app, write_csv, write_metrics
 from .config import CompareConfig, TrainConfig, read_sections
 
-METHODS = ("ind", "sse", "fge")
+METHODS = ("ind", "sse", "fge", "swa")
+NAMES = {
+    "ind": "Ind (independent networks)",
+    "sse": "SSE (Snapshot Ensembles)",
+    "fge": "FGE",
+    "swa": "SWA (FGE snapshots averaged)",
+}
 
 
 def load_snapshots(path: Path, stage: str) -> dict:
@@ -40,7 +54,7 @@ def gather(train: TrainConfig, endpoints: Path, fge_path: Path, sse_path: Path):
     ``labels`` maps ``test`` (and ``val``, when every member has validation predictions) to the split's labels.
     """
     B = train.epochs
-    members, labels, val_labels, singles = [], None, None, {"ind": [], "fge": []}
+    members, labels, val_labels, singles = [], None, None, {"ind": [], "fge": [], "swa": []}
     for k, seed in enumerate(train.seeds):
         folder = endpoints / f"seed_{seed}"
         blob = load_file(
@@ -73,6 +87,11 @@ def gather(train: TrainConfig, endpoints: Path, fge_path: Path, sse_path: Path):
                         for s in run["snapshots"]
                     ]
                 )
+                swa = run.get("swa")  # the run's snapshots averaged into one network (absent: no SWA row)
+                if swa is not None:
+                    cost = run["start_epoch"] + swa["epoch"]  # available with the run's last snapshot
+                    members.append(Member("swa", spent + cost, swa["logprobs"], swa.get("val_logprobs")))
+                    singles["swa"].append([Member("swa", cost, swa["logprobs"], swa.get("val_logprobs"))])
             spent += run["cost"]
     splits = {"test": labels}
     if val_labels is not None and all(m.val_logprobs is not None for m in members):
@@ -120,7 +139,7 @@ def compare(cfg: CompareConfig, train: TrainConfig, members, splits, singles) ->
 
 
 def markdown(result: dict, setup: dict, budgets) -> str:
-    names = {"ind": "Ind (independent networks)", "sse": "SSE (Snapshot Ensembles)", "fge": "FGE"}
+    names = NAMES
     B = setup["B"]
     splits = [("test", result, setup["test_samples"])]
     if "val" in result:
@@ -129,9 +148,13 @@ def markdown(result: dict, setup: dict, budgets) -> str:
         f"Error (%), NLL and ensemble size at equal training budgets; B = {B} epochs; ensembles average "
         f"{'probabilities' if setup['ensemble'] == 'probs' else 'logits'}; "
         + "; ".join(f"{n} {name} images" for name, _, n in splits)
-        + ". Settings are chosen on the validation split, never on test.",
+        + ". Settings are chosen on the validation split, never on test. ECE: expected calibration error, "
+        "15 equal-width confidence bins. SWA: each FGE run's snapshots averaged into one network (BN "
+        "recalibrated); its members are SWA networks, one per FGE run that fits the budget.",
         "",
-        "| method | split | " + " | ".join(f"{k}B ({k * B} ep): error % / NLL / members" for k in budgets) + " |",
+        "| method | split | "
+        + " | ".join(f"{k}B ({k * B} ep): error % / NLL / ECE % / members" for k in budgets)
+        + " |",
         "|---|---" + "|---" * len(budgets) + "|",
     ]
     for m in METHODS:
@@ -140,7 +163,11 @@ def markdown(result: dict, setup: dict, budgets) -> str:
             for k in budgets:
                 r = res[f"{k}B"][m]
                 err = r.get(f"{name}_error")
-                cells.append("—" if not r["members"] else f"{100 * err:.2f} / {r['nll']:.4f} / {r['members']}")
+                cells.append(
+                    "—"
+                    if not r["members"]
+                    else f"{100 * err:.2f} / {r['nll']:.4f} / {100 * r['ece']:.2f} / {r['members']}"
+                )
             lines.append(f"| {names[m]} | {name} | " + " | ".join(cells) + " |")
     lines += ["", "At 1B over seeds (each replicate a different endpoint seed; SSE has one run):", ""]
     for m, s in result["1B_over_seeds"].items():
@@ -150,6 +177,16 @@ def markdown(result: dict, setup: dict, budgets) -> str:
             text += f", validation {100 * v['mean_accuracy']:.2f} ± {100 * v['std_accuracy']:.2f} %"
         lines.append(text + f" (n = {s['n']})")
     return "\n".join(lines) + "\n"
+
+
+def reliability_at_1b(members, labels, B: int, method: str, path: Path) -> None:
+    """Reliability diagrams (test) of each method's ensemble at 1B, the methods with no member at 1B left out."""
+    diagrams = {}
+    for m in METHODS:
+        lp = ensemble_at([x for x in members if x.method == m], B, method)
+        if lp is not None:
+            diagrams[NAMES[m].split(" (")[0]] = reliability(lp, labels)
+    reliability_diagrams(diagrams, path, title=f"Reliability at 1B ({B} epochs), test set, 15 bins")
 
 
 def main(
@@ -165,8 +202,11 @@ def main(
         help="Folder of <method>.csv: ensemble accuracy against epochs (DVC plot).",
     ),
     figure: Path = typer.Option(Path("metrics/compare.png"), "--figure", help="PNG of that curve."),
+    reliability_figure: Path = typer.Option(
+        Path("metrics/reliability.png"), "--reliability", help="PNG: reliability diagrams at 1B on test."
+    ),
 ) -> None:
-    """Compare Ind, SSE and FGE ensembles at budgets kB (params: train.epochs, train.seeds, compare)."""
+    """Compare Ind, SSE, FGE and SWA ensembles at budgets kB (params: train.epochs, train.seeds, compare)."""
     cfg, train = read_sections(params, "compare", "train")
     members, splits, singles = gather(train, endpoints, fge, sse)
     result, rows = compare(cfg, train, members, splits, singles)
@@ -183,6 +223,7 @@ def main(
     text = markdown(result, setup, cfg.budgets)
     atomic_write_text(table, text)
     accuracy_vs_epochs(rows, train.epochs, figure, title=f"Ensembles at equal budgets (B = {train.epochs} epochs)")
+    reliability_at_1b(members, splits["test"], train.epochs, cfg.ensemble, reliability_figure)
     console.print(text, highlight=False)
 
 

@@ -19,9 +19,10 @@ import yaml
 
 from modeconn import ensemble
 from modeconn.curves import check_curve_args
-from modeconn.data import AUGMENTATIONS, DATASETS, DatasetInfo
+from modeconn.data import AUGMENTATIONS, DATASETS, DatasetInfo, check_image_folder
+from modeconn.data.prepared import IMAGEFOLDER_KEYS
 from modeconn.errors import ConfigError
-from modeconn.models import model_spec
+from modeconn.models import from_spec, load_weights, model_spec, read_weights
 
 
 def read_params(path: Path) -> dict:
@@ -140,11 +141,14 @@ class DataConfig:
     seed: int = 0
     download: bool = True
     synthetic: dict = dataclasses.field(default_factory=dict)
+    imagefolder: dict = dataclasses.field(default_factory=dict)  # root, size, [resize, max_per_class, mean, std]
 
     def __post_init__(self):
         require(
             self.name in DATASETS, f"data.name {self.name!r} is not a known dataset; use one of {', '.join(DATASETS)}"
         )
+        if self.name == "imagefolder":
+            check_imagefolder_section(self.imagefolder)
         require(self.val_size >= 0, f"data.val_size must be 0 (no validation split) or positive, got {self.val_size}")
         require(
             self.augment == "default" or self.augment in AUGMENTATIONS,
@@ -152,12 +156,64 @@ class DataConfig:
         )
 
 
+def check_imagefolder_section(options: dict) -> None:
+    """``data.imagefolder``: known keys, root/size present, the folder's layout (train/, val/ or test/, the same
+    class folders in both)."""
+    unknown = sorted(set(options) - set(IMAGEFOLDER_KEYS))
+    require(
+        not unknown,
+        f"unknown key data.imagefolder.{unknown[0] if unknown else ''}; it takes: {', '.join(IMAGEFOLDER_KEYS)}",
+    )
+    for key in ("root", "size"):
+        require(key in options, f"missing key data.imagefolder.{key} (data.name is imagefolder)")
+    require(isinstance(options["root"], str), f"data.imagefolder.root must be a path, got {options['root']!r}")
+    size = options["size"]
+    require(
+        isinstance(size, int) and not isinstance(size, bool) and size >= 1,
+        f"data.imagefolder.size must be a positive integer, got {size!r}",
+    )
+    resize = options.get("resize")
+    require(
+        resize is None or (isinstance(resize, int) and not isinstance(resize, bool) and resize >= size),
+        f"data.imagefolder.resize must be an integer >= size ({size}), got {resize!r}",
+    )
+    per_class = options.get("max_per_class", 0)
+    require(
+        isinstance(per_class, int) and not isinstance(per_class, bool) and per_class >= 0,
+        f"data.imagefolder.max_per_class must be 0 (all) or positive, got {per_class!r}",
+    )
+    for key in ("mean", "std"):
+        v = options.get(key)
+        require(
+            v is None or (isinstance(v, list) and len(v) == 3 and all(isinstance(c, (int, float)) for c in v)),
+            f"data.imagefolder.{key} must be 3 numbers (R, G, B) or absent (computed from train), got {v!r}",
+        )
+    require(
+        (options.get("mean") is None) == (options.get("std") is None),
+        "data.imagefolder.mean and data.imagefolder.std go together: set both or neither",
+    )
+    try:
+        check_image_folder(options["root"])
+    except ConfigError as exc:
+        raise ConfigError(f"data.imagefolder.root: {exc}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """``model``: the architecture every trained network uses (see modeconn.models)."""
+    """``model``: the architecture every trained network uses (see modeconn.models); ``weights``: an optional
+    local weights file every new network of this section starts from (never a download)."""
 
     name: str
     args: dict = dataclasses.field(default_factory=dict)
+    weights: str | None = None
+
+    def build(self, info: DatasetInfo) -> Any:
+        """A new network of :meth:`spec`, with ``weights`` loaded when set (a head of another number of classes
+        stays freshly initialised, see modeconn.models.load_weights)."""
+        model = from_spec(self.spec(info))
+        if self.weights is not None:
+            load_weights(model, read_weights(self.weights), f"model.weights {self.weights}")
+        return model
 
     def spec(self, info: DatasetInfo) -> dict:
         """The model spec of this network on the dataset ``info`` (what checkpoints carry)."""
@@ -199,8 +255,13 @@ class CurveConfig:
     wd: float = 5e-4
     seed: int = 0
     init: str = "linear"
+    endpoint_files: tuple[str, ...] = ()  # two checkpoints of your own instead of the seeds' endpoints
 
     def __post_init__(self):
+        require(
+            len(self.endpoint_files) in (0, 2) and len(set(self.endpoint_files)) == len(self.endpoint_files),
+            f"curve.endpoint_files must name two different files (or none), got {list(self.endpoint_files)}",
+        )
         require(len(self.endpoints) == 2, f"curve.endpoints must name two seeds, got {list(self.endpoints)}")
         require(
             self.endpoints[0] != self.endpoints[1],
@@ -221,6 +282,7 @@ class EvalConfig:
     train_samples: int = 0
     ensemble: str = "probs"
     seed: int = 0
+    align: bool = True  # also the segment to ŵ2 permuted into line with ŵ1 (weight matching, modeconn.align)
 
     def __post_init__(self):
         require(
@@ -243,6 +305,8 @@ class FgeConfig:
     start_seeds: tuple[int, ...]
     start_epoch: int
     epochs: int
+    start_files: tuple[str, ...] = ()  # checkpoints of your own to start from instead of the seeds' (start_epoch:
+    # their pretraining epochs, counted in the budget)
     cycle: float = 2
     lr_1: float = 0.05
     lr_2: float = 0.0005
@@ -254,6 +318,10 @@ class FgeConfig:
     def __post_init__(self):
         require(len(self.start_seeds) >= 1, "fge.start_seeds must list at least one endpoint seed")
         require(len(set(self.start_seeds)) == len(self.start_seeds), "fge.start_seeds has a seed twice")
+        require(
+            len(set(self.start_files)) == len(self.start_files),
+            f"fge.start_files names a file twice: {list(self.start_files)}",
+        )
         require(self.start_epoch >= 1, f"fge.start_epoch must be at least 1, got {self.start_epoch}")
         require(self.epochs >= 1, f"fge.epochs must be at least 1, got {self.epochs}")
         require(

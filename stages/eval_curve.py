@@ -6,6 +6,11 @@ measure train loss (with and without the 0.5·wd·‖φ(t)‖² term), train err
 test NLL and test error (paper, Sec. 3). Summaries per path (ends, min, max,
 mean over t, integral over arc length), the lengths, and the curve ensembles
 of Sec. 4 (all grid points, with and without per-point temperature scaling).
+
+With ``eval.align`` (the default), a third path on the same t grid: the aligned segment
+(1 − t) ŵ1 + t π(ŵ2), ŵ2's hidden units permuted into line with ŵ1 by weight matching (Ainsworth et al.
+2023; modeconn.align), in ``aligned.pt`` (with the permutations) and in the tables as path ``aligned``.
+Each path's barrier, max_t [f(t) − ((1 − t) f(0) + t f(1))], goes to ``barrier`` for every measure.
 """
 
 from __future__ import annotations
@@ -16,14 +21,14 @@ from pathlib import Path
 import torch
 import typer
 
-from modeconn import ensemble
+from modeconn import calibration, ensemble
+from modeconn.align import align_endpoints
 from modeconn.bn import has_bn
-from modeconn.curves import load_curve, segment_of
-from modeconn.data import eval_batches
+from modeconn.curves import Curve, load_curve, segment_of
 from modeconn.io import atomic_dir, atomic_torch_save
-from modeconn.metrics import length_ratio, path_summaries
+from modeconn.metrics import length_ratio, loss_barrier, path_summaries
 from modeconn.models import from_spec
-from modeconn.paths import MEASURES, measure
+from modeconn.paths import MEASURES, VAL_MEASURES, measure
 from modeconn.plots import along_t
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.weights import flat
@@ -33,6 +38,7 @@ from .common import (
     PreparedOpt,
     console,
     log,
+    measurement_batches,
     prepared_data,
     progress,
     stage_app,
@@ -54,14 +60,15 @@ def evaluate(
     segment = segment_of(curve, from_spec(blob["spec"]))
     curve, segment = runtime.prepare(curve), runtime.prepare(segment)
     data = prepared_data(prepared, runtime)
-    batches = eval_batches(
-        data,
-        cfg.batch_size,
-        bn_samples=cfg.bn_samples,
-        train_samples=cfg.train_samples,
-        seed=cfg.seed,
-        channels_last=runtime.channels_last,
-    )
+    batches = measurement_batches(data, cfg, runtime)
+    paths, alignment = {"curve": curve, "segment": segment}, None
+    if cfg.align:  # the segment to ŵ2 with its hidden units permuted into line with ŵ1 (Ainsworth et al. 2023)
+        w1, w2 = curve.endpoint(0), curve.endpoint(-1)
+        w2_aligned, perms, alignment = align_endpoints(
+            from_spec(blob["spec"]), w1, w2, data.test.x[:2].float().cpu(), seed=cfg.seed
+        )
+        paths["aligned"] = runtime.prepare(Curve(from_spec(blob["spec"]), w1, w2_aligned, "bezier", 2))
+        log.info("aligned ŵ2 to ŵ1: %s", alignment)
     ts = torch.linspace(0, 1, cfg.num_points).tolist()
     test_y, val_y = data.test.y.cpu(), data.val.y.cpu() if data.val is not None else None
     rows, stored, lengths = [], {}, {}
@@ -73,8 +80,8 @@ def evaluate(
         batches.bn.n,
         batches.train.n,
     )
-    with progress("eval_curve", 2 * cfg.num_points) as advance:
-        for name, path in (("curve", curve), ("segment", segment)):
+    with progress("eval_curve", len(paths) * cfg.num_points) as advance:
+        for name, path in paths.items():
             test_lp, val_lp, arc, prev = [], [], [0.0], None
             for t in ts:
                 with torch.no_grad():
@@ -85,10 +92,14 @@ def evaluate(
                 prev = point
                 r = measure(path.template, weights, batches, runtime)
                 row = {"path": name, "t": t, **r.row(wd)}
+                row["test_ece"] = calibration.ece(r.test_logprobs, test_y)  # 15 bins (Guo et al. 2017)
                 if r.val_logprobs is not None:
+                    row["val_nll"] = ensemble.nll(r.val_logprobs, val_y)
+                    row["val_error"] = ensemble.error(r.val_logprobs, val_y)
                     temp = ensemble.fit_temperature(r.val_logprobs, val_y)
                     row["temperature"] = temp
                     row["test_nll_scaled"] = ensemble.nll(ensemble.scale(r.test_logprobs, temp), test_y)
+                    row["test_ece_scaled"] = calibration.ece(ensemble.scale(r.test_logprobs, temp), test_y)
                     val_lp.append(r.val_logprobs)
                 rows.append(row)
                 test_lp.append(r.test_logprobs)
@@ -100,18 +111,34 @@ def evaluate(
                 "val_logprobs": torch.stack(val_lp) if val_lp else None,
                 "arc": torch.tensor(arc),
             }
+    if alignment is not None:
+        stored["aligned"]["perms"] = perms  # group -> (n,): unit i of π(ŵ2) is unit perms[g][i] of ŵ2
     with atomic_dir(out) as tmp:
         for name, blob_ in stored.items():
             atomic_torch_save({**blob_, "labels": test_y}, tmp / f"{name}.pt")
+    measures = MEASURES + (VAL_MEASURES if val_y is not None else ())
     summary = {
-        name: path_summaries([r for r in rows if r["path"] == name], stored[name]["arc"].tolist(), MEASURES)
+        name: path_summaries([r for r in rows if r["path"] == name], stored[name]["arc"].tolist(), measures)
         for name in stored
     }
+    for name in stored:  # the calibration of the points along each path, before and after temperature scaling
+        path_rows = [r for r in rows if r["path"] == name]
+        ece_keys = [k for k in ("test_ece", "test_ece_scaled") if all(k in r for r in path_rows)]
+        summary[name].update(path_summaries(path_rows, stored[name]["arc"].tolist(), ece_keys))
     summary["length"] = length_ratio(lengths["curve"], lengths["segment"])
+    summary["barrier"] = {  # max_t [f(t) − ((1 − t) f(0) + t f(1))] per path and measure
+        name: {m: loss_barrier(ts, [r[m] for r in rows if r["path"] == name]) for m in MEASURES} for name in stored
+    }
+    if alignment is not None:
+        summary["alignment"] = {**alignment, "aligned_length": lengths["aligned"]}
     temps = [r["temperature"] for r in rows if r["path"] == "curve"] if val_y is not None else None
     summary["ensemble"] = ensemble.curve_ensembles(
         list(stored["curve"]["logprobs"]), list(stored["segment"]["logprobs"]), test_y, cfg.ensemble, temps
     )
+    if val_y is not None:  # the same ensembles on the validation split (where the temperatures were fitted)
+        summary["ensemble_val"] = ensemble.curve_ensembles(
+            list(stored["curve"]["val_logprobs"]), list(stored["segment"]["val_logprobs"]), val_y, cfg.ensemble
+        )
     run = {
         "dataset": data.info.name,
         "model": blob["spec"]["name"],
@@ -123,6 +150,7 @@ def evaluate(
         "bn_samples": batches.bn.n if has_bn(curve.template) else 0,
         "train_samples": batches.train.n,
         "test_samples": int(test_y.numel()),
+        "align": cfg.align,
         **runtime.as_dict(),
     }
     return rows, summary, run
@@ -170,6 +198,12 @@ def main(
         f"{s['curve']['test_error']['end']:.4f}); length ratio {s['length']['ratio']:.2f}; "
         f"ensemble accuracy curve {e['curve']['accuracy']:.4f} vs endpoints {e['endpoints']['accuracy']:.4f} "
         f"({time.perf_counter() - t0:.0f} s)"
+    )
+    b = s["barrier"]
+    console.print(
+        "train loss barrier: "
+        + ", ".join(f"{name} {b[name]['train_loss']:.4f}" for name in b)
+        + (f"; alignment moved {s['alignment']['moved_fraction']:.0%} of hidden units" if "alignment" in s else "")
     )
 
 

@@ -5,7 +5,9 @@ For each seed of ``fge.start_seeds``, load that endpoint's checkpoint at epoch
 include it), then train ``fge.epochs`` more epochs with the cyclical LR between
 ``fge.lr_1`` and ``fge.lr_2``, a snapshot at each LR minimum. Runs are
 independent; ``compare`` gathers them by budget (run r costs
-``start_epoch + epochs`` epochs, pretraining included).
+``start_epoch + epochs`` epochs, pretraining included). Each run also averages
+its snapshots' weights into one network (SWA, Izmailov et al. 2018), BatchNorm
+recalibrated on the un-augmented training set, stored under the run's ``swa``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 import torch
 import typer
 
+from modeconn.data import eval_batches
 from modeconn.errors import CheckpointError
-from modeconn.fge import RunPlan, cycle_iterations, fge_schedule, runs_summary, train_runs
+from modeconn.fge import RunPlan, cycle_iterations, fge_schedule, runs_summary, swa_summary, train_runs
 from modeconn.io import atomic_dir, atomic_torch_save, build_from_checkpoint
 from modeconn.runtime import CPU, Runtime, derived_seed, seed_everything
 from modeconn.train import make_sgd
@@ -36,6 +39,7 @@ from .common import (
     stage_app,
     test_loader,
     train_loader,
+    user_checkpoints,
     val_split,
     write_csv,
     write_metrics,
@@ -77,8 +81,13 @@ def main(
 ) -> None:
     """Run FGE from each endpoint in fge.start_seeds (params: fge)."""
     (cfg,) = read_sections(params, "fge")
-    paths = [start_checkpoint_path(endpoints, s, cfg.start_epoch) for s in cfg.start_seeds]
-    ckpts = [endpoint_checkpoint(p) for p in paths]  # fail early, before any training
+    if cfg.start_files:  # checkpoints of the user's own (run r: the r-th file); a new head is freshly initialised
+        seed_everything(cfg.seed)
+        paths, seeds = [Path(f) for f in cfg.start_files], tuple(range(len(cfg.start_files)))
+        ckpts = user_checkpoints(paths, params, prepared, "fge.start_files", new_head=True)
+    else:
+        paths, seeds = [start_checkpoint_path(endpoints, s, cfg.start_epoch) for s in cfg.start_seeds], cfg.start_seeds
+        ckpts = [endpoint_checkpoint(p) for p in paths]  # fail early, before any training
     data = prepared_data(prepared, runtime)
     test_b = test_loader(data, runtime)
     labels = data.test.y.cpu()
@@ -106,7 +115,7 @@ def main(
             {"cycle_iterations": cycle_iterations(cfg.cycle, iters), "momentum_from_checkpoint": "optimizer" in ckpt},
         )
 
-    plans = [plan(seed, ckpt) for seed, ckpt in zip(cfg.start_seeds, ckpts)]
+    plans = [plan(seed, ckpt) for seed, ckpt in zip(seeds, ckpts)]
     resume = resume_state("fge", runtime, cfg, inputs=(*prepared_files(prepared), *paths))
     log.info(
         "FGE: %d run(s) of %d epochs from epoch %d of seeds %s, cycle %s epochs, lr %g → %g",
@@ -119,6 +128,7 @@ def main(
         cfg.lr_2,
     )
     t0 = time.perf_counter()
+    swa_bn = eval_batches(data, channels_last=runtime.channels_last).bn
     with progress("fge", len(plans) * cfg.epochs) as advance:
         runs, rows = train_runs(
             plans,
@@ -131,11 +141,12 @@ def main(
             what="FGE",
             val_batches=val_b,
             val_labels=val_labels,
+            swa_batches=swa_bn,  # SWA of each run's snapshots, BN recalibrated on the un-augmented training set
         )
     if not runtime.is_main:  # rank 0 evaluated the snapshots and writes; the others only trained
         return
     save_runs(out, runs, labels, val_labels)
-    summary = runs_summary(rows)
+    summary = {**runs_summary(rows), **swa_summary(runs, labels, val_labels)}
     info = {
         "runs": summary.pop("runs"),
         "snapshots_per_run": summary.pop("snapshots_per_run"),
@@ -157,7 +168,8 @@ def main(
         f"[bold]FGE[/]: {info['runs']} run(s), {info['snapshots_per_run']} snapshots, ensemble "
         f"accuracy {summary['ensemble_accuracy']:.4f} (single snapshots "
         f"{summary['snapshot_accuracy']:.4f}), mean distance between snapshots "
-        f"{summary['mean_distance'] or float('nan'):.2f} → {out}"
+        f"{summary['mean_distance'] or float('nan'):.2f}; SWA of each run's snapshots: accuracy "
+        f"{summary.get('swa_accuracy', float('nan')):.4f} → {out}"
     )
 
 

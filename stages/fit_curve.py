@@ -3,6 +3,9 @@
 The endpoints stay fixed; the interior bends start on the segment and are
 trained by SGD on L(φ_θ(t)) + 0.5·wd·‖φ_θ(t)‖² with a fresh t ~ U(0, 1) per
 minibatch, under the same standard LR schedule as endpoint training.
+
+``curve.endpoint_files`` joins two checkpoints of your own instead (modeconn checkpoints, or plain state dicts
+of the network of the ``model`` section): they must be of one architecture, fitted to the prepared data.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import typer
 
 from modeconn import schedules
 from modeconn.curves import Curve, curve_loss, load_curve, save_curve
-from modeconn.data import Loader
 from modeconn.errors import CheckpointError
 from modeconn.models import from_spec
 from modeconn.resume import capture, restore
@@ -34,6 +36,8 @@ from .common import (
     progress,
     resume_state,
     stage_app,
+    train_loader,
+    user_checkpoints,
     write_csv,
     write_metrics,
 )
@@ -52,33 +56,54 @@ def load_endpoints(endpoints_dir: Path, seeds) -> tuple[dict, list[dict]]:
     return a["spec"], ckpts
 
 
+def load_endpoint_files(files, params: Path, prepared: Path) -> tuple[dict, list[dict]]:
+    """``curve.endpoint_files``: two checkpoints of the user's own, of one architecture."""
+    ckpts = user_checkpoints(files, params, prepared, "curve.endpoint_files", new_head=False)
+    a, b = ckpts
+    if a["spec"] != b["spec"]:
+        raise CheckpointError(
+            f"curve.endpoint_files: {files[0]} and {files[1]} are of different architectures "
+            f"({a['spec']} vs {b['spec']}): a curve joins two networks of the same model"
+        )
+    return a["spec"], ckpts
+
+
+def endpoint_inputs(cfg: CurveConfig, endpoints_dir: Path) -> tuple[Path, ...]:
+    """The two endpoint files the curve joins (what the resume fingerprint reads)."""
+    if cfg.endpoint_files:
+        return tuple(map(Path, cfg.endpoint_files))
+    return tuple(endpoints_dir / f"seed_{s}" / "model.pt" for s in cfg.endpoints)
+
+
 def fit(
-    cfg: CurveConfig, prepared: Path, endpoints_dir: Path, out: Path, metrics: Path, log_csv: Path, runtime: Runtime
+    cfg: CurveConfig,
+    prepared: Path,
+    endpoints_dir: Path,
+    out: Path,
+    metrics: Path,
+    log_csv: Path,
+    runtime: Runtime,
+    params: Path = Path("params.yaml"),
 ) -> dict:
     seed_everything(cfg.seed)
-    spec, (a, b) = load_endpoints(endpoints_dir, cfg.endpoints)
+    if cfg.endpoint_files:
+        spec, (a, b) = load_endpoint_files(cfg.endpoint_files, params, prepared)
+    else:
+        spec, (a, b) = load_endpoints(endpoints_dir, cfg.endpoints)
+    names = list(cfg.endpoint_files) or list(cfg.endpoints)  # what the curve joins: files, or seeds
     data = prepared_data(prepared, runtime)
     curve = Curve(from_spec(spec), a["state_dict"], b["state_dict"], cfg.type, cfg.num_bends)
     if cfg.init != "linear":
         init, _ = load_curve(Path(cfg.init), from_spec, hint="curve.init must be 'linear' or a curve file.")
         curve.load_control_points(init.control_points(), cfg.init)
     curve = runtime.prepare(curve)
-    batches = Loader(
-        data.train,
-        data.info,
-        cfg.batch_size,
-        train=True,
-        seed=cfg.seed,
-        drop_last=True,
-        channels_last=runtime.channels_last,
-        shard=runtime.shard,
-    )
+    batches = train_loader(data, cfg.batch_size, cfg.seed, runtime)
     optimizer = make_sgd([curve.bends], cfg.lr, cfg.momentum, 0.0)  # wd acts on φ(t), not θ
     total = cfg.epochs * len(batches)
     lr_at = lambda i: schedules.standard_lr((i - 1) / total, cfg.lr)  # noqa: E731
     generator = torch.Generator().manual_seed(cfg.seed)  # the t of each minibatch
     step = curve_loss(curve, cfg.wd, generator, module=runtime.wrap(curve))  # data-parallel under torchrun
-    inputs = (*prepared_files(prepared), *(endpoints_dir / f"seed_{s}" / "model.pt" for s in cfg.endpoints))
+    inputs = (*prepared_files(prepared), *endpoint_inputs(cfg, endpoints_dir))
     if cfg.init != "linear":
         inputs += (Path(cfg.init),)
     resume = resume_state("fit_curve", runtime, cfg, inputs=inputs)
@@ -88,10 +113,10 @@ def fit(
         iteration = restore(saved, curve, optimizer, batches.generator, generator)
         rows, seconds, done = saved["rows"], saved["seconds"], saved["epoch"]
     log.info(
-        "fitting a %s with %d bends between seeds %d and %d: %d epochs on %s%s",
+        "fitting a %s with %d bends between %s and %s: %d epochs on %s%s",
         cfg.type,
         cfg.num_bends,
-        *cfg.endpoints,
+        *(f"seed {n}" if isinstance(n, int) else n for n in names),
         cfg.epochs,
         data.info.name,
         f", resuming after epoch {done}" if done else "",
@@ -122,12 +147,12 @@ def fit(
             advance(f"loss at random t {stats.loss:.3f} acc {stats.accuracy:.3f} {stats.images_per_s:.0f} img/s")
     if not runtime.is_main:  # rank 0 writes; the others only trained
         return {}
-    save_curve(out / "curve.pt", curve, spec, endpoints=list(cfg.endpoints), wd=cfg.wd)
+    save_curve(out / "curve.pt", curve, spec, endpoints=names, wd=cfg.wd)
     result = {"train_loss": rows[-1]["train_loss"], "train_accuracy": rows[-1]["train_accuracy"]}
     run = {
         "type": cfg.type,
         "num_bends": cfg.num_bends,
-        "endpoints": list(cfg.endpoints),
+        "endpoints": names,
         "dataset": data.info.name,
         "model": spec["name"],
         "epochs": cfg.epochs,
@@ -158,12 +183,12 @@ def main(
     (cfg,) = read_sections(params, "curve")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    result = fit(cfg, prepared, endpoints, out, metrics, log_csv, runtime)
+    result = fit(cfg, prepared, endpoints, out, metrics, log_csv, runtime, params=params)
     if not runtime.is_main:
         return
     console.print(
-        f"[bold]{cfg.type}[/] ({cfg.num_bends} bends) between seeds {cfg.endpoints[0]} and "
-        f"{cfg.endpoints[1]}: train loss at random t {result['train_loss']:.4f} after "
+        f"[bold]{cfg.type}[/] ({cfg.num_bends} bends) between {result['endpoints'][0]} and "
+        f"{result['endpoints'][1]}: train loss at random t {result['train_loss']:.4f} after "
         f"{cfg.epochs} epochs ({time.perf_counter() - t0:.0f} s) → {out / 'curve.pt'}"
     )
 

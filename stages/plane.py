@@ -10,6 +10,12 @@ training) on ``plane.train_samples`` training images and test NLL/error. The
 curve (at the t grid of eval_curve) and the segment are projected onto the
 plane and drawn over log-scaled contours. The three points themselves are
 measured too (their values go to metrics/plane.json).
+
+The aligned segment of eval_curve (ŵ1 to π(ŵ2), ŵ2's units permuted into line with ŵ1; modeconn.align),
+when ``aligned.pt`` is there, is drawn as its orthogonal projection onto the plane: π(ŵ2) is in general
+not in the plane, so the contours under the drawn line are *not* the loss along it (that is in
+eval_curve's tables). Its distance from the plane, t·dist(π(ŵ2)) at t (ŵ1 is in the plane), is reported
+in ``aligned_off_plane``; the grid is not widened to cover the projection.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 import typer
 
 from modeconn import plane as pl
+from modeconn.align import apply_permutation, permutation_spec
 from modeconn.bn import has_bn
 from modeconn.curves import load_curve
 from modeconn.errors import CheckpointError
@@ -85,6 +92,7 @@ def compute(
     like = {k: v.to(runtime.device) for k, v in like.items()}
     data = prepared_data(prepared, runtime)
     batches = measurement_batches(data, cfg, runtime)._replace(val=None)
+    aligned = aligned_projection(curve_eval, blob["spec"], points, data.test.x[:2].float().cpu(), ts, frame)
 
     def at(a: float, bb: float) -> dict:
         return measure(template, pl.to_weights(b.origin, b.u, b.v, a, bb, like), batches, runtime).row(wd)
@@ -131,6 +139,7 @@ def compute(
                 "bend_index": bend,
                 "num_bends": n,
                 "kind": blob["kind"],
+                **({"aligned": aligned[0], "aligned_off_plane": aligned[1]} if aligned is not None else {}),
             },
             tmp / "grid.pt",
         )
@@ -141,6 +150,15 @@ def compute(
         "curve_off_plane": {"max_distance": off_plane.max().item(), "max_relative": off_plane.max().item() / scale},
         "endpoint_distance": scale,
     }
+    if aligned is not None:  # the projection drawn is not the path: how far the aligned segment is from the plane
+        xy, off, dist = aligned
+        metrics["aligned_off_plane"] = {
+            "max_distance": off.max().item(),
+            "max_relative": off.max().item() / scale,
+            "endpoint_alpha": xy[-1, 0].item(),
+            "endpoint_beta": xy[-1, 1].item(),
+            "endpoint_distance": dist,
+        }
     run = {
         "grid_points": G,
         "margin": cfg.margin,
@@ -151,6 +169,7 @@ def compute(
         "type": blob["kind"],
         "num_bends": n,
         "bend_index": bend,
+        "aligned": aligned is not None,
         "endpoints": blob.get("endpoints"),
         "wd": wd,
         "bn_samples": batches.bn.n if has_bn(template) else 0,
@@ -163,11 +182,40 @@ def compute(
     return metrics, run
 
 
+def aligned_projection(
+    curve_eval: Path, spec: dict, points: dict, example: torch.Tensor, ts: torch.Tensor, frame: tuple
+) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """The aligned segment of eval_curve projected onto the plane: (α, β) [P, 2] and distance from the plane [P]
+    at the t grid, and ‖π(ŵ2) − ŵ1‖; None when eval_curve did not align (``eval.align: false``)."""
+    file = curve_eval / "aligned.pt"
+    if not file.exists():
+        return None
+    found = load_file(file, "aligned segment evaluation", "Run `dvc repro eval_curve` to create it.")
+    perms = found.get("perms") if isinstance(found, dict) else None
+    n = next(iter(points.values())).shape[0]
+    ps = permutation_spec(from_spec(spec), example)
+    if not isinstance(perms, dict) or {g: p.numel() for g, p in perms.items()} != ps.sizes:
+        raise CheckpointError(f"{file}: its permutations do not fit this curve's model: rerun `dvc repro eval_curve`")
+    w1 = flat({k: v[0] for k, v in points.items()})
+    end = flat(apply_permutation(ps, {k: v[n - 1] for k, v in points.items()}, perms))  # π(ŵ2), flat
+    # (1 − t) ŵ1 + t π(ŵ2) with ŵ1 the origin: its projection and its distance from the plane are linear in t
+    xy, off = pl.project(end, *frame), pl.distance(end, *frame)  # (2,), ()
+    return ts[:, None] * xy, ts * off, (end.double() - w1.double()).norm().item()
+
+
 def figures(grid_file: Path, run: dict, train_png: Path, error_png: Path) -> None:
     g = load_file(grid_file, "plane grid", "Run `dvc repro plane` to create it.")
     s = run
     pts = {"ŵ1": g["coords"][0].tolist(), "ŵ2": g["coords"][1].tolist(), "θ (bend)": g["coords"][2].tolist()}
     where = f"{s['type']} ({s['num_bends']} bends), {s['model']} on {s['dataset']}"
+    aligned = {}
+    if "aligned" in g:  # a projection: the aligned segment leaves the plane (by t · dist(π(ŵ2)))
+        off, scale = g["aligned_off_plane"].max().item(), g["coords"][1, 0].item()
+        aligned = {
+            "aligned": g["aligned"],
+            "aligned_label": f"aligned segment, projected (off the plane by up to {off:.3g} = {off / scale:.0%} "
+            "of ‖ŵ2 − ŵ1‖; contours not its loss)",
+        }
     plane_contours(
         g["alpha"],
         g["beta"],
@@ -178,6 +226,7 @@ def figures(grid_file: Path, run: dict, train_png: Path, error_png: Path) -> Non
         train_png,
         "train loss (with L2 term)",
         title=f"Train loss in the plane: {where}",
+        **aligned,
     )
     plane_contours(
         g["alpha"],
@@ -189,6 +238,7 @@ def figures(grid_file: Path, run: dict, train_png: Path, error_png: Path) -> Non
         error_png,
         "test error",
         title=f"Test error in the plane: {where}",
+        **aligned,
     )
 
 

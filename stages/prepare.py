@@ -2,7 +2,9 @@
 
 Looks for the raw files in ``data.raw_dir`` first, then (Fashion-MNIST) in
 ``/usr/share/datasets/fashion-mnist`` from Debian's ``dataset-fashion-mnist``,
-then downloads through torchvision where a network exists.
+then downloads through torchvision where a network exists. ``data.name: imagefolder`` reads an image
+folder instead (``data.imagefolder``: root, size, optional resize, max_per_class, mean/std; see
+modeconn.data.imagefolder).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main(
         augment=cfg.augment,
         download=cfg.download,
         synthetic_kwargs=cfg.synthetic if cfg.name == "synthetic" else None,
+        imagefolder=cfg.imagefolder if cfg.name == "imagefolder" else None,
     )
     val = 0 if prepared.val is None else prepared.val.y.numel()
     console.print(

@@ -325,7 +325,9 @@ def list_presets() -> None:
         table.add_column("est. GPU time", justify="right", no_wrap=True)
         for name in available():
             params = _plain(load_preset(name))
-            table.add_row(name, description(name), hours(total_seconds(estimate(params))))
+            # A preset that sets only some sections (resnet50-imagenet: data, model, fge) has no whole-run figure.
+            whole = all(k in params for k in ("train", "curve", "eval", "fge", "sse", "plane"))
+            table.add_row(name, description(name), hours(total_seconds(estimate(params))) if whole else "—")
         out.print(table)
         out.print("Apply one with: python -m stages.preset apply NAME  (then: dvc repro)")
 

@@ -40,6 +40,7 @@ SOURCES = {
     "compare.json": "compare",
     "compare.md": "compare",
     "compare.png": "compare",
+    "reliability.png": "compare",
 }
 
 
@@ -107,7 +108,30 @@ def headline(ends: dict, cur: dict, cmp: dict) -> dict:
     }
 
 
-def build(metrics: Path, out: Path, seeds) -> tuple[str, dict]:
+WIDTH_FILES = ("width.md", "width.png")  # written by experiments/width/dvc.yaml's summary stage
+
+
+def width_section(width: Path | None, rel) -> list[str]:
+    """The width experiment (Sec. 4, Fig. 3) from its own pipeline's summary in ``width``, when it is there.
+
+    Not a dependency of this pipeline: listing it would make `dvc repro` run the width experiment too."""
+    if width is None or not all((width / name).is_file() for name in WIDTH_FILES):
+        return []
+    return [
+        "## Width of the network (Sec. 4, Fig. 3)",
+        "",
+        "From the width experiment's own pipeline (`make width`, experiments/width/dvc.yaml), not from this run: "
+        f"its figures are those of its last run ([width.md]({rel(width / 'width.md')})); after rerunning it, "
+        "rerun `dvc repro -f report`.",
+        "",
+        (width / "width.md").read_text().strip(),
+        "",
+        f"![Barrier and length ratio against the width factor K]({rel(width / 'width.png')})",
+        "",
+    ]
+
+
+def build(metrics: Path, out: Path, seeds, width: Path | None = None) -> tuple[str, dict]:
     """The report's Markdown (links relative to ``out``'s folder) and the headline metrics."""
     files = sources(metrics, seeds)
     check_sources(files)
@@ -225,6 +249,28 @@ def build(metrics: Path, out: Path, seeds) -> tuple[str, dict]:
     else:
         L += ["", "(No temperature scaling: the run has no validation split, `data.val_size` = 0.)"]
     L += ["", f"![Train loss and test error along t, curve and segment]({rel(metrics / 'curve_along_t.png')})", ""]
+    if "barrier" in cur:  # max_t [f(t) − ((1 − t) f(0) + t f(1))] per path; "aligned": Ainsworth et al. 2023
+        label = {"curve": "curve", "segment": "segment", "aligned": "aligned segment (ŵ2 permuted to ŵ1)"}
+        L += [
+            "## Barriers: curve, segment and the permutation-aligned segment",
+            "",
+            "| path | train loss barrier | test NLL barrier | test error barrier | max test error |",
+            "|---|---|---|---|---|",
+        ]
+        for p, b in cur["barrier"].items():
+            L.append(
+                f"| {label.get(p, p)} | {num(b['train_loss'])} | {num(b['test_nll'])} | {pct(b['test_error'])} | "
+                f"{pct(cur[p]['test_error']['max'])} |"
+            )
+        if "alignment" in cur:
+            a = cur["alignment"]
+            L += [
+                "",
+                f"Weight matching moved {a['moved_fraction']:.0%} of {a['hidden_units']} hidden units "
+                f"({a['permutation_groups']} permutation groups, read from the traced graph); "
+                f"‖ŵ2 − ŵ1‖ = {num(a['distance_before'], 2)} → ‖π(ŵ2) − ŵ1‖ = {num(a['distance_after'], 2)}.",
+            ]
+        L.append("")
 
     L += [
         "## Ensembles of an endpoint with one path point (Fig. 4)",
@@ -283,6 +329,23 @@ def build(metrics: Path, out: Path, seeds) -> tuple[str, dict]:
         "",
         f"![Ensemble accuracy against training epochs]({rel(metrics / 'compare.png')})",
         "",
+    ]
+    if "swa_accuracy" in fge:  # SWA (Izmailov et al. 2018): each FGE run's snapshots averaged into one network
+        L += [
+            f"SWA: each FGE run's snapshots averaged into one network, BatchNorm recalibrated: test accuracy "
+            f"{pct(fge['swa_accuracy'])} (mean over runs; the runs' snapshot ensembles: "
+            f"{pct(fge['ensemble_accuracy'])}), ECE {pct(fge['swa_ece'])}.",
+            "",
+        ]
+    L += [
+        "Calibration of the ensembles at 1B on test (expected calibration error, 15 equal-width confidence bins; "
+        "the ECE column of the table above):",
+        "",
+        f"![Reliability diagrams at 1B]({rel(metrics / 'reliability.png')})",
+        "",
+    ]
+    L += width_section(width, rel)
+    L += [
         "## Sources",
         "",
         "This report was generated from:",
@@ -300,10 +363,13 @@ def main(
     headline_json: Path = typer.Option(
         Path("metrics/headline.json"), "--headline", help="The headline metrics (the numbers to compare first)."
     ),
+    width: Path = typer.Option(
+        None, "--width", help="Folder of the width experiment's width.md and width.png, embedded when present."
+    ),
 ) -> None:
     """Write the run report and the headline metrics from the metrics files (params: train.seeds)."""
     (train,) = read_sections(params, "train")
-    text, head = build(metrics, out, list(train.seeds))
+    text, head = build(metrics, out, list(train.seeds), width)
     atomic_write_text(out, text)
     write_json(headline_json, head)
     console.print(f"report of {len(links(text))} linked files → {out}; headline metrics → {headline_json}")

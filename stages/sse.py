@@ -16,7 +16,6 @@ import typer
 
 from modeconn.errors import ConfigError
 from modeconn.fge import RunPlan, runs_summary, sse_schedule, train_runs
-from modeconn.models import from_spec
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.train import make_sgd
 
@@ -60,7 +59,7 @@ def main(
 
     def make():
         seed_everything(cfg.seed)
-        model = runtime.prepare(from_spec(model_cfg.spec(info)))
+        model = runtime.prepare(model_cfg.build(info))
         train_b = train_loader(data, cfg.batch_size, cfg.seed, runtime)
         lr_at, is_snap = sse_schedule(cfg.epochs * len(train_b), cfg.cycles, cfg.lr)
         return model, make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.wd), train_b, lr_at, is_snap

@@ -17,7 +17,6 @@ import typer
 
 from modeconn import ensemble, schedules
 from modeconn.io import atomic_dir, atomic_torch_save, save_checkpoint
-from modeconn.models import from_spec
 from modeconn.resume import capture, restore
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.train import cross_entropy_step, make_sgd, predict, train_epoch
@@ -54,7 +53,7 @@ def train_one(
     seed_everything(seed)
     data = prepared_data(prepared, runtime)
     spec = model_cfg.spec(data.info)
-    model = runtime.prepare(from_spec(spec))
+    model = runtime.prepare(model_cfg.build(data.info))  # model.weights, when set, loaded here
     train_batches = train_loader(data, cfg.batch_size, seed, runtime)
     test_batches = test_loader(data, runtime)
     optimizer = make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.wd)

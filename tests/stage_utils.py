@@ -42,7 +42,15 @@ TINY = {
         "seed": 0,
         "init": "linear",
     },
-    "eval": {"num_points": 3, "batch_size": 64, "bn_samples": 0, "train_samples": 96, "ensemble": "probs", "seed": 0},
+    "eval": {
+        "num_points": 3,
+        "batch_size": 64,
+        "bn_samples": 0,
+        "train_samples": 96,
+        "ensemble": "probs",
+        "seed": 0,
+        "align": True,
+    },
     "fge": {
         "start_seeds": [0, 1],
         "start_epoch": 1,

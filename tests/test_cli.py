@@ -58,7 +58,7 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
     r = invoke(compare)
     assert r.exit_code == 0, r.output
     curve = json.loads((workspace / "metrics/curve.json").read_text())
-    assert set(curve) == {"curve", "segment", "length", "ensemble", "ensemble_val"}
+    assert set(curve) == {"curve", "segment", "aligned", "length", "barrier", "alignment", "ensemble", "ensemble_val"}
     curve_run = json.loads((workspace / "metrics/curve.run.json").read_text())
     assert curve_run["bn_samples"] == 192  # convfc with BN: recalibrated on every training image
     assert curve["length"]["ratio"] >= 1 - 1e-6  # the segment is the shortest path
@@ -69,6 +69,7 @@ def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):
     assert res["1B"]["sse"]["members"] == 2
     assert "| FGE |" in (workspace / "metrics/compare.md").read_text()
     check_validation_split(workspace, m, curve, res)
+    check_swa_and_calibration(workspace, curve, res)
 
     def leaves(x):
         if isinstance(x, dict):
@@ -115,6 +116,56 @@ def check_validation_split(workspace, endpoint: dict, curve: dict, res: dict) ->
     assert curve["curve"]["val_error"]["start"] == pytest.approx(curve["segment"]["val_error"]["start"])
     fge_rows = (workspace / "metrics/fge.csv").read_text().splitlines()[0]
     assert "ensemble_val_accuracy" in fge_rows
+
+
+def check_swa_and_calibration(workspace, curve: dict, res: dict) -> None:
+    """The SWA row (one SWA network per FGE run, costing what the run's last snapshot costs) and the ECE of
+    every ensemble, recomputed here from the stored predictions."""
+    from modeconn import calibration, ensemble
+
+    snaps = torch.load(workspace / "data/fge/snapshots.pt", weights_only=True)
+    assert snaps["format"] == "modeconn.snapshots/1" and {"runs", "labels", "val_labels"} <= set(snaps)
+    for run in snaps["runs"]:
+        swa = run["swa"]
+        assert swa["snapshots"] == len(run["snapshots"]) == 2
+        assert swa["epoch"] == run["snapshots"][-1]["epoch"]
+        assert swa["logprobs"].shape == run["snapshots"][0]["logprobs"].shape
+        assert swa["val_logprobs"].shape == run["snapshots"][0]["val_logprobs"].shape
+    y, y_val = snaps["labels"], snaps["val_labels"]
+    # 1B = 2 epochs: run 0's SWA network (its last snapshot at 1 + 1 = 2 epochs); 2B: both runs' SWA networks.
+    assert res["1B"]["swa"]["members"] == 1 and res["2B"]["swa"]["members"] == 2
+    swa0 = snaps["runs"][0]["swa"]
+    assert res["1B"]["swa"]["test_error"] == pytest.approx(ensemble.error(swa0["logprobs"], y))
+    assert res["1B"]["swa"]["ece"] == pytest.approx(calibration.ece(swa0["logprobs"], y))
+    assert res["val"]["1B"]["swa"]["val_error"] == pytest.approx(ensemble.error(swa0["val_logprobs"], y_val))
+    both = ensemble.combine([r["swa"]["logprobs"] for r in snaps["runs"]])
+    assert res["2B"]["swa"]["nll"] == pytest.approx(ensemble.nll(both, y), rel=1e-5)
+    fge_1b = ensemble.combine([s["logprobs"] for s in snaps["runs"][0]["snapshots"]])
+    assert res["1B"]["fge"]["ece"] == pytest.approx(calibration.ece(fge_1b, y), abs=1e-6)
+    for split, table in (("test", res), ("val", res["val"])):
+        for k in ("1B", "2B"):
+            for method in ("ind", "sse", "fge", "swa"):
+                r = table[k][method]
+                assert not r["members"] or 0 <= r["ece"] <= 1, (split, k, method)
+    assert res["1B_over_seeds"]["swa"]["n"] == 2
+    md = (workspace / "metrics/compare.md").read_text()
+    assert "| SWA (FGE snapshots averaged) | test |" in md and "ECE %" in md
+    assert (workspace / "metrics/reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert (workspace / "metrics/compare_epochs/swa.csv").is_file()
+    fge_json = json.loads((workspace / "metrics/fge.json").read_text())
+    swa_accs = [1 - ensemble.error(r["swa"]["logprobs"], y) for r in snaps["runs"]]
+    assert fge_json["swa_accuracy"] == pytest.approx(sum(swa_accs) / 2)
+    # eval_curve: ECE of every point (before and after temperature scaling) and of every curve ensemble.
+    stored = torch.load(workspace / "data/curve_eval/curve.pt", weights_only=True)
+    assert curve["curve"]["test_ece"]["start"] == pytest.approx(calibration.ece(stored["logprobs"][0], y))
+    assert 0 <= curve["curve"]["test_ece_scaled"]["max"] <= 1 and 0 <= curve["segment"]["test_ece"]["max"] <= 1
+    assert curve["ensemble"]["curve"]["ece"] == pytest.approx(
+        calibration.ece(ensemble.combine(list(stored["logprobs"])), y)
+    )
+    for key in ("endpoints", "curve", "segment", "curve_scaled", "endpoints_scaled"):
+        assert 0 <= curve["ensemble"][key]["ece"] <= 1, key
+    rows = (workspace / "metrics/curve_eval.csv").read_text().splitlines()[0].split(",")
+    assert "test_ece" in rows and "test_ece_scaled" in rows
 
 
 def _bad(tmp_path, monkeypatch, module, *args, **overrides):

@@ -37,7 +37,8 @@ PRESETS = {
     "wrn28x10-cifar10": ("cifar10", "wideresnet", {"depth": 28, "widen_factor": 10}),
     "wrn28x10-cifar100": ("cifar100", "wideresnet", {"depth": 28, "widen_factor": 10}),
 }
-NAMES = sorted(PRESETS)
+NAMES = sorted(PRESETS)  # the CIFAR presets (Tables 1-2)
+IMAGENET = "resnet50-imagenet"  # the ImageNet FGE run (Sec. 5.4), from a local weights file
 
 
 @pytest.fixture
@@ -56,11 +57,11 @@ def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_the_six_presets_are_listed():
-    assert preset.available() == NAMES
+def test_the_seven_presets_are_listed():
+    assert preset.available() == sorted([*NAMES, IMAGENET])
     r = invoke(preset, "list")
     assert r.exit_code == 0, r.output
-    for name in NAMES:
+    for name in [*NAMES, IMAGENET]:
         assert name in r.output
     assert "not measurements" in r.output and " h" in r.output
 
@@ -114,8 +115,9 @@ def test_layout_survives_a_replaced_block_and_a_new_key(params_file):
     params_file.write_text("\n".join(line for line in text.split("\n") if not line.startswith("  download:")))
     assert apply("vgg16-cifar10", params_file).exit_code == 0
     after = params_file.read_text()
-    assert "  args: {}                   # preset vgg16-cifar10\n\ntrain:" in after
-    assert "  download: true             # preset vgg16-cifar10\n\nmodel:" in after
+    examples = r"(  # [^\n]*\n)*"  # params.yaml's commented-out examples after the key stay with it
+    assert re.search(r"  args: \{\}                   # preset vgg16-cifar10\n" + examples + r"\ntrain:", after)
+    assert re.search(r"  download: true             # preset vgg16-cifar10\n" + examples + r"\nmodel:", after)
     assert load(params_file)["data"]["download"] is True
 
 
@@ -161,9 +163,9 @@ def test_apply_prints_the_estimate_and_its_assumption(params_file):
 
 def test_unknown_preset_lists_the_names_and_leaves_the_file(params_file):
     before = params_file.read_bytes()
-    r = apply("resnet50-imagenet", params_file)
+    r = apply("resnet152-imagenet", params_file)
     assert r.exit_code == 1
-    assert "unknown preset 'resnet50-imagenet'" in r.output
+    assert "unknown preset 'resnet152-imagenet'" in r.output
     for name in NAMES:
         assert name in r.output
     assert params_file.read_bytes() == before
@@ -253,3 +255,63 @@ def test_preset_runs_every_stage_with_gpu_settings_on_cpu(name, tmp_path, monkey
     run = json.loads(Path("metrics/endpoints/seed_0.run.json").read_text())
     assert (run["precision"], run["channels_last"]) == ("bf16", True)
     print(f"{name}: {timings}")
+
+
+# ------------------------------------------------------------------ the ImageNet preset (FGE from a pretrained net)
+
+
+def test_imagenet_preset_is_the_papers_fge_run(params_file):
+    raw = preset._plain(preset.load_preset(IMAGENET))
+    assert raw["model"] == {"name": "torchvision/resnet50", "args": {}}
+    fg = raw["fge"]
+    assert fg["epochs"] == 5 and fg["start_files"] == ["data/user/resnet50.pth"] and fg["cycle"] == 2
+    folder = raw["data"]["imagefolder"]
+    assert raw["data"]["name"] == "imagefolder" and (folder["size"], folder["resize"]) == (224, 256)
+    assert "23.87%" in preset_path_text(IMAGENET) and "23.31%" in preset_path_text(IMAGENET)
+    # A CIFAR preset over it clears the start files (every preset sets fge.start_files).
+    text = params_file.read_text()
+    params_file.write_text(text.replace("fge:\n", "fge:\n  start_files: [data/user/x.pt]\n", 1))
+    assert apply("vgg16-cifar10", params_file).exit_code == 0
+    assert load(params_file)["fge"]["start_files"] == []
+
+
+def preset_path_text(name: str) -> str:
+    return preset.preset_path(name).read_text()
+
+
+@pytest.mark.slow
+def test_imagenet_preset_runs_on_a_tiny_image_folder(tmp_path, monkeypatch):
+    """The ImageNet preset through prepare and fge on CPU: a tiny image folder of PNG/JPEG files, a small
+    torchvision model (resnet18 at 32 px) from a local ImageNet-shaped (1000-class) weights file."""
+    from .test_own_models import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", "params.yaml")
+    # The preset validates the folder, so the folder must be where it says before apply.
+    write_image_folder(tmp_path / "data/raw/imagenet")
+    r = apply(IMAGENET, Path("params.yaml"))
+    assert r.exit_code == 0, r.output
+    p = load(Path("params.yaml"))
+    assert p["fge"]["start_files"] == ["data/user/resnet50.pth"] and p["model"]["name"] == "torchvision/resnet50"
+    import torch
+
+    from modeconn.models import create_model
+
+    Path("data/user").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(create_model("torchvision/resnet18", 1000).state_dict(), "data/user/resnet50.pth")
+    p["model"]["name"] = "torchvision/resnet18"  # small enough for a CPU test
+    p["data"]["imagefolder"].update(size=32, resize=36, max_per_class=0)
+    p["data"]["val_size"] = 3
+    p["fge"].update(epochs=1, cycle=0.5, batch_size=4)
+    Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    r = invoke(prepare)
+    assert r.exit_code == 0, r.output
+    assert "3 classes" in r.output
+    r = invoke(fge, *GPU_SETTINGS)
+    assert r.exit_code == 0, r.output
+    assert "re-initialised" in r.output  # the 1000-class head, replaced by a fresh 3-class one
+    summary = json.loads(Path("metrics/fge.json").read_text())
+    assert 0 <= summary["ensemble_accuracy"] <= 1
+    snaps = torch.load("data/fge/snapshots.pt", weights_only=True)
+    assert len(snaps["runs"]) == 1 and snaps["labels"].tolist() == [0, 0, 1, 1, 2, 2]

@@ -12,7 +12,14 @@ from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, p
 
 from .stage_utils import build_workspace, invoke, tiny_params, write_params
 
-FIGURES = ("curve_along_t.png", "compare.png", "plane_train_loss.png", "plane_test_error.png", "path_ensembles.png")
+FIGURES = (
+    "curve_along_t.png",
+    "compare.png",
+    "plane_train_loss.png",
+    "plane_test_error.png",
+    "path_ensembles.png",
+    "reliability.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +72,7 @@ def test_report_links_every_source_and_each_link_exists(run):
     ):
         assert section in text, section
     assert "±" in text and "| FGE |" in text and "synthetic" in text and "cpu" in text
+    assert "| SWA (FGE snapshots averaged) |" in text and "ECE %" in text and "SWA: each FGE run" in text
 
 
 def test_report_names_a_missing_file_and_its_stage(run, tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
 """A dataset prepared once, on disk: uint8 tensors, the validation split and the train statistics.
 
-    prepare(name, raw_dir, out)   load_raw + a seeded validation split + per-channel mean/std
-                                  -> out/data.pt, out/meta.json (written atomically)
-    load_prepared(out, device)    -> Prepared, its tensors on ``device``
+prepare(name, raw_dir, out)   load_raw (or an image folder) + a seeded validation split + per-channel
+                              mean/std -> out/data.pt, out/meta.json (written atomically)
+read_info(out)                -> DatasetInfo, from out/meta.json only (no tensors read)
+load_prepared(out, device)    -> Prepared, its tensors on ``device``
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import torch
 from modeconn.errors import ConfigError, DataError
 from modeconn.io import atomic_dir
 
+from .imagefolder import load_image_folder
 from .raw import AUGMENTATIONS, DATASETS, DatasetInfo, Split, _check_name, _load_raw, check_split
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class Prepared:
@@ -62,13 +65,38 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(means), tuple(stds)
 
 
-def _dataset_info(name: str, train: Split, synthetic_kwargs: dict | None) -> DatasetInfo:
+IMAGEFOLDER_KEYS = ("root", "size", "resize", "max_per_class", "mean", "std")
+
+
+def _image_folder(options: dict | None) -> tuple[Split, Split, str, list[str], dict]:
+    """(train, test, source, classes, normalisation) of ``prepare("imagefolder", imagefolder=options)``."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(IMAGEFOLDER_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown image folder option {unknown[0]!r}; options: {', '.join(IMAGEFOLDER_KEYS)}")
+    for key in ("root", "size"):
+        if key not in options:
+            raise ConfigError(f"an image folder needs the option {key!r} (options: {', '.join(IMAGEFOLDER_KEYS)})")
+    norm = {k: options[k] for k in ("mean", "std") if options.get(k) is not None}
+    for key, values in norm.items():
+        ok = isinstance(values, (list, tuple)) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)
+        if not ok or (key == "std" and min(values) <= 0):
+            raise ConfigError(f"image folder option {key} must be 3 numbers (one per RGB channel), got {values!r}")
+    if len(norm) == 1:
+        raise ConfigError("image folder options mean and std go together: set both or neither (computed from train)")
+    train, test, classes = load_image_folder(
+        options["root"], options["size"], options.get("resize"), options.get("max_per_class") or 0
+    )
+    return train, test, f"image folder {options['root']}", classes, norm
+
+
+def _dataset_info(name: str, train: Split, synthetic_kwargs: dict | None, classes: list | None = None) -> DatasetInfo:
     info = DATASETS[name]
+    if name == "imagefolder":
+        info = dataclasses.replace(info, num_classes=len(classes or ()), size=train.x.shape[2])
     if name == "synthetic":
         num_classes = (synthetic_kwargs or {}).get("num_classes", info.num_classes)
-        info = dataclasses.replace(
-            info, num_classes=num_classes, channels=train.x.shape[1], size=train.x.shape[2]
-        )
+        info = dataclasses.replace(info, num_classes=num_classes, channels=train.x.shape[1], size=train.x.shape[2])
     return info
 
 
@@ -83,8 +111,13 @@ def prepare(
     download: bool = True,
     system_dirs: Sequence[Path] | None = None,
     synthetic_kwargs: dict | None = None,
+    imagefolder: dict | None = None,
 ) -> Prepared:
     """Load a dataset, carve a seeded validation split, compute mean/std and write ``out_dir``.
+
+    ``imagefolder`` (for ``name="imagefolder"``): ``root``, ``size``, optional ``resize``,
+    ``max_per_class`` and ``mean``/``std`` (3 numbers each, e.g. those a pretrained model was trained
+    with; without them the training split's own statistics, as for every dataset).
 
     ``out_dir`` gets ``data.pt`` (uint8 images, int64 labels) and ``meta.json``, written into a
     temporary sibling folder that then replaces ``out_dir``: a failure leaves the old one intact.
@@ -93,12 +126,16 @@ def prepare(
     augment = resolve_augment(augment, info)
     if not isinstance(val_size, int) or val_size < 0:
         raise ConfigError(f"val_size must be a non-negative integer, got {val_size!r}")
-    train, test, source = _load_raw(
-        name, raw_dir, download=download, system_dirs=system_dirs, synthetic_kwargs=synthetic_kwargs
-    )
+    classes, norm = None, {}
+    if name == "imagefolder":
+        train, test, source, classes, norm = _image_folder(imagefolder)
+    else:
+        train, test, source = _load_raw(
+            name, raw_dir, download=download, system_dirs=system_dirs, synthetic_kwargs=synthetic_kwargs
+        )
     if val_size >= len(train):
         raise ConfigError(f"val_size={val_size} must be smaller than the {len(train)} training images of {name}")
-    info = _dataset_info(name, train, synthetic_kwargs)
+    info = _dataset_info(name, train, synthetic_kwargs, classes)
     for what, split in (("train", train), ("test", test)):
         check_split(f"{name} {what} split from {source}", split, info)
 
@@ -109,6 +146,8 @@ def prepare(
         train, val = Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx])
 
     mean, std = channel_stats(train.x)
+    if norm:  # set by the user (image folder): e.g. the statistics a pretrained model expects
+        mean, std = tuple(map(float, norm["mean"])), tuple(map(float, norm["std"]))
     info = dataclasses.replace(info, mean=mean, std=std, augment=augment)
     prepared = Prepared(info, train, test, val)
 
@@ -122,6 +161,7 @@ def prepare(
         "n_test": len(test),
         "val_seed": seed,
         "source": source,
+        **({"classes": classes} if classes is not None else {}),
     }
     with atomic_dir(out_dir) as tmp:  # a temporary sibling, swapped in whole on success
         torch.save(tensors, tmp / "data.pt")
@@ -130,15 +170,7 @@ def prepare(
     return prepared
 
 
-def load_prepared(path: Path, device: torch.device | str = "cpu",
-                  hint: str = "Rebuild it with modeconn.data.prepare.") -> Prepared:
-    """Read what :func:`prepare` wrote into ``path`` (a folder), with the tensors on ``device``.
-
-    ``hint`` ends every error message: how the caller's user makes the folder again.
-    """
-    path = Path(path)
-    data_file, meta_file = path / "data.pt", path / "meta.json"
-    fix = hint
+def _read_meta(meta_file: Path, fix: str) -> tuple[dict, DatasetInfo]:
     try:
         meta = json.loads(meta_file.read_text())
         info = DatasetInfo(
@@ -151,6 +183,25 @@ def load_prepared(path: Path, device: torch.device | str = "cpu",
         raise DataError(f"prepared dataset metadata {meta_file} is corrupt ({type(e).__name__}: {e}). {fix}") from e
     if info.augment not in AUGMENTATIONS:
         raise DataError(f"{meta_file}: unknown augmentation {info.augment!r}. {fix}")
+    return meta, info
+
+
+def read_info(path: Path, hint: str = "Rebuild it with modeconn.data.prepare.") -> DatasetInfo:
+    """The DatasetInfo of the prepared folder ``path``, from its meta.json alone (no tensors are read)."""
+    return _read_meta(Path(path) / "meta.json", hint)[1]
+
+
+def load_prepared(
+    path: Path, device: torch.device | str = "cpu", hint: str = "Rebuild it with modeconn.data.prepare."
+) -> Prepared:
+    """Read what :func:`prepare` wrote into ``path`` (a folder), with the tensors on ``device``.
+
+    ``hint`` ends every error message: how the caller's user makes the folder again.
+    """
+    path = Path(path)
+    data_file, meta_file = path / "data.pt", path / "meta.json"
+    fix = hint
+    meta, info = _read_meta(meta_file, fix)
     try:
         tensors = torch.load(data_file, map_location=device, weights_only=True)
     except FileNotFoundError as e:

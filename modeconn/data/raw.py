@@ -51,14 +51,12 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), "crop_flip"),
     "mnist": DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,), "crop"),
-    "cifar10": DatasetInfo(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop_flip"
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip"
-    ),
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop_flip"),
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip"),
     # Defaults of make_synthetic(); num_classes, channels and size follow synthetic_kwargs.
     "synthetic": DatasetInfo("synthetic", 4, 1, 28, (0.5,), (0.3,), "none"),
+    # An image folder (imagefolder.py); num_classes and size follow the folder and its options.
+    "imagefolder": DatasetInfo("imagefolder", 2, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "flip"),
 }
 
 # Searched after raw_dir when load_raw(system_dirs=None).
@@ -96,7 +94,6 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
-
 def check_split(what: str, split: Split, info: DatasetInfo) -> None:
     """Raise DataError unless ``split`` holds uint8 images of ``info``'s shape and labels in range."""
     shape = (info.channels, info.size, info.size)
@@ -114,7 +111,6 @@ def check_split(what: str, split: Split, info: DatasetInfo) -> None:
             f"{what}: labels must be in [0, {info.num_classes}), found "
             f"[{int(split.y.min())}, {int(split.y.max())}]; are the files from {info.name}?"
         )
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +296,8 @@ def _load_raw(
         except TypeError as e:
             raise ConfigError(f"bad synthetic dataset options {kwargs}: {e}") from e
         return train, test, "make_synthetic(" + ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + ")"
+    if name == "imagefolder":
+        raise ConfigError("an image folder is read by prepare(..., imagefolder={root, size}) or load_image_folder")
     raw_dir = Path(raw_dir)
     if system_dirs is None:
         system_dirs = SYSTEM_DIRS.get(name, ())

@@ -1,0 +1,299 @@
+"""Permutation alignment (Ainsworth et al. 2023): the fx permutation rule over the registry, weight matching
+recovering a permuted copy exactly, the loss barrier, and the aligned segment in eval_curve and plane."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from modeconn import models
+from modeconn.align import (
+    align_endpoints,
+    apply_permutation,
+    permutation_spec,
+    random_permutations,
+    weight_matching,
+)
+from modeconn.errors import ModeconnError
+from modeconn.metrics import loss_barrier
+from modeconn.models import create_model
+from stages import eval_curve, fit_curve, plane, prepare, train_endpoint
+
+from .stage_utils import build_workspace, invoke, tiny_params, write_params
+
+# (name, options, input (C, size), permutation groups counted by hand)
+REGISTRY = [
+    ("convfc", {"width": 4, "fc_width": 16}, (1, 28), 5),  # 3 convs + 2 hidden Linears
+    ("convfc", {"width": 4, "fc_width": 16, "batch_norm": True}, (3, 32), 5),
+    ("mlp", {"width": 8, "depth": 2, "batch_norm": True}, (1, 28), 2),
+    ("vgg16", {}, (3, 32), 15),  # 13 convs + 2 hidden Linears
+    ("vgg16_bn", {}, (1, 28), 15),
+    ("vgg19", {}, (1, 28), 18),  # 16 convs + 2
+    ("vgg19_bn", {}, (3, 32), 18),
+    # basic, 1 block per stage: conv1 + stage 1 share the residual stream (no downsample); per block one
+    # inner space; stages 2 and 3 start a stream at their downsample conv: 1 + 1 + 2 + 2
+    ("preresnet", {"depth": 8, "block": "basic"}, (3, 32), 6),
+    ("preresnet", {"depth": 11, "block": "bottleneck"}, (3, 32), 10),  # conv1, then 2 inner + 1 stream per stage
+    ("wideresnet", {"depth": 10, "widen_factor": 1}, (3, 32), 6),  # as the basic PreResNet
+]
+IDS = [f"{n}-{'-'.join(f'{k}{v}' for k, v in o.items())}-{c}x{s}" for n, o, (c, s), _ in REGISTRY]
+
+
+@pytest.fixture
+def narrow_vgg(monkeypatch):
+    """VGG at 1/16 of its widths (the registry's VGG code and graph, small enough for a CPU test)."""
+    for depth, stages in list(models._VGG_CONFIGS.items()):
+        monkeypatch.setitem(models._VGG_CONFIGS, depth, [[max(c // 16, 2) for c in s] for s in stages])
+
+
+def randomised(name: str, options: dict, channels: int, size: int, seed: int) -> nn.Module:
+    """A registry model in eval mode with random weights *and* random BatchNorm affine parameters and running
+    statistics (fresh ones are 1 and 0: a permutation of them would go unnoticed)."""
+    torch.manual_seed(seed)
+    model = create_model(name, 5, in_channels=channels, input_size=size, **options).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+def outputs(model: nn.Module, state: dict, x: torch.Tensor) -> torch.Tensor:
+    m = copy.deepcopy(model)
+    m.load_state_dict(state)
+    with torch.no_grad():
+        return m.eval()(x)
+
+
+@pytest.mark.parametrize(("name", "options", "shape", "groups"), REGISTRY, ids=IDS)
+def test_a_permuted_copy_computes_the_same_function_and_is_aligned_back(name, options, shape, groups, narrow_vgg):
+    channels, size = shape
+    model = randomised(name, options, channels, size, seed=0)
+    x = torch.randn(6, channels, size, size, generator=torch.Generator().manual_seed(1))
+    spec = permutation_spec(model, x[:2])
+    assert len(spec.sizes) == groups, f"{name}: groups {spec.sizes}"
+    assert model.training is False  # tracing ran the model without switching it to training
+    state = model.state_dict()
+    perms = random_permutations(spec, seed=3)
+    assert all(not torch.equal(p, torch.arange(p.numel())) for p in perms.values() if p.numel() > 2)
+    permuted = apply_permutation(spec, state, perms)
+    moved = [k for k in state if not torch.equal(state[k], permuted[k])]
+    assert any("running_mean" in k for k in moved) == (
+        "bn" in name or options.get("batch_norm", False) or "res" in name
+    )
+    y = outputs(model, state, x)
+    assert torch.allclose(outputs(model, permuted, x), y, atol=1e-5, rtol=1e-4), f"{name}: permuting changed f(x)"
+
+    found = weight_matching(spec, state, permuted, seed=0)
+    aligned = apply_permutation(spec, permuted, found)
+    for k in state:
+        err = (aligned[k].float() - state[k].float()).abs().max().item()
+        assert err <= 1e-6, f"{name}: {k} not recovered (max error {err})"
+    # The aligned segment (1 − t) ŵ + t π(ŵ') is flat (one point); the plain one to the permuted copy is not.
+    lerp = lambda s2, t: {k: v.lerp(s2[k], t) if v.is_floating_point() else v for k, v in state.items()}  # noqa: E731
+    for t in (0.25, 0.5, 0.75):
+        assert torch.allclose(outputs(model, lerp(aligned, t), x), y, atol=1e-5, rtol=1e-4), f"{name} at t={t}"
+    assert not torch.allclose(outputs(model, lerp(permuted, 0.5), x), y, atol=1e-3), f"{name}: plain segment flat"
+
+
+def test_input_and_logits_are_never_permuted_and_a_flatten_carries_its_spatial_multiplicity():
+    model = create_model("convfc", 3, in_channels=1, input_size=28, width=4, fc_width=16)
+    spec = permutation_spec(model, torch.zeros(2, 1, 28, 28))
+    assert [a.dim for a in spec.axes["conv_part.0.weight"]] == [0]  # its input dim is the image's channels
+    assert [a.dim for a in spec.axes["fc_part.4.weight"]] == [1] and "fc_part.4.bias" not in spec.axes  # logits
+    (fc_in,) = [a for a in spec.axes["fc_part.0.weight"] if a.dim == 1]
+    (conv_out,) = spec.axes["conv_part.6.bias"]
+    # 28 → 13 → 6 → 2 after three 3x3/2 max pools: the flatten makes 16 channels of 2·2 positions each
+    assert fc_in.group == conv_out.group and fc_in.mult == 4 and spec.sizes[fc_in.group] == 16
+    # residual additions merge: every block of a stage writes into one stream with the stage's first conv
+    res = create_model("preresnet", 3, depth=14, block="basic")  # 2 basic blocks per stage
+    rspec = permutation_spec(res, torch.zeros(2, 3, 32, 32))
+    group = lambda k: {a.group for a in rspec.axes[k] if a.dim == 0}  # noqa: E731
+    assert group("conv1.weight") == group("layer1.0.conv2.weight") == group("layer1.1.conv2.weight")
+    assert group("layer2.0.downsample.0.weight") == group("layer2.0.conv2.weight") == group("layer2.1.conv2.weight")
+    assert group("layer3.0.downsample.0.weight") == group("layer3.1.conv2.weight") == group("bn.weight")
+    assert group("layer2.1.conv2.weight") != group("layer3.1.conv2.weight")
+    assert group("layer1.0.conv1.weight") != group("layer1.1.conv1.weight")
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(1, 4, 3), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.cat([self.a(x), self.b(x)], dim=1).mean((2, 3)))
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else x
+
+
+class Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.b(self.a(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("module", "x", "match"),
+    [
+        (Concat(), torch.zeros(2, 1, 8, 8), r"op function cat \(graph node 'cat'\)"),
+        (DataDependent(), torch.zeros(2, 4), r"cannot trace model DataDependent with torch.fx"),
+        (Depthwise(), torch.zeros(2, 1, 8, 8), r"Conv2d module 'b' with groups=4"),
+    ],
+    ids=["cat", "control-flow", "grouped-conv"],
+)
+def test_a_model_the_rule_cannot_handle_gets_a_clear_error(module, x, match):
+    with pytest.raises(ModeconnError, match=match):
+        permutation_spec(module, x)
+
+
+def test_weight_matching_brings_two_independent_networks_closer_and_keeps_the_function():
+    a, b = (randomised("convfc", {"width": 4, "fc_width": 16, "batch_norm": True}, 1, 28, s) for s in (0, 1))
+    wa, wb = dict(a.named_parameters()), dict(b.named_parameters())
+    x = torch.randn(4, 1, 28, 28)
+    aligned, perms, info = align_endpoints(a, wa, wb, x[:2], seed=0)
+    before = math.sqrt(sum(((wa[k] - wb[k]) ** 2).sum().item() for k in wa))
+    after = math.sqrt(sum(((wa[k] - aligned[k]) ** 2).sum().item() for k in wa))
+    assert info["distance_before"] == pytest.approx(before, rel=1e-6)
+    assert info["distance_after"] == pytest.approx(after, rel=1e-6) and after < before
+    assert 0 < info["moved_fraction"] <= 1 and info["permutation_groups"] == 5
+    # buffers follow the same permutations, so π(b) with its permuted running statistics is b
+    spec = permutation_spec(b, x[:2])
+    state = apply_permutation(spec, b.state_dict(), perms)
+    assert all(torch.equal(state[k], aligned[k]) for k in aligned)
+    assert torch.allclose(outputs(b, state, x), outputs(b, b.state_dict(), x), atol=1e-5)
+
+
+def test_loss_barrier_against_closed_forms():
+    t = torch.linspace(0, 1, 11).tolist()
+    bump = [1 + 2 * s + 4 * s * (1 - s) for s in t]  # the line 1 + 2t plus a bump of height 1 at t = 0.5
+    assert loss_barrier(t, bump) == pytest.approx(1.0)
+    assert loss_barrier(t, [3 - s for s in t]) == pytest.approx(0.0, abs=1e-12)  # a straight line
+    assert loss_barrier(t, [(s - 0.5) ** 2 for s in t]) == pytest.approx(0.0, abs=1e-12)  # convex: ends only
+    # an off-centre peak on a t grid not starting at 0: f = 0 at t = 2 and 2 at t = 4, 5 at t = 2.5
+    assert loss_barrier([2.0, 2.5, 3.0, 4.0], [0.0, 5.0, 1.0, 2.0]) == pytest.approx(5.0 - 0.5)
+    with pytest.raises(ValueError, match="two grid points"):
+        loss_barrier([0.0], [1.0])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """prepare, two endpoints and a curve on the tiny config, then eval_curve (read-only for the tests)."""
+    root = tmp_path_factory.mktemp("align_ws")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    build_workspace(
+        root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,), (eval_curve,)]
+    )
+    yield root
+    mp.undo()
+
+
+def test_eval_curve_writes_the_aligned_segment_and_three_barriers(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    rows = pd.read_csv(workspace / "metrics/curve_eval.csv").to_dict("records")
+    by_path = {p: [r for r in rows if r["path"] == p] for p in ("curve", "segment", "aligned")}
+    assert all(len(v) == 3 for v in by_path.values()) and len(rows) == 9
+    assert [r["t"] for r in by_path["aligned"]] == [0.0, 0.5, 1.0]
+    ali, seg = by_path["aligned"], by_path["segment"]
+    assert ali[0]["train_loss"] == pytest.approx(seg[0]["train_loss"], rel=1e-6)  # both start at ŵ1
+    # π(ŵ2) is ŵ2 relabelled: the same function, and BN recalibrated to the same (permuted) statistics
+    assert ali[-1]["train_nll"] == pytest.approx(seg[-1]["train_nll"], rel=1e-4)
+    assert ali[-1]["test_error"] == pytest.approx(seg[-1]["test_error"], abs=1e-9)
+    s = json.loads((workspace / "metrics/curve.json").read_text())
+    assert set(s["barrier"]) == {"curve", "segment", "aligned"}
+    for name, path_rows in by_path.items():
+        for m in ("train_loss", "test_nll", "test_error"):
+            f = [r[m] for r in path_rows]
+            assert s["barrier"][name][m] == pytest.approx(max(0.0, f[1] - (f[0] + f[2]) / 2), abs=1e-6), (name, m)
+    assert s["aligned"]["train_loss"]["start"] == pytest.approx(ali[0]["train_loss"])
+    a = s["alignment"]
+    assert a["distance_after"] <= a["distance_before"] and a["permutation_groups"] == 5
+    assert a["aligned_length"] == pytest.approx(a["distance_after"], rel=1e-4)  # a segment's length is its span
+    wide = pd.read_csv(workspace / "metrics/curve_along_t.csv")
+    assert {"aligned_train_loss", "curve_train_loss", "segment_train_loss"} <= set(wide.columns)
+    stored = torch.load(workspace / "data/curve_eval/aligned.pt", weights_only=True)
+    assert stored["logprobs"].shape[0] == 3 and set(stored["perms"]) and stored["labels"].numel() == 96
+    assert json.loads((workspace / "metrics/curve.run.json").read_text())["align"] is True
+
+
+@pytest.mark.parametrize("layout", [[], ["--channels-last", "1"]], ids=["contiguous", "channels_last"])
+def test_eval_curve_on_a_permuted_copy_has_a_flat_aligned_segment(workspace, tmp_path, monkeypatch, layout):
+    """Endpoints ŵ1 and π(ŵ1): the plain segment crosses a barrier, the aligned one is a single point (also
+    with the curve's conv weights laid out channels_last, as on a GPU)."""
+    monkeypatch.chdir(workspace)
+    blob = torch.load(workspace / "data/curve/curve.pt", weights_only=True)
+    template = models.from_spec(blob["spec"])
+    start = {k: v[0] for k, v in blob["control_points"].items()}
+    spec = permutation_spec(template, torch.zeros(2, 1, 28, 28))
+    end = apply_permutation(spec, start, random_permutations(spec, seed=5))
+    blob["control_points"] = {k: torch.stack([v[0], v[1], end[k]]) for k, v in blob["control_points"].items()}
+    (tmp_path / "curve").mkdir()
+    torch.save(blob, tmp_path / "curve/curve.pt")
+    out = {"metrics": "curve.json", "table": "eval.csv", "wide": "wide.csv", "figure": "along_t.png"}
+    args = [x for k, name in out.items() for x in (f"--{k}", tmp_path / name)]
+    r = invoke(eval_curve, "--curve", tmp_path / "curve", "--out", tmp_path / "eval", *args, "--device", "cpu", *layout)
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "curve.json").read_text())
+    assert s["alignment"]["distance_after"] < 1e-5 < s["alignment"]["distance_before"]
+    assert s["alignment"]["moved_fraction"] > 0.5
+    rows = pd.read_csv(tmp_path / "eval.csv").to_dict("records")
+    flat = [r["train_loss"] for r in rows if r["path"] == "aligned"]
+    assert max(flat) - min(flat) < 1e-4 * flat[0], flat
+    assert abs(s["barrier"]["aligned"]["train_loss"]) < 1e-4 < s["barrier"]["segment"]["train_loss"]
+
+
+def test_plane_draws_the_aligned_projection_and_says_how_far_it_is_from_the_plane(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    r = invoke(plane, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    g = torch.load(workspace / "data/plane/grid.pt", weights_only=True)
+    P = tiny_params()["eval"]["num_points"]
+    assert g["aligned"].shape == (P, 2) and g["aligned_off_plane"].shape == (P,)
+    assert torch.allclose(g["aligned"][0], torch.zeros(2, dtype=torch.float64))  # starts at ŵ1, the origin
+    s = json.loads((workspace / "metrics/plane.json").read_text())
+    off = s["aligned_off_plane"]
+    # Pythagoras: ‖π(ŵ2) − ŵ1‖² = α² + β² + (distance from the plane)²
+    assert off["endpoint_distance"] ** 2 == pytest.approx(
+        off["endpoint_alpha"] ** 2 + off["endpoint_beta"] ** 2 + off["max_distance"] ** 2, rel=1e-6
+    )
+    assert off["max_distance"] == pytest.approx(g["aligned_off_plane"][-1].item())
+    assert json.loads((workspace / "metrics/plane.run.json").read_text())["aligned"] is True
+    eval_s = json.loads((workspace / "metrics/curve.json").read_text())
+    assert off["endpoint_distance"] == pytest.approx(eval_s["alignment"]["distance_after"], rel=1e-4)
+
+
+def test_eval_align_off_writes_no_aligned_path(workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params(eval__align=False))
+    r = invoke(
+        eval_curve,
+        *("--prepared", workspace / "data/prepared", "--curve", workspace / "data/curve"),
+        "--device",
+        "cpu",
+    )
+    assert r.exit_code == 0, r.output
+    rows = pd.read_csv(tmp_path / "metrics/curve_eval.csv")
+    assert set(rows["path"]) == {"curve", "segment"} and not (tmp_path / "data/curve_eval/aligned.pt").exists()
+    s = json.loads((tmp_path / "metrics/curve.json").read_text())
+    assert set(s["barrier"]) == {"curve", "segment"} and "alignment" not in s
