@@ -688,6 +688,25 @@ def measure_default(
         data.train, info, BN_BATCH, train=False, max_samples=settings.bn_images, channels_last=channels_last
     )
     eval_loader = Loader(data.test, info, EVAL_BATCH, train=False, channels_last=channels_last)
+    # The other memory layout, same initialisation and data, timed in the same rounds: the measurement behind
+    # the runtime's layout rule (modeconn.runtime.default_channels_last). Not probed: it is off-runtime on purpose.
+    other = dataclasses.replace(runtime, channels_last=not channels_last)
+    torch.manual_seed(settings.seed)
+    other_model = other.prepare(build(model_cfg, info))
+    other_plain = Trainer(
+        cross_entropy_step(other_model),
+        make_sgd(other_model.parameters(), lr, momentum, wd),
+        Loader(
+            data.train, info, BATCH, train=True, seed=settings.seed, drop_last=True, channels_last=other.channels_last
+        ),
+        other,
+        other_model,
+        "plain training, other memory layout",
+    )
+    other_bn = other.prepare(build_bn(model_cfg, info)[0])
+    other_bn_batches = Loader(
+        data.train, info, BN_BATCH, train=False, max_samples=settings.bn_images, channels_last=other.channels_last
+    )
     status("warming up")
     predict(plain_model.eval(), itertools.islice(eval_loader, 1), runtime)
     recalibrate(bn_model, itertools.islice(bn_batches, 1), runtime=runtime)
@@ -710,6 +729,7 @@ def measure_default(
     ]
     runs: dict[str, list[float]] = {key: [] for key, _, _ in (*training, *evaluation)}
     runs["bn_recalibration"] = []
+    runs["train_other_layout"], runs["bn_other_layout"] = [], []
     for r in range(settings.repeats):
         at = f"(round {r + 1}/{settings.repeats})"
         for key, what, trainer in rotated(training, r):
@@ -723,6 +743,9 @@ def measure_default(
                 "bn_recalibration", f"BatchNorm recalibration {at}", lambda: bn_seconds(bn_model, bn_batches, runtime)
             )
         )
+        status(f"the other memory layout {at}")
+        runs["train_other_layout"].append(other_plain.run(n))
+        runs["bn_other_layout"].append(bn_seconds(other_bn, other_bn_batches, other))
 
     rounds = settings.repeats
     best_train = best_setting({s: runs[f"train_dataloader_{s.key}"] for s in settings_tried})
@@ -764,6 +787,7 @@ def measure_default(
         "bn_recalibration": Figure(
             f"BN recalibration, {bn_batches.n} images ({bn_name})", "s", runs["bn_recalibration"]
         ),
+        **layout_figures(runs, channels_last, rounds),
     }
     setup = {
         "dataset": info.name,
@@ -792,6 +816,27 @@ def measure_default(
         "curve": f"{kind}, {num_bends} bends",
     }
     return figures, setup
+
+
+def layout_figures(runs: dict[str, list[float]], channels_last: bool, rounds: int) -> dict[str, Figure]:
+    """channels_last against the contiguous (NCHW) layout, paired per round: training images/s and BN
+    recalibration time, whichever of the two the runtime uses."""
+    own, other = (runs["train_loader"], runs["bn_recalibration"]), (runs["train_other_layout"], runs["bn_other_layout"])
+    (nhwc_train, nhwc_bn), (nchw_train, nchw_bn) = (own, other) if channels_last else (other, own)
+    return {
+        "layout_train": Figure(
+            paired_label("training speed, channels_last / contiguous (> 1: channels_last faster)", rounds),
+            "x",
+            paired_ratios(nhwc_train, nchw_train),
+            paired=True,
+        ),
+        "layout_bn": Figure(
+            paired_label("BN recalibration speed, channels_last / contiguous", rounds),
+            "x",
+            paired_ratios(nchw_bn, nhwc_bn),
+            paired=True,
+        ),
+    }
 
 
 def measure_paper(

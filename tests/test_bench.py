@@ -32,12 +32,14 @@ FIGURES = {  # every figure a CPU run reports without the paper model (cuda_peak
     "curve_train",
     "curve_plain_ratio",
     "bn_recalibration",
+    "layout_train",
+    "layout_bn",
     "peak_rss",
     "peak_rss_worker",
 }
 PAPER_FIGURES = {"paper_train", "paper_curve_train", "paper_curve_plain_ratio", "paper_point"}
 CURVE_SECTIONS = {"curve_train", "paper_curve_train", "paper_point"}  # the network runs at φ_θ(t)
-PAIRED = {"train_speedup", "eval_speedup", "curve_plain_ratio", "paper_curve_plain_ratio"}
+PAIRED = {"train_speedup", "eval_speedup", "curve_plain_ratio", "paper_curve_plain_ratio", "layout_train", "layout_bn"}
 PER_ROUND = {  # figures with one run per round
     "train_loader",
     "train_dataloader_w0",
@@ -244,3 +246,20 @@ def test_data_parallel_bench_reports_one_and_two_processes(tmp_path):
     assert figures["one"]["processes"] == 1 and figures["many"]["processes"] == 2
     assert figures["one"]["images_per_s"] > 0 and figures["many"]["images_per_s"] > 0
     assert "2 processes" in result.output and "images/s" in result.output
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layout_figures_compare_the_two_layouts_whichever_the_runtime_uses(channels_last):
+    """The layout ratios are channels_last over contiguous whichever layout the runtime runs in."""
+    nhwc = {"train": [200.0, 300.0], "bn": [1.0, 2.0]}  # images/s, seconds
+    nchw = {"train": [100.0, 100.0], "bn": [4.0, 3.0]}
+    own, other = (nhwc, nchw) if channels_last else (nchw, nhwc)
+    runs = {
+        "train_loader": own["train"],
+        "bn_recalibration": own["bn"],
+        "train_other_layout": other["train"],
+        "bn_other_layout": other["bn"],
+    }
+    figures = bench.layout_figures(runs, channels_last, 2)
+    assert figures["layout_train"].runs == [2.0, 3.0] and figures["layout_train"].value == 2.5
+    assert figures["layout_bn"].runs == [4.0, 1.5] and figures["layout_bn"].paired
