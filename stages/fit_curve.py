@@ -44,28 +44,28 @@ from .common import (
 from .config import CurveConfig, read_sections
 
 
-def load_endpoints(endpoints_dir: Path, seeds) -> tuple[dict, list[dict]]:
-    """The two endpoint checkpoints; their specs must match (same architecture and arguments)."""
-    ckpts = [endpoint_checkpoint(endpoints_dir / f"seed_{s}" / "model.pt") for s in seeds]
+def same_architecture(ckpts: list[dict], names: tuple[str, str], hint: str) -> tuple[dict, list[dict]]:
+    """(spec, ckpts) of two checkpoints whose specs match (same architecture and arguments); else a clear error."""
     a, b = ckpts
     if a["spec"] != b["spec"]:
         raise CheckpointError(
-            f"endpoints seed {seeds[0]} and seed {seeds[1]} are of different architectures "
-            f"({a['spec']} vs {b['spec']}): retrain them with the same model section"
+            f"{names[0]} and {names[1]} are of different architectures ({a['spec']} vs {b['spec']}): {hint}"
         )
     return a["spec"], ckpts
+
+
+def load_endpoints(endpoints_dir: Path, seeds) -> tuple[dict, list[dict]]:
+    """The two endpoint checkpoints of the seeds; their specs must match."""
+    ckpts = [endpoint_checkpoint(endpoints_dir / f"seed_{s}" / "model.pt") for s in seeds]
+    names = (f"endpoints seed {seeds[0]}", f"seed {seeds[1]}")
+    return same_architecture(ckpts, names, "retrain them with the same model section")
 
 
 def load_endpoint_files(files, params: Path, prepared: Path) -> tuple[dict, list[dict]]:
     """``curve.endpoint_files``: two checkpoints of the user's own, of one architecture."""
     ckpts = user_checkpoints(files, params, prepared, "curve.endpoint_files", new_head=False)
-    a, b = ckpts
-    if a["spec"] != b["spec"]:
-        raise CheckpointError(
-            f"curve.endpoint_files: {files[0]} and {files[1]} are of different architectures "
-            f"({a['spec']} vs {b['spec']}): a curve joins two networks of the same model"
-        )
-    return a["spec"], ckpts
+    names = (f"curve.endpoint_files: {files[0]}", str(files[1]))
+    return same_architecture(ckpts, names, "a curve joins two networks of the same model")
 
 
 def endpoint_inputs(cfg: CurveConfig, endpoints_dir: Path) -> tuple[Path, ...]:

@@ -22,6 +22,24 @@ def tiny_data():
     return Prepared(info=info, train=train, test=test, val=None)
 
 
+@pytest.fixture(scope="session")
+def curve_eval_workspace(tmp_path_factory):
+    """prepare, two endpoints, a curve and its evaluation on the tiny config, built once for the session
+    (tests read it; those that run a stage in it run it with the same params, so it stays as built)."""
+    from stages import eval_curve, fit_curve, prepare, train_endpoint
+
+    from .stage_utils import build_workspace
+
+    root = tmp_path_factory.mktemp("curve_eval_ws")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    build_workspace(
+        root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,), (eval_curve,)]
+    )
+    mp.undo()
+    return root
+
+
 @pytest.fixture
 def loader_of():
     def make(split, info, batch_size=32, train=False, **kw):

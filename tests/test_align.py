@@ -23,9 +23,9 @@ from modeconn.align import (
 from modeconn.errors import ModeconnError
 from modeconn.metrics import loss_barrier
 from modeconn.models import create_model
-from stages import eval_curve, fit_curve, plane, prepare, train_endpoint
+from stages import eval_curve, plane
 
-from .stage_utils import build_workspace, invoke, tiny_params, write_params
+from .stage_utils import invoke, tiny_params, write_params
 
 # (name, options, input (C, size), permutation groups counted by hand)
 REGISTRY = [
@@ -196,17 +196,10 @@ def test_loss_barrier_against_closed_forms():
         loss_barrier([0.0], [1.0])
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+@pytest.fixture
+def workspace(curve_eval_workspace):
     """prepare, two endpoints and a curve on the tiny config, then eval_curve (read-only for the tests)."""
-    root = tmp_path_factory.mktemp("align_ws")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    build_workspace(
-        root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,), (eval_curve,)]
-    )
-    yield root
-    mp.undo()
+    return curve_eval_workspace
 
 
 def test_eval_curve_writes_the_aligned_segment_and_three_barriers(workspace, monkeypatch):

@@ -14,9 +14,9 @@ from modeconn.curves import Curve
 from modeconn.errors import ModeconnError
 from modeconn.models import create_model
 from modeconn.weights import flat, unflatten
-from stages import eval_curve, fit_curve, path_ensembles, plane, prepare, train_endpoint
+from stages import path_ensembles, plane
 
-from .stage_utils import build_workspace, invoke, tiny_params, write_params
+from .stage_utils import invoke, tiny_params, write_params
 
 
 def three_points(d: int = 50, seed: int = 0):
@@ -94,17 +94,10 @@ def test_a_quadratic_bezier_lies_in_the_plane_longer_curves_do_not():
         assert (dist < 1e-4) == in_plane, f"{kind} with {n} bends: {dist}"
 
 
-@pytest.fixture(scope="module")
-def curve_workspace(tmp_path_factory):
+@pytest.fixture
+def curve_workspace(curve_eval_workspace):
     """prepare, two endpoints, a curve and its evaluation on the tiny config (read-only for the tests)."""
-    root = tmp_path_factory.mktemp("plane_ws")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    build_workspace(
-        root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,), (eval_curve,)]
-    )
-    yield root
-    mp.undo()
+    return curve_eval_workspace
 
 
 @pytest.mark.parametrize("module", [plane, path_ensembles], ids=lambda m: m.__name__)
