@@ -330,6 +330,13 @@ def build(metrics: Path, out: Path, seeds, width: Path | None = None) -> tuple[s
         f"![Ensemble accuracy against training epochs]({rel(metrics / 'compare.png')})",
         "",
     ]
+    if "start_accuracy" in fge:  # the network each FGE run starts from, before any FGE step (paper: ImageNet)
+        L += [
+            f"FGE's start networks, before any FGE step: test accuracy {pct(fge['start_accuracy'])}, NLL "
+            f"{num(fge['start_nll'], 4)} (mean over runs) → the runs' final snapshot ensembles "
+            f"{pct(fge['ensemble_accuracy'])}, NLL {num(fge['ensemble_nll'], 4)}.",
+            "",
+        ]
     if "swa_accuracy" in fge:  # SWA (Izmailov et al. 2018): each FGE run's snapshots averaged into one network
         L += [
             f"SWA: each FGE run's snapshots averaged into one network, BatchNorm recalibrated: test accuracy "

@@ -264,7 +264,7 @@ def test_imagenet_preset_is_the_papers_fge_run(params_file):
     raw = preset._plain(preset.load_preset(IMAGENET))
     assert raw["model"] == {"name": "torchvision/resnet50", "args": {}}
     fg = raw["fge"]
-    assert fg["epochs"] == 5 and fg["start_files"] == ["data/user/resnet50.pth"] and fg["cycle"] == 2
+    assert fg["epochs"] == 5 and fg["start_files"] == ["checkpoints/resnet50.pth"] and fg["cycle"] == 2
     folder = raw["data"]["imagefolder"]
     assert raw["data"]["name"] == "imagefolder" and (folder["size"], folder["resize"]) == (224, 256)
     assert "23.87%" in preset_path_text(IMAGENET) and "23.31%" in preset_path_text(IMAGENET)
@@ -292,14 +292,14 @@ def test_imagenet_preset_runs_on_a_tiny_image_folder(tmp_path, monkeypatch):
     r = apply(IMAGENET, Path("params.yaml"))
     assert r.exit_code == 0, r.output
     p = load(Path("params.yaml"))
-    assert p["fge"]["start_files"] == ["data/user/resnet50.pth"] and p["model"]["name"] == "torchvision/resnet50"
+    assert p["fge"]["start_files"] == ["checkpoints/resnet50.pth"] and p["model"]["name"] == "torchvision/resnet50"
     import torch
 
     from modeconn.models import create_model
 
-    Path("data/user").mkdir(parents=True)
+    Path("checkpoints").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    torch.save(create_model("torchvision/resnet18", 1000).state_dict(), "data/user/resnet50.pth")
+    torch.save(create_model("torchvision/resnet18", 1000).state_dict(), "checkpoints/resnet50.pth")
     p["model"]["name"] = "torchvision/resnet18"  # small enough for a CPU test
     p["data"]["imagefolder"].update(size=32, resize=36, max_per_class=0)
     p["data"]["val_size"] = 3

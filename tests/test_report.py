@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -73,6 +74,8 @@ def test_report_links_every_source_and_each_link_exists(run):
         assert section in text, section
     assert "±" in text and "| FGE |" in text and "synthetic" in text and "cpu" in text
     assert "| SWA (FGE snapshots averaged) |" in text and "ECE %" in text and "SWA: each FGE run" in text
+    start = json.loads((run / "metrics/fge.json").read_text())["start_accuracy"]  # FGE's start networks
+    assert f"FGE's start networks, before any FGE step: test accuracy {100 * start:.2f}%" in text
 
 
 def test_report_names_a_missing_file_and_its_stage(run, tmp_path, monkeypatch):

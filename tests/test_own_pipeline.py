@@ -1,0 +1,226 @@
+"""The own/ pipeline (your own model, data and checkpoints): its stages list the code, params and outputs of the
+root pipeline's same stages; `dvc repro` in own/ on a tiny image folder joins two checkpoints of the user's own
+(a plain state dict and a modeconn checkpoint) and runs FGE from one, then reruns nothing. And FGE's start
+network: each run's network measured before any FGE step (modeconn.fge.start_scores / start_summary)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from modeconn import ensemble, schedules
+from modeconn.data import Loader, load_prepared
+from modeconn.fge import RunPlan, cycle_iterations, fge_schedule, start_scores, start_summary, train_runs
+from modeconn.io import save_checkpoint
+from modeconn.models import from_spec, model_spec
+from modeconn.train import make_sgd, predict
+
+from .stage_utils import ROOT, TINY
+from .test_pipeline import ran, run
+
+OWN_STAGES = {"prepare", "fit_curve", "eval_curve", "fge"}
+
+
+def _stages(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())["stages"]
+
+
+def _names(entries) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
+# ------------------------------------------------------------------ own/dvc.yaml against dvc.yaml
+
+
+def test_own_stages_list_what_the_root_stages_list():
+    """Each own/ stage reads the code the root's same stage reads (paths from own/), the user's checkpoints
+    instead of data/endpoints, the image folder (prepare), and ``model`` beside the root's params where a plain
+    state dict is loaded into it; its outputs, metrics and plots are the root's."""
+    root, own = _stages(ROOT / "dvc.yaml"), _stages(ROOT / "own" / "dvc.yaml")
+    assert set(own) == OWN_STAGES
+    local = ("data/", "metrics/")
+    for name in OWN_STAGES:
+        r, o = root[name], own[name]
+        want = [d if d.startswith(local) else f"../{d}" for d in r["deps"]]
+        want = ["checkpoints" if d == "data/endpoints" else d for d in want]
+        if name == "prepare":
+            want = ["${data.imagefolder.root}", *want]
+        assert sorted(o["deps"]) == sorted(want), name
+        extra = ["model"] if name in ("fit_curve", "fge") else []
+        assert o["params"] == extra + r["params"], name
+        for key in ("outs", "metrics", "plots"):
+            assert o.get(key) == r.get(key), (name, key)
+        assert o["cmd"].startswith("PYTHONPATH=.. python -m stages."), name  # the project's stages, from own/
+
+
+# ------------------------------------------------------------------ FGE: the network a run starts from
+
+
+def _tiny_runs(epochs: int = 1):
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 5), torch.randint(0, 3, (48,))
+    test_x, test_y = torch.randn(30, 5), torch.randint(0, 3, (30,))
+    val_x, val_y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    train_b = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 48, 8)]
+    train_b = type("B", (list,), {"generator": torch.Generator()})(train_b)
+    test_b, val_b = [(test_x, test_y)], [(val_x, val_y)]
+
+    def plan(seed: int) -> RunPlan:
+        def make():
+            torch.manual_seed(seed)
+            model = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3))
+            lr_at, is_snap = fge_schedule(2, 0.5, 0.05)
+            return model, make_sgd(model.parameters(), 0.5, 0.9, 0.0), train_b, lr_at, is_snap
+
+        return RunPlan(seed, 3, make)
+
+    return [plan(0), plan(1)], test_b, test_y, val_b, val_y
+
+
+def test_fge_runs_record_their_start_network_before_any_step():
+    plans, test_b, test_y, val_b, val_y = _tiny_runs()
+    records, _ = train_runs(plans, 1, test_b, test_y, val_batches=val_b, val_labels=val_y, evaluate_start=True)
+    for plan, rec in zip(plans, records):
+        model = plan.make()[0].eval()  # the same network, untrained: evaluated here by hand
+        with torch.no_grad():
+            lp = torch.log_softmax(model(test_b[0][0]), 1)
+            val_lp = torch.log_softmax(model(val_b[0][0]), 1)
+        start = rec["start"]
+        assert start["accuracy"] == pytest.approx((lp.argmax(1) == test_y).float().mean().item())
+        assert start["nll"] == pytest.approx(nn.functional.nll_loss(lp, test_y).item(), rel=1e-5)
+        assert start["val_accuracy"] == pytest.approx((val_lp.argmax(1) == val_y).float().mean().item())
+        assert start["val_nll"] == pytest.approx(nn.functional.nll_loss(val_lp, val_y).item(), rel=1e-5)
+        first = rec["snapshots"][0]["logprobs"]  # after FGE steps at lr 0.5: another network
+        assert not torch.allclose(first, lp)
+    summary = start_summary(records)
+    for key in ("accuracy", "nll", "ece", "val_accuracy", "val_nll"):
+        assert summary[f"start_{key}"] == pytest.approx((records[0]["start"][key] + records[1]["start"][key]) / 2)
+    off, _ = train_runs(plans, 1, test_b, test_y)  # off by default (SSE starts from scratch)
+    assert "start" not in off[0] and start_summary(off) == {}
+
+
+def test_start_scores_leave_the_model_training_and_skip_val_without_labels():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).train()
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    s = start_scores(model, [(x, y)], y)
+    assert model.training and set(s) == {"accuracy", "nll", "ece"}
+    assert start_summary([{"start": {"accuracy": 0.5, "nll": 1.0}}, {"start": None}]) == {
+        "start_accuracy": 0.5,
+        "start_nll": 1.0,
+    }
+
+
+# ------------------------------------------------------------------ `dvc repro` in own/
+
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+SIZE = 16
+ARGS = {"width": 4, "fc_width": 16, "batch_norm": True}
+
+
+def _image_folder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for c, colour in enumerate(COLOURS):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def _own_params() -> dict:
+    p = copy.deepcopy(TINY)
+    p["data"] = {
+        "name": "imagefolder",
+        "raw_dir": "data/raw",
+        "val_size": 6,
+        "augment": "none",
+        "seed": 0,
+        "download": False,
+        "imagefolder": {"root": "data/raw/mine", "size": SIZE},
+    }
+    p["model"] = {"name": "convfc", "args": ARGS}
+    p["curve"].update(epochs=1, batch_size=6, endpoint_files=["checkpoints/a.pt", "checkpoints/b.pt"])
+    p["fge"].update(start_files=["checkpoints/a.pt"], start_epoch=1, epochs=2, cycle=0.5, batch_size=6)
+    p["eval"].update(train_samples=0)
+    return p
+
+
+@pytest.mark.slow
+def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
+    repo = tmp_path / "repo"
+    for name in ("modeconn", "stages", "own"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for stale in ("data", "metrics", "dvc.lock"):  # anything a run in the working tree left in own/
+        path = repo / "own" / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
+    own = repo / "own"
+    (own / "params.yaml").write_text(yaml.safe_dump(_own_params(), sort_keys=False))
+    _image_folder(own / "data/raw/mine")
+    spec = model_spec("convfc", 3, 3, SIZE, ARGS)  # what the model section builds on this data
+    torch.manual_seed(10)
+    a = from_spec(spec).state_dict()
+    torch.save(a, own / "checkpoints/a.pt")  # a plain state dict
+    torch.manual_seed(11)
+    b = from_spec(spec).state_dict()
+    save_checkpoint(own / "checkpoints/b.pt", spec, b)  # a modeconn checkpoint
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "test@modeconn"], repo)
+    run(["git", "config", "user.name", "modeconn test"], repo)
+    run(dvc + ["init", "-q"], repo)
+    run(dvc + ["config", "core.analytics", "false"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "own project"], repo)
+
+    assert ran(run(dvc + ["repro"], own)) == OWN_STAGES
+    lock = (own / "dvc.lock").read_text()
+    assert "../modeconn/fge.py" in lock and "checkpoints" in lock
+
+    # The curve joins the two files: its ends are their weights.
+    from modeconn.curves import load_curve
+
+    curve, blob = load_curve(own / "data/curve/curve.pt", from_spec)
+    assert blob["endpoints"] == ["checkpoints/a.pt", "checkpoints/b.pt"] and blob["spec"] == spec
+    for t, w in ((0.0, a), (1.0, b)):
+        state = curve.state_at(t)
+        for k, v in w.items():
+            if v.is_floating_point() and "running" not in k:
+                assert torch.equal(state[k], v), (t, k)
+    assert json.loads((own / "metrics/curve.json").read_text())["curve"]["test_error"]["max"] <= 1
+
+    # FGE from the start file: its snapshots, and the start network's test accuracy/NLL measured before any step.
+    snaps = torch.load(own / "data/fge/snapshots.pt", weights_only=True)
+    (record,) = snaps["runs"]
+    cycle = cycle_iterations(0.5, 18 // 6)  # 18 training images in batches of 6: 3 iterations per epoch
+    want = [i for i in range(1, 2 * 3 + 1) if schedules.fge_is_snapshot(i, cycle)]
+    assert [s["iteration"] for s in record["snapshots"]] == want and record["cost"] == 3
+    data = load_prepared(own / "data/prepared", "cpu")
+    assert data.info.num_classes == 3 and data.info.channels == 3 and data.val is not None
+    net = from_spec(spec)
+    net.load_state_dict(a)
+    lp, y = predict(net.eval(), Loader(data.test, data.info, 64, train=False))
+    metrics = json.loads((own / "metrics/fge.json").read_text())
+    assert metrics["start_accuracy"] == pytest.approx(ensemble.accuracy(lp, y))
+    assert metrics["start_nll"] == pytest.approx(ensemble.nll(lp, y), rel=1e-5)
+    assert "start_val_accuracy" in metrics and "swa_accuracy" in metrics
+    info = json.loads((own / "metrics/fge.run.json").read_text())
+    assert info["start"]["0"]["accuracy"] == metrics["start_accuracy"]
+
+    # Nothing changed: nothing reruns; a file added to checkpoints/ reruns the stages that read it, not prepare.
+    assert ran(run(dvc + ["repro"], own)) == set()
+    torch.manual_seed(12)
+    torch.save(from_spec(spec).state_dict(), own / "checkpoints/c.pt")
+    again = ran(run(dvc + ["repro"], own))
+    assert {"fit_curve", "fge"} <= again and "prepare" not in again
