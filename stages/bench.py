@@ -593,6 +593,29 @@ def bends(curve: Curve) -> list[nn.Parameter]:
     return [p for p in curve.parameters() if p.requires_grad]
 
 
+def curve_training(
+    curve: Curve,
+    wd: float,
+    lr: float,
+    momentum: float,
+    seed: int,
+    batches: Batches,
+    runtime: Runtime,
+    what: str,
+    warmup: int = WARMUP,
+) -> Trainer:
+    """Curve training as fit_curve does it: only the bends train (SGD without weight decay), wd acts on φ_θ(t)."""
+    return Trainer(
+        curve_loss(curve, wd, torch.Generator().manual_seed(seed)),
+        make_sgd(bends(curve), lr, momentum, 0.0),
+        batches,
+        runtime,
+        curve.template,
+        what,
+        warmup=warmup,
+    )
+
+
 def release(runtime: Runtime) -> None:
     """Free what the last phase left (its networks and data), so the next section's peak is its own."""
     gc.collect()
@@ -674,13 +697,8 @@ def measure_default(
     start, end = fresh(settings.seed + 1).state_dict(), fresh(settings.seed + 2).state_dict()
     curve = runtime.prepare(Curve(build(model_cfg, info), start, end, kind, num_bends))
     watch(curve.template)
-    curve_trainer = Trainer(
-        curve_loss(curve, wd, torch.Generator().manual_seed(settings.seed)),
-        make_sgd(bends(curve), curve_lr, momentum, 0.0),
-        train_loader(),
-        runtime,
-        curve.template,
-        "curve training",
+    curve_trainer = curve_training(
+        curve, wd, curve_lr, momentum, settings.seed, train_loader(), runtime, "curve training"
     )
     bn_model, bn_name = build_bn(model_cfg, info)
     bn_model = watch(runtime.prepare(bn_model))
@@ -689,7 +707,7 @@ def measure_default(
     )
     eval_loader = Loader(data.test, info, EVAL_BATCH, train=False, channels_last=channels_last)
     # The other memory layout, same initialisation and data, timed in the same rounds: the measurement behind
-    # the runtime's layout rule (modeconn.runtime.default_channels_last). Not probed: it is off-runtime on purpose.
+    # the runtime's layout default (README "Speed"). Not probed: it runs off the runtime on purpose.
     other = dataclasses.replace(runtime, channels_last=not channels_last)
     torch.manual_seed(settings.seed)
     other_model = other.prepare(build(model_cfg, info))
@@ -878,14 +896,16 @@ def measure_paper(
     start, end = fresh(PAPER_MODEL, settings.seed + 1).state_dict(), fresh(PAPER_MODEL, settings.seed + 2).state_dict()
     curve = runtime.prepare(Curve(fresh(PAPER_MODEL, settings.seed), start, end, PAPER_CURVE, PAPER_BENDS))
     watch(curve.template)
-    curve_trainer = Trainer(
-        curve_loss(curve, PAPER_WD, torch.Generator().manual_seed(settings.seed)),
-        make_sgd(bends(curve), PAPER_CURVE_LR, PAPER_MOMENTUM, 0.0),
+    curve_trainer = curve_training(
+        curve,
+        PAPER_WD,
+        PAPER_CURVE_LR,
+        PAPER_MOMENTUM,
+        settings.seed,
         train_loader(),
         runtime,
-        curve.template,
         f"{PAPER_MODEL} curve training",
-        warmup=warmup,
+        warmup,
     )
     del start, end
     # The evaluation point: the middle of a VGG16-BN curve (BN recalibration is a no-op on VGG16).

@@ -16,6 +16,8 @@ import inspect
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 import typing
@@ -24,15 +26,28 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from modeconn.data import EVAL_BATCH, EvalBatches, Loader, Prepared, eval_batches, load_prepared
+from modeconn.data import EVAL_BATCH, EvalBatches, Loader, Prepared, eval_batches, load_prepared, read_info
 from modeconn.errors import CheckpointError, ConfigError, ModeconnError
 from modeconn.io import atomic_write_json, atomic_write_text, load_checkpoint
-from modeconn.resume import Preempted, ResumeState, digest, fingerprint
+from modeconn.models import from_spec, load_weights, read_weights
+from modeconn.resume import (
+    Preempted,
+    ResumeState,
+    StaleState,
+    digest,
+    discard_loaded,
+    fingerprint,
+    rng_state,
+    set_rng_state,
+)
 from modeconn.runtime import Runtime
+
+from .config import read_sections
 
 console = Console(stderr=True, soft_wrap=True)  # long summary lines are not cut at 80 columns in logs
 log = logging.getLogger("modeconn")
@@ -40,7 +55,7 @@ log = logging.getLogger("modeconn")
 PARAMS = Path("params.yaml")
 RESUME_DIR = Path(".modeconn/resume")
 NPROC_ENV = "MODECONN_NPROC"  # processes per training stage; a setting of the machine, not a param
-FAULT_ENV = "MODECONN_FAULT_RANK"  # a drill: that rank raises at start, as a failing process would
+FAULT_ENV = "MODECONN_FAULT_RANK"  # a drill: R (rank R raises at start) or R:I (at its I-th training step)
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on purpose after saving its state; rerun to continue
 PREPARED = Path("data/prepared")
 ENDPOINTS = Path("data/endpoints")
@@ -139,9 +154,15 @@ def stage_app(main: Callable[..., None], data_parallel: bool = False) -> typer.T
                 return
             runtime = runtime_of(*(kwargs.pop(k) for k in ("device", "precision", "channels_last")))
             try:
-                if os.environ.get(FAULT_ENV) == str(runtime.rank):
+                if fault_step(runtime) == 0:
                     raise ModeconnError(f"fault injected on rank {runtime.rank} ({FAULT_ENV}), as a drill")
-                main(**kwargs, runtime=runtime)
+                rng = rng_state()
+                try:
+                    main(**kwargs, runtime=runtime)
+                except StaleState as exc:  # a resume state that does not fit (another code version)
+                    discard_loaded(exc)  # warned and deleted: the run starts over, as if never saved
+                    set_rng_state(rng)
+                    main(**kwargs, runtime=runtime)
             finally:
                 runtime.close()
 
@@ -171,10 +192,48 @@ def processes() -> int:
     return int(value)
 
 
+def fault_step(runtime: Runtime) -> int | None:
+    """$MODECONN_FAULT_RANK, a failure drill for this process: 0 (raise at start), I (raise at its I-th
+    training step, inside the training loop while the other ranks wait in the gradient all-reduce), or None
+    (not this rank, or no drill). The value is ``R`` or ``R:I``."""
+    value = os.environ.get(FAULT_ENV, "")
+    if not value:
+        return None
+    rank, _, step = value.partition(":")
+    if not rank.isdigit() or (step and not step.isdigit()):
+        raise ConfigError(f"{FAULT_ENV}={value!r}: use RANK (fail at start) or RANK:ITERATION, e.g. 1 or 1:5")
+    return int(step or 0) if int(rank) == runtime.rank else None
+
+
+class _FaultyBatches:
+    """A training loader that raises at this process's ``step``-th batch (counted over epochs): the drill of
+    $MODECONN_FAULT_RANK=R:I. Everything else is the loader's."""
+
+    def __init__(self, loader: Loader, rank: int, step: int):
+        self._loader, self._rank, self._step, self._drawn = loader, rank, step, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self._loader:
+            self._drawn += 1
+            if self._drawn == self._step:
+                raise ModeconnError(
+                    f"fault injected on rank {self._rank} at training step {self._step} ({FAULT_ENV}), as a drill"
+                )
+            yield batch
+
+
 def launch(module: str, nproc: int) -> int:
     """Run this command again under ``torchrun --standalone --nproc-per-node nproc``; its exit code.
 
-    torchrun starts the processes, joins them, and ends them all when one fails."""
+    torchrun starts the processes, joins them, and ends them all when one fails (raises, or is killed). Its
+    output passes through; on a failure the last line names the rank that failed first and how (torchrun's
+    "Root Cause" record), so that the one line a log reader looks at says which process to read above."""
     cmd = [
         sys.executable,
         "-m",
@@ -186,19 +245,44 @@ def launch(module: str, nproc: int) -> int:
         *sys.argv[1:],
     ]
     log.info("starting %d processes: %s", nproc, " ".join(cmd[1:]))
-    code = subprocess.call(cmd)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
+    seen: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # until torchrun and every rank have closed it
+        sys.stderr.write(line)
+        seen.append(line)
+    code = proc.wait()
     if code:
         console.print(
-            f"[bold red]error:[/] the {nproc}-process run of {module} failed (torchrun exit code {code}); "
-            "the failing rank's message is above. Nothing was written.",
+            f"[bold red]error:[/] the {nproc}-process run of {module} failed{failed_rank(''.join(seen))} "
+            f"(torchrun exit code {code}); the failing rank's message is above. Nothing was written.",
             highlight=False,
         )
     return code
 
 
+def failed_rank(torchrun_output: str) -> str:
+    """ ", rank R exited with code C" (or "was killed by SIGKILL") from torchrun's Root Cause record; "" if none."""
+    _, found, cause = torchrun_output.rpartition("Root Cause")
+    rank = re.search(r"rank\s*:\s*(\d+)", cause) if found else None
+    if rank is None:
+        return ""
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", cause)
+    exit_code = int(code.group(1)) if code else None
+    if exit_code is not None and exit_code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            how = f"was killed by signal {-exit_code}"
+    else:
+        how = f"exited with code {exit_code}" if exit_code is not None else "failed"
+    return f": rank {rank.group(1)} {how} first"
+
+
 def train_loader(data: Prepared, batch_size: int, seed: int, runtime: Runtime) -> Loader:
-    """The shuffled, augmented training batches of a training stage; this process's shard of each under torchrun."""
-    return Loader(
+    """The shuffled, augmented training batches of a training stage; this process's shard of each under torchrun
+    (with the $MODECONN_FAULT_RANK=R:I drill, rank R's raise at its I-th batch)."""
+    loader = Loader(
         data.train,
         data.info,
         batch_size,
@@ -208,6 +292,8 @@ def train_loader(data: Prepared, batch_size: int, seed: int, runtime: Runtime) -
         channels_last=runtime.channels_last,
         shard=runtime.shard,
     )
+    step = fault_step(runtime)
+    return _FaultyBatches(loader, runtime.rank, step) if step else loader  # type: ignore[return-value]
 
 
 def test_loader(data: Prepared, runtime: Runtime, split: str = "test") -> Loader:
@@ -252,18 +338,40 @@ def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path,
 
     The folder is $MODECONN_RESUME_DIR or ``.modeconn/resume`` — outside every DVC output, so a rerun of the
     stage (which deletes its outputs first) finds it.
+
+    The number of processes is part of the key, and a run of N > 1 processes keeps its state in a subfolder
+    ``processes_N`` of its own: N processes agree with one only to float precision (and with BatchNorm on
+    gloo, where each process normalises with its shard, not at all), so continuing a state under another count
+    would break the promise that a resumed run ends where an uninterrupted one does. A state saved by another
+    process count under the same settings is therefore neither used nor deleted: rank 0 warns, naming that
+    count and how to continue it ($MODECONN_NPROC), and this run starts from scratch.
     """
-    folder = Path(os.environ.get("MODECONN_RESUME_DIR", RESUME_DIR)) / run
-    key = fingerprint(
-        run,
-        runtime.device.type,
-        runtime.precision,
-        runtime.channels_last,
-        runtime.world_size,
-        *settings,
-        [digest(p) for p in inputs],
-    )
-    return ResumeState(folder, key, runtime=runtime)
+    root = Path(os.environ.get("MODECONN_RESUME_DIR", RESUME_DIR)) / run
+
+    def key_for(processes: int) -> str:
+        parts = (runtime.device.type, runtime.precision, runtime.channels_last, processes)
+        return fingerprint(run, *parts, *settings, digests)
+
+    def folder_for(processes: int) -> Path:
+        return root if processes == 1 else root / f"processes_{processes}"
+
+    digests = [digest(p) for p in inputs]
+    if runtime.is_main:
+        counts = [1] + sorted(int(d.name.split("_")[1]) for d in root.glob("processes_*") if d.name[10:].isdigit())
+        for n in counts:
+            if n != runtime.world_size and (folder_for(n) / f"{key_for(n)}.pt").is_file():
+                log.warning(
+                    "a resume state of %s saved by %d process(es) is in %s (kept, not used): this run has %d; "
+                    "rerun with %s=%d to continue it",
+                    run,
+                    n,
+                    folder_for(n),
+                    runtime.world_size,
+                    NPROC_ENV,
+                    n,
+                )
+    ws = runtime.world_size
+    return ResumeState(folder_for(ws), key_for(ws), runtime=runtime)
 
 
 def endpoint_checkpoint(path: Path) -> dict:
@@ -363,11 +471,6 @@ def user_checkpoints(paths: typing.Sequence[Path], params: Path, prepared: Path,
     (modeconn.models.load_weights: with ``new_head``, a classifier of another number of classes stays freshly
     initialised). A file that does not fit is a CheckpointError naming ``key`` and the file.
     """
-    from modeconn.data import read_info
-    from modeconn.models import from_spec, load_weights, read_weights
-
-    from .config import read_sections
-
     info = read_info(prepared, hint="Run the prepare stage first (`dvc repro prepare`).")
     ckpts = []
     for path in map(Path, paths):
@@ -397,8 +500,6 @@ def user_checkpoints(paths: typing.Sequence[Path], params: Path, prepared: Path,
 
 def torch_load_plain(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, or a CheckpointError naming the file."""
-    import torch
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on a corrupt or foreign file

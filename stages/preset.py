@@ -162,14 +162,20 @@ def description(name: str) -> str:
     return first.lstrip("#").strip()
 
 
+def read_mapping(path: Path, what: str, expected: str) -> CommentedMap:
+    """The YAML mapping in ``path`` (comments kept), or a ConfigError naming ``what`` and the ``expected`` shape."""
+    try:
+        data = _yaml().load(path.read_text())
+    except YAMLError as exc:
+        raise ConfigError(f"{what} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a mapping of {expected}")
+    return data
+
+
 def load_preset(name: str) -> CommentedMap:
     path = preset_path(name)
-    try:
-        preset = _yaml().load(path.read_text())
-    except YAMLError as exc:
-        raise ConfigError(f"preset {path} is not valid YAML: {exc}") from None
-    if not isinstance(preset, dict):
-        raise ConfigError(f"preset {path} must be a mapping of params.yaml sections")
+    preset = read_mapping(path, f"preset {path}", "params.yaml sections")
     for section, keys in preset.items():
         if section not in SECTIONS:
             raise ConfigError(f"preset {path}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
@@ -282,13 +288,7 @@ def write_validated(path: Path, text: str) -> None:
 def load_params(path: Path) -> CommentedMap:
     if not path.is_file():
         raise ConfigError(f"params file {path} not found: run from the project root or pass --params")
-    try:
-        params = _yaml().load(path.read_text())
-    except YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path} must be a mapping of sections (data, model, train, ...)")
-    return params
+    return read_mapping(path, str(path), "sections (data, model, train, ...)")
 
 
 # ------------------------------------------------------------------ the commands
