@@ -181,8 +181,7 @@ def main(
 ) -> None:
     """Fit a curve between the endpoints curve.endpoints (params: curve)."""
     (cfg,) = read_sections(params, "curve")
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()  # no folder made here: rank 0 creates `out` when it saves (a failed run leaves none)
     result = fit(cfg, prepared, endpoints, out, metrics, log_csv, runtime, params=params)
     if not runtime.is_main:
         return

@@ -2,27 +2,37 @@
 
 2 processes with the same global batch give the weights of 1 process (a model without BatchNorm: gloo has no
 SyncBatchNorm, so there each process would normalise with its own shard's statistics), through the command
-line a user types; a failing rank ends the run at once with its error; a preempted 2-process run resumes.
+line a user types; a failing rank (raising at start or mid-epoch, or killed) ends the run at once with its error
+and writes nothing; a preempted 2-process run resumes, also after a run with another process count. The fast
+tests check that every stage option gets past torchrun's own parser, the fault drill and the batch split.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
+import typer
+from torch.distributed import run as torchrun_cli
 
-from stages import prepare, train_endpoint
+from modeconn.data import DATASETS, Loader, make_synthetic
+from modeconn.errors import ConfigError, ModeconnError
+from modeconn.runtime import Runtime
+from stages import common, prepare, train_endpoint
 
 from .stage_utils import ROOT, invoke, tiny_params, write_params
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 NO_BN = {"name": "convfc", "args": {"width": 4, "fc_width": 16}}
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "MODECONN_PLAIN": "1"}
@@ -54,6 +64,92 @@ def stage_args(name: str, out: str) -> list[str]:
     ]
 
 
+STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if p.stem not in ("__init__", "common", "config"))
+
+
+def stage_options(name: str) -> list[str]:
+    """Every option string (long and short forms) of stage command ``name``."""
+    module = importlib.import_module(f"stages.{name}")
+    if not isinstance(getattr(module, "app", None), typer.Typer):
+        return []
+    command = typer.main.get_command(module.app)
+    return [opt for param in command.params for opt in (*param.opts, *param.secondary_opts) if opt.startswith("-")]
+
+
+def test_every_stage_option_passes_through_torchruns_own_parser():
+    checked = 0
+    for name in STAGES:
+        for opt in stage_options(name):
+            argv = ["--standalone", "--nproc-per-node", "2", "-m", f"stages.{name}", opt, "x"]
+            try:
+                args = torchrun_cli.parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"torchrun's parser takes {opt} of stages.{name} for one of its own")
+            assert args.training_script == f"stages.{name}" and args.training_script_args == [opt, "x"], opt
+            assert args.nproc_per_node == "2" and args.module, opt
+            checked += 1
+    assert checked > 50  # the stages were found
+    with pytest.raises(SystemExit):  # what the check catches: the former --log was ambiguous
+        torchrun_cli.parse_args(["--standalone", "-m", "stages.fit_curve", "--log", "x"])
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_a_clear_error():
+    train, _ = make_synthetic(n_train=64, n_test=8, seed=0)
+    info = DATASETS["synthetic"]
+    with pytest.raises(ConfigError, match="batch_size 31 cannot be split evenly over 2 processes"):
+        Loader(train, info, 31, train=True, drop_last=True, shard=(0, 2))
+    with pytest.raises(ConfigError, match="divisible"):  # a partial last batch would not split either
+        Loader(train, info, 32, train=True, drop_last=False, shard=(1, 2))
+    first = [x for x, _ in Loader(train, info, 32, train=True, drop_last=True, shard=(0, 2))]
+    assert all(x.shape[0] == 16 for x in first)
+
+
+def test_the_fault_drill_takes_a_rank_and_an_iteration(monkeypatch):
+    rank1 = Runtime(world_size=2, rank=1)
+    for value, step0, step1 in (("", None, None), ("1", None, 0), ("1:5", None, 5), ("0:2", 2, None)):
+        monkeypatch.setenv(common.FAULT_ENV, value)
+        assert common.fault_step(Runtime(world_size=2, rank=0)) == step0, value
+        assert common.fault_step(rank1) == step1, value
+    for bad in ("one", "1:x", "1:", "-1"):
+        monkeypatch.setenv(common.FAULT_ENV, bad)
+        if bad == "1:":  # an empty iteration is the start
+            assert common.fault_step(rank1) == 0
+            continue
+        with pytest.raises(ConfigError, match=common.FAULT_ENV):
+            common.fault_step(rank1)
+    batches = common._FaultyBatches(list(range(3)), rank=1, step=5)  # raises at the 5th batch drawn: epoch 2
+    assert list(batches) == [0, 1, 2] and len(batches) == 3
+    with pytest.raises(ModeconnError, match="fault injected on rank 1 at training step 5"):
+        list(batches)
+
+
+def test_the_launcher_names_the_rank_of_torchruns_root_cause():
+    text = "rank 0 ...\nRoot Cause (first observed failure):\n[0]:\n  rank      : 1 (local_rank: 1)\n"
+    assert common.failed_rank(text + "  exitcode  : -9 (pid: 42)\n") == ": rank 1 was killed by SIGKILL first"
+    assert common.failed_rank(text + "  exitcode  : 1 (pid: 42)\n") == ": rank 1 exited with code 1 first"
+    assert common.failed_rank("no summary") == ""
+
+
+def test_a_resume_state_of_another_process_count_is_kept_and_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODECONN_RESUME_DIR", str(tmp_path))
+    common.setup_logging()
+    one = common.resume_state("fit_curve", Runtime(), {"lr": 0.1})
+    one.epoch_done(3, {"x": 1})
+    two = common.resume_state("fit_curve", Runtime(world_size=2, rank=0), {"lr": 0.1})
+    assert two.path.parent == tmp_path / "fit_curve" / "processes_2" and two.key != one.key
+    assert one.path.is_file()  # kept where a 1-process rerun finds it
+    two.epoch_done(1, {"x": 2})
+    records = []
+    monkeypatch.setattr(common.log, "warning", lambda *a: records.append(a[0] % a[1:]))
+    again = common.resume_state("fit_curve", Runtime(), {"lr": 0.1})
+    assert again.key == one.key and again.load()["epoch"] == 3
+    assert len(records) == 1 and "saved by 2 process(es)" in records[0] and "MODECONN_NPROC=2" in records[0]
+    assert two.path.is_file()
+    records.clear()
+    common.resume_state("fit_curve", Runtime(), {"lr": 0.2})  # other settings: nothing to name
+    assert records == []
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
@@ -77,6 +173,7 @@ def assert_close(a: dict, b: dict, what: str) -> None:
         assert torch.allclose(a[k], b[k], **TOLERANCE), f"{what}: {k} differs by {(a[k] - b[k]).abs().max():.3g}"
 
 
+@slow
 def test_two_processes_train_the_endpoint_and_the_curve_of_one(workspace):
     r = torchrun(*stage_args("train_endpoint", "ddp_seed_0"), "--seed", "0", cwd=workspace)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -116,6 +213,7 @@ def test_two_processes_train_the_endpoint_and_the_curve_of_one(workspace):
     )
 
 
+@slow
 def test_a_failing_rank_ends_the_run_with_its_error_and_writes_nothing(workspace):
     env = {**ENV, "MODECONN_FAULT_RANK": "1", "MODECONN_NPROC": "2"}
     start = time.perf_counter()
@@ -148,6 +246,74 @@ def test_a_failing_rank_ends_the_run_with_its_error_and_writes_nothing(workspace
     assert not (workspace / "data/failed").exists() and not (workspace / "metrics/failed.json").exists()
 
 
+def launched(name: str, out: str, *extra: str, env: dict, cwd: Path) -> subprocess.Popen:
+    """Stage ``name`` as dvc.yaml runs it, started by the command itself ($MODECONN_NPROC=2 in ``env``)."""
+    args = stage_args(name, out)[1:]  # without the "-m": python -m stages.<name> ...
+    return subprocess.Popen([sys.executable, "-m", *args, *extra], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def tagged(tag: str) -> dict[int, dict[str, str]]:
+    """pid → environment of the live processes whose environment holds MODECONN_TEST_TAG=tag."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = dict(e.split("=", 1) for e in (proc / "environ").read_text().split("\0") if "=" in e)
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if env.get("MODECONN_TEST_TAG") == tag and state != "Z":
+            found[int(proc.name)] = env
+    return found
+
+
+@slow
+def test_a_rank_failing_mid_epoch_ends_the_curve_run_and_leaves_no_output_folder(workspace):
+    env = {**ENV, "MODECONN_FAULT_RANK": "1:5", "MODECONN_NPROC": "2", "MODECONN_RESUME_DIR": "resume_fault"}
+    start = time.perf_counter()
+    proc = launched("fit_curve", "curve_failed", env=env, cwd=workspace)
+    _, err = proc.communicate(timeout=120)
+    seconds = time.perf_counter() - start
+    assert proc.returncode != 0
+    assert "fault injected on rank 1 at training step 5" in err, err[-3000:]
+    assert "2-process run of stages.fit_curve failed: rank 1 exited with code 1 first" in err, err[-3000:]
+    assert seconds < 60, f"rank 0, waiting in the all-reduce, was left hanging ({seconds:.0f} s)"
+    assert not (workspace / "data/curve_failed").exists(), "a failed run left its output folder"
+    assert not (workspace / "metrics/curve_failed.json").exists()
+
+
+@slow
+def test_a_killed_rank_ends_the_run_and_leaves_no_process(workspace, tmp_path):
+    long = workspace / "params_long.yaml"
+    write_params(tmp_path, tiny_params(model=NO_BN, train__epochs=500))
+    shutil.copy(tmp_path / "params.yaml", long)
+    tag = uuid.uuid4().hex
+    resume = tmp_path / "resume"
+    env = {**ENV, "MODECONN_NPROC": "2", "MODECONN_TEST_TAG": tag, "MODECONN_RESUME_DIR": str(resume)}
+    proc = launched("train_endpoint", "killed", "--seed", "0", "--params", long.name, env=env, cwd=workspace)
+    try:
+        deadline = time.perf_counter() + 120
+        while not list(resume.glob("train_endpoint/seed_0/processes_2/*.pt")):  # mid-run: epoch 1 is saved
+            assert proc.poll() is None and time.perf_counter() < deadline, "the run did not get going"
+            time.sleep(0.2)
+        (victim,) = [pid for pid, e in tagged(tag).items() if e.get("RANK") == "1"]
+        os.kill(victim, signal.SIGKILL)
+        start = time.perf_counter()
+        _, err = proc.communicate(timeout=90)
+        seconds = time.perf_counter() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert seconds < 60, f"the run went on for {seconds:.0f} s after rank 1 was killed"
+    assert "2-process run of stages.train_endpoint failed: rank 1 was killed by SIGKILL first" in err, err[-3000:]
+    assert not (workspace / "data/killed").exists() and not (workspace / "metrics/killed.json").exists()
+    time.sleep(1)
+    assert tagged(tag) == {}, "processes of the run are left"
+
+
+@slow
 def test_a_preempted_two_process_run_resumes(workspace, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(workspace, ws, ignore=shutil.ignore_patterns(".modeconn"))
@@ -155,6 +321,18 @@ def test_a_preempted_two_process_run_resumes(workspace, tmp_path):
     r = torchrun(*args, cwd=ws, env={**ENV, "MODECONN_STOP_AFTER_EPOCHS": "1"})
     assert r.returncode != 0 and "rerun the same command" in r.stderr
     assert not (ws / "data/resumed").exists()
+    # A run with another process count neither uses nor deletes that state, and says so.
+    r = subprocess.run(
+        [sys.executable, *args, "--out", "data/resumed_1", "--metrics", "metrics/resumed_1.json"],
+        cwd=ws,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "saved by 2 process(es)" in r.stderr and "MODECONN_NPROC=2" in r.stderr, r.stderr[-3000:]
+    assert json.loads((ws / "metrics/resumed_1.run.json").read_text())["resumed_after_epoch"] == 0
     r = torchrun(*args, cwd=ws)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((ws / "metrics/resumed.run.json").read_text())["resumed_after_epoch"] == 1
