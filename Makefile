@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: help run test lint format bench data clean-venv
+.PHONY: help run test lint format bench data clean-venv width
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ data:  ## install Fashion-MNIST from Debian's package when it is missing
 run: $(STAMP) data  ## install, then run the whole pipeline (dvc repro)
 	test -d .git || git init -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+
+width: $(STAMP) data  ## install, then run the width experiment (its own pipeline, experiments/width)
+	test -d .git || git init -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro experiments/width/dvc.yaml
 
 test: $(STAMP) lint  ## install, lint (ruff), then run the test suite (pytest)
 	$(BIN)/python -m pytest -q
