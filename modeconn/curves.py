@@ -176,7 +176,10 @@ class Curve(nn.Module):
         The whole step goes through here, so that DistributedDataParallel can wrap a curve."""
         w = self.point(t)  # (P,)
         logits = functional_call(self.template, self.unflat(w), (x,), strict=False)
-        return (logits, torch.dot(w, w)) if l2 else logits
+        if not l2:
+            return logits
+        with torch.autocast(w.device.type, enabled=False):  # ‖φ_θ(t)‖² in float32, as φ_θ(t) itself
+            return logits, torch.dot(w, w)
 
     @torch.no_grad()
     def state_at(self, t: float) -> dict[str, torch.Tensor]:

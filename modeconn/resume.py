@@ -9,7 +9,9 @@ runtime). A rerun with the same fingerprint continues after the last saved
 epoch and, on a CPU, ends bit for bit where an uninterrupted run ends. A
 state saved under other settings is never used: it is deleted when a run
 with a new fingerprint starts. A file that cannot be read, or that is of
-another format, is ignored with a one-line warning. A finished run deletes
+another format, is ignored with a one-line warning; so is one whose content
+does not fit the run (:class:`StaleState`, e.g. from another code version:
+the stage command deletes it and starts the run over). A finished run deletes
 its state.
 
     state = ResumeState(folder, fingerprint(config, digest(input_file), ...))
@@ -49,6 +51,29 @@ STOP_ENV = "MODECONN_STOP_AFTER_EPOCHS"
 
 class Preempted(ModeconnError):
     """The run stopped on purpose after saving its state (a preemption drill); rerun it to continue."""
+
+
+class StaleState(ModeconnError):
+    """A loaded state that does not fit the run (keys it lacks, weights or momentum of other shapes): a file
+    of another code version under the right key. :func:`discard_loaded` deletes it; the run starts over."""
+
+
+class _Saved(dict):
+    """A loaded state: a key it lacks is a :class:`StaleState`, not a KeyError deep inside a stage."""
+
+    def __missing__(self, key: Any) -> Any:
+        raise StaleState(f"it has no {key!r}")
+
+
+_loaded: list[Path] = []  # the state file the last load() of this process returned
+
+
+def discard_loaded(exc: Exception) -> None:
+    """Warn (one line) that the state file last loaded does not fit, and delete it: training starts over."""
+    while _loaded:
+        path = _loaded.pop()
+        log.warning("ignoring resume state %s (%s); starting from scratch", path, str(exc).splitlines()[0][:150])
+        path.unlink(missing_ok=True)
 
 
 def digest(path: Path | str) -> str:
@@ -149,7 +174,9 @@ class ResumeState:
             self.path.unlink(missing_ok=True)
             return None
         log.info("resuming from %s: %d epoch(s) already done", self.path, state["epoch"])
-        return state
+        _loaded[:] = [self.path]
+        # The state and the captures in it (see capture) answer a missing key with StaleState.
+        return _Saved({k: _Saved(v) if type(v) is dict and "module" in v else v for k, v in state.items()})
 
     def epoch_done(self, epoch: int, state: dict) -> None:
         """Save the state at the end of ``epoch`` (atomically, rank 0 only); then stop if asked to."""
@@ -189,8 +216,23 @@ def capture(
 def restore(
     state: dict, module: torch.nn.Module, optimizer: torch.optim.Optimizer, *generators: torch.Generator
 ) -> int:
-    """Load what :func:`capture` saved into the same objects; returns the iteration to continue from."""
-    module.load_state_dict(state["module"])
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"], *generators)
-    return int(state["iteration"])
+    """Load what :func:`capture` saved into the same objects; returns the iteration to continue from.
+
+    A state that does not fit them (missing keys, weights or momentum buffers of other shapes, another number
+    of generators) is a :class:`StaleState`."""
+    try:
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])  # checks the groups' sizes, not the buffers' shapes
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                for name, value in optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                        raise StaleState(
+                            f"optimizer {name} of shape {tuple(value.shape)} for a parameter of {tuple(p.shape)}"
+                        )
+        set_rng_state(state["rng"], *generators)
+        return int(state["iteration"])
+    except StaleState:
+        raise
+    except Exception as exc:  # load_state_dict's RuntimeError, a KeyError or TypeError of another layout
+        raise StaleState(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:150]}") from None

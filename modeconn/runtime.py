@@ -32,6 +32,19 @@ PRECISIONS = ("fp32", "bf16")
 AUTO = "auto"
 
 
+def as_channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A 4-D ``t`` with channels_last (NHWC) strides; other tensors unchanged.
+
+    Also where NCHW and NHWC hold the same bytes (one channel, as in Fashion-MNIST's images and the first
+    conv's weights): ``t.contiguous(memory_format=torch.channels_last)`` returns such a tensor as it is, with
+    NCHW strides, and a convolution fed it picks its NCHW kernel and hands NCHW on to the next layer. A copy
+    with explicit channels_last strides makes the whole network run channels_last.
+    """
+    if t.dim() != 4 or (t.is_contiguous(memory_format=torch.channels_last) and t.stride(1) == 1):
+        return t
+    return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
+
+
 def resolve_device(name: str | None = AUTO) -> torch.device:
     """``auto`` → CUDA if available, else CPU. Any torch device string otherwise."""
     if name in (None, "", AUTO):
@@ -173,7 +186,7 @@ class Runtime:
         """
         module = module.to(self.device)
         if self.channels_last:
-            module._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
+            module._apply(as_channels_last)
             for m in module.modules():  # modules that keep weights in their own storage (a Curve) relayout it
                 if hasattr(m, "use_channels_last"):
                     m.use_channels_last()
@@ -181,7 +194,7 @@ class Runtime:
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """An input batch in this runtime's memory layout."""
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+        return as_channels_last(x) if self.channels_last else x
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

@@ -25,6 +25,7 @@ from stages import (
     sse,
     train_endpoint,
 )
+from stages.common import PREEMPTED_EXIT
 from stages.config import SECTIONS, read_sections
 
 from .stage_utils import ROOT, invoke
@@ -230,10 +231,27 @@ STEPS = [  # (stage, its arguments, its main output), in dvc.yaml's order
 ]
 
 
+RESUMES = {  # the training stages' run files; resumed (2 epochs, stopped after 1) for RESUMED only
+    "train_endpoint": "metrics/endpoints/seed_{seed}.run.json",
+    "fit_curve": "metrics/curve_train.run.json",
+    "fge": "metrics/fge.run.json",
+    "sse": "metrics/sse.run.json",
+}
+RESUMED = "vgg16-cifar10"  # one preset: resuming every preset would double this (slow) test's time
+
+
+def two_epochs(p: dict) -> None:
+    p["train"].update(epochs=2, save_epochs=[1])
+    p["curve"].update(epochs=2)
+    p["fge"].update(start_epoch=1, epochs=2)
+    p["sse"].update(epochs=2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_preset_runs_every_stage_with_gpu_settings_on_cpu(name, tmp_path, monkeypatch):
-    """VGG-16, PreResNet-164 and WRN-28-10 through every stage under bf16 autocast and channels_last."""
+    """VGG-16, PreResNet-164 and WRN-28-10 through every stage under bf16 autocast and channels_last; for
+    RESUMED, each training stage is stopped after its first epoch (MODECONN_STOP_AFTER_EPOCHS) and resumed."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "params.yaml", "params.yaml")
     r = apply(name, Path("params.yaml"))
@@ -241,6 +259,8 @@ def test_preset_runs_every_stage_with_gpu_settings_on_cpu(name, tmp_path, monkey
     applied = load(Path("params.yaml"))
     num_classes = 100 if applied["data"]["name"] == "cifar100" else 10
     small = shrink_for_cpu(applied, num_classes)
+    if name == RESUMED:
+        two_epochs(small)
     Path("params.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
     assert (small["model"]["name"], small["model"]["args"]) == PRESETS[name][1:]
     timings = {}
@@ -248,10 +268,18 @@ def test_preset_runs_every_stage_with_gpu_settings_on_cpu(name, tmp_path, monkey
         stage = module.__name__.rsplit(".", 1)[-1]
         runtime = () if stage in ("prepare", "compare") else GPU_SETTINGS
         t0 = time.perf_counter()
+        if name == RESUMED and stage in RESUMES:
+            monkeypatch.setenv("MODECONN_STOP_AFTER_EPOCHS", "1")
+            r = invoke(module, *args, *runtime)
+            assert r.exit_code == PREEMPTED_EXIT, f"{stage} {args} not stopped after epoch 1: {r.output}"
+            monkeypatch.delenv("MODECONN_STOP_AFTER_EPOCHS")
         r = invoke(module, *args, *runtime)
         timings[f"{stage} {' '.join(map(str, args))}".strip()] = round(time.perf_counter() - t0, 1)
         assert r.exit_code == 0, f"{stage} {args}: {r.output}"
         assert Path(output).is_file(), f"{stage} did not write {output}"
+        if name == RESUMED and stage in RESUMES:
+            run = json.loads(Path(RESUMES[stage].format(seed=args[-1] if args else 0)).read_text())
+            assert run["resumed_after_epoch"] == 1, f"{stage} {args} did not resume: {run}"
     run = json.loads(Path("metrics/endpoints/seed_0.run.json").read_text())
     assert (run["precision"], run["channels_last"]) == ("bf16", True)
     print(f"{name}: {timings}")

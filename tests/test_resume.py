@@ -189,3 +189,40 @@ def test_kill_9_then_rerun_trains_only_the_missing_epochs(tmp_path):
         ["metrics/endpoints/seed_0.csv"],
     )
     assert not folder.exists()
+
+
+def tamper_module(state: dict) -> None:
+    name = next(k for k, v in state["module"].items() if v.dim() == 4)
+    state["module"][name] = torch.zeros(2, 2, 2, 2)  # a conv weight of another shape
+
+
+def tamper_momentum(state: dict) -> None:
+    buffers = state["optimizer"]["state"]
+    buffers[0]["momentum_buffer"] = torch.zeros(3)  # momentum of another shape (load_state_dict takes it)
+
+
+def drop_rows(state: dict) -> None:
+    del state["rows"]  # a key the stage reads after restore
+
+
+@pytest.mark.parametrize("tamper", [tamper_module, tamper_momentum, drop_rows])
+def test_a_state_of_another_version_is_ignored_with_a_warning(tamper, base, tmp_path, monkeypatch):
+    """Right format, key and epoch, wrong content (as from another code version): one warning, the file
+    deleted, and the stage trains from scratch — ending exactly where an uninterrupted run ends."""
+    ws = copy_of(base, tmp_path / "ws")
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("MODECONN_STOP_AFTER_EPOCHS", "1")
+    assert invoke(train_endpoint, "--seed", 0, "--device", "cpu").exit_code == PREEMPTED_EXIT
+    (path,) = (ws / ".modeconn/resume/train_endpoint/seed_0").glob("*.pt")
+    state = torch.load(path, weights_only=True)
+    tamper(state)
+    torch.save(state, path)
+    monkeypatch.delenv("MODECONN_STOP_AFTER_EPOCHS")
+    r = invoke(train_endpoint, "--seed", 0, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    warnings = [line for line in r.output.splitlines() if "ignoring resume state" in line]
+    assert len(warnings) == 1 and "starting from scratch" in warnings[0] and "Traceback" not in r.output, r.output
+    assert json.loads((ws / "metrics/endpoints/seed_0.run.json").read_text())["resumed_after_epoch"] == 0
+    assert f"train_endpoint seed 0 1/{PARAMS['train']['epochs']}" in r.output  # every epoch trained again
+    same_outputs(base, ws, ["data/endpoints/seed_0/model.pt"], [], ["metrics/endpoints/seed_0.csv"])
+    assert not path.exists()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from modeconn.errors import ConfigError
+from modeconn.runtime import as_channels_last
 
 from .prepared import Prepared
 from .raw import AUGMENTATIONS, DatasetInfo, Split, check_split
@@ -128,7 +129,7 @@ class Loader:
                 x = random_flip(x, flips[sl])
             x = (x.float() - self._shift) * self._scale  # float32 (B, C, H, W)
             if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = as_channels_last(x)  # explicit NHWC strides, also for one channel
             yield x, y
 
 
