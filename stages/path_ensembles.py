@@ -49,8 +49,9 @@ PATHS = ("curve", "segment", "random")
 SUMMARY_T = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
-def load_path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """eval_curve's t grid [P], test log-probs per path [P, N, K], and the test labels [N]."""
+def load_path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict]:
+    """eval_curve's t grid [P], test log-probs per path [P, N, K], the test labels [N], and the validation
+    log-probs per path [P, N_val, K] (empty where the run has no validation split)."""
     hint = "Run `dvc repro eval_curve` to create it."
     blobs = {name: load_file(curve_eval / f"{name}.pt", f"{name} evaluation", hint) for name in ("curve", "segment")}
     for name, blob in blobs.items():
@@ -61,7 +62,8 @@ def load_path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, tor
         raise CheckpointError(
             f"{curve_eval}: curve.pt and segment.pt are of different t grids or test sets: rerun `dvc repro eval_curve`"
         )
-    return c["t"].double(), {"curve": c["logprobs"], "segment": s["logprobs"]}, c["labels"]
+    val = {name: b["val_logprobs"] for name, b in blobs.items() if b.get("val_logprobs") is not None}
+    return c["t"].double(), {"curve": c["logprobs"], "segment": s["logprobs"]}, c["labels"], val
 
 
 def run(
@@ -73,7 +75,7 @@ def run(
 ) -> tuple[list[dict], dict, dict]:
     """The rows (one per t), the summary metrics and the run information."""
     seed_everything(cfg.seed)
-    ts, stored, labels = load_path_predictions(curve_eval)
+    ts, stored, labels, stored_val = load_path_predictions(curve_eval)
     curve, blob = load_curve(curve_dir / "curve.pt", from_spec, hint=CURVE_HINT)
     points = curve.control_points()
     like = {k: v[0] for k, v in points.items()}
@@ -88,6 +90,8 @@ def run(
         )
     batches = measurement_batches(data, cfg, runtime)
     start = stored["curve"][0]  # ŵ1's test log-probs (BN recalibrated by eval_curve)
+    val_y = data.val.y.cpu() if data.val is not None and len(stored_val) == 2 else None
+    start_val = stored_val["curve"][0] if val_y is not None else None
     rows = []
     t0 = time.perf_counter()
     log.info(
@@ -98,16 +102,25 @@ def run(
             with torch.no_grad():
                 distance = (flat(curve.weights(t)).double() - w1).norm().item()
             if distance == 0:
-                random_lp = start  # the random point is ŵ1 itself
+                random_lp, random_val = start, start_val  # the random point is ŵ1 itself
             else:
                 forward = at_point(template, unflatten(w1 + distance * direction, like), batches.bn, runtime)
                 random_lp, _ = predict(forward, batches.test, runtime)  # (N, K)
+                random_val = predict(forward, batches.val, runtime)[0] if val_y is not None else None
             members = {"curve": stored["curve"][p], "segment": stored["segment"][p], "random": random_lp}
             row = {"t": t, "distance": distance}
             for name, lp in members.items():
                 row[f"{name}_error"] = ensemble.error(ensemble.combine([start, lp], cfg.ensemble), labels)
             for name, lp in members.items():
                 row[f"{name}_point_error"] = ensemble.error(lp, labels)
+            if val_y is not None:  # the same ensembles on the validation split
+                val_members = {
+                    "curve": stored_val["curve"][p],
+                    "segment": stored_val["segment"][p],
+                    "random": random_val,
+                }
+                for name, lp in val_members.items():
+                    row[f"{name}_val_error"] = ensemble.error(ensemble.combine([start_val, lp], cfg.ensemble), val_y)
             rows.append(row)
             advance(
                 f"t={t:.2f} ensemble error curve {row['curve_error']:.4f} segment {row['segment_error']:.4f} "
@@ -121,6 +134,8 @@ def run(
         "by_t": nearest_t(rows, SUMMARY_T, [f"{name}_error" for name in PATHS]),
         "best": {name: min(r[f"{name}_error"] for r in rows) for name in PATHS},
     }
+    if val_y is not None:
+        summary["best_val"] = {name: min(r[f"{name}_val_error"] for r in rows) for name in PATHS}
     info = {
         "ensemble": cfg.ensemble,
         "direction_seed": cfg.seed,

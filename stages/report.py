@@ -285,6 +285,13 @@ def build(metrics: Path, out: Path, seeds, width: Path | None = None) -> tuple[s
         L.append(
             f"| {row['t']:.2f} | {pct(row['curve_error'])} | {pct(row['segment_error'])} | {pct(row['random_error'])} |"
         )
+    if "best_val" in pe:
+        bv = pe["best_val"]
+        L += [
+            "",
+            f"Best over t on the validation split: curve {pct(bv['curve'])}, segment {pct(bv['segment'])}, "
+            f"random direction {pct(bv['random'])}.",
+        ]
     L += ["", f"![Two-network ensemble error along t]({rel(metrics / 'path_ensembles.png')})", ""]
 
     pts, g, off = pl["points"], pl["grid"], pl["curve_off_plane"]

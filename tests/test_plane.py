@@ -152,6 +152,13 @@ def test_path_ensembles_stage(curve_workspace, monkeypatch):
     assert s["endpoint_error"] == first["curve_point_error"]
     assert s["endpoints_ensemble_error"] == rows[-1]["curve_error"]
     assert (curve_workspace / "metrics/path_ensembles.png").is_file()
+    # The same ensembles on the validation split, from eval_curve's stored validation predictions.
+    val = stored["val_logprobs"]  # (P, N_val, K)
+    val_y = torch.load(curve_workspace / "data/prepared/data.pt", weights_only=True)["val_y"].long()
+    probs = (val[0].exp() + val[1].exp()) / 2
+    assert rows[1]["curve_val_error"] == pytest.approx((probs.argmax(1) != val_y).float().mean().item(), abs=1e-6)
+    assert first["curve_val_error"] == first["random_val_error"] == first["segment_val_error"]
+    assert s["best_val"]["curve"] == min(r["curve_val_error"] for r in rows)
 
 
 def test_plane_errors_for_people(curve_workspace, tmp_path, monkeypatch):
