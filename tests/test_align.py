@@ -230,7 +230,9 @@ def test_eval_curve_writes_the_aligned_segment_and_three_barriers(workspace, mon
     assert json.loads((workspace / "metrics/curve.run.json").read_text())["align"] is True
 
 
-@pytest.mark.parametrize("layout", [[], ["--channels-last", "1"]], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize(
+    "layout", [["--channels-last", "0"], ["--channels-last", "1"]], ids=["contiguous", "channels_last"]
+)
 def test_eval_curve_on_a_permuted_copy_has_a_flat_aligned_segment(workspace, tmp_path, monkeypatch, layout):
     """Endpoints ŵ1 and π(ŵ1): the plain segment crosses a barrier, the aligned one is a single point (also
     with the curve's conv weights laid out channels_last, as on a GPU)."""
