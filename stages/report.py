@@ -99,7 +99,7 @@ def headline(ends: dict, cur: dict, cmp: dict) -> dict:
         "curve_max_test_error": cur["curve"]["test_error"]["max"],
         "segment_max_test_error": cur["segment"]["test_error"]["max"],
         "length_ratio": cur["length"]["ratio"],
-        "test_error_1B": {m: at_1b[m]["test_error"] for m in ("ind", "sse", "fge") if at_1b.get(m, {}).get("members")},
+        "test_error_1B": {m: r["test_error"] for m, r in at_1b.items() if isinstance(r, dict) and r.get("members")},
         "val_error_1B": {
             m: r["val_error"]
             for m, r in cmp.get("val", {}).get("1B", {}).items()

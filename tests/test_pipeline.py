@@ -106,6 +106,9 @@ def test_repro_then_only_changed_stages_rerun(repo):
     assert json.loads((repo / "metrics/plane.run.json").read_text())["grid_points"] == 3
     headline = json.loads((repo / "metrics/headline.json").read_text())
     assert headline["curve_max_test_error"] == curve["curve"]["test_error"]["max"]
+    compared = json.loads((repo / "metrics/compare.json").read_text())
+    assert set(headline["test_error_1B"]) == set(headline["val_error_1B"]) == {"ind", "sse", "fge", "swa"}
+    assert headline["test_error_1B"]["swa"] == compared["1B"]["swa"]["test_error"]
     assert plane["curve_off_plane"]["max_relative"] < 1e-5  # a 3-bend Bezier lies in the plane
     import pandas as pd
 
