@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import yaml
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
+DVC = str(Path(sys.executable).parent / "dvc")
 
 TINY = {
     "data": {
@@ -113,3 +117,40 @@ def build_workspace(root: Path, steps) -> Path:
         r = invoke(module, *args, *device)
         assert r.exit_code == 0, f"{module.__name__}: {r.output}"
     return root
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment of a dvc or torchrun subprocess in a test: this venv first on PATH, the CPU, one thread."""
+    return dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        MODECONN_DEVICE="cpu",
+        PYTHONDONTWRITEBYTECODE="1",
+        OMP_NUM_THREADS="1",
+        **extra,
+    )
+
+
+def copy_project(root: Path, names) -> None:
+    """The project's files and folders ``names`` into ``root`` (without byte code)."""
+    for name in names:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(src, root / name)
+
+
+def init_repo(root: Path, run, message: str) -> None:
+    """``root`` as a git repository with DVC initialised and everything in it committed; ``run(cmd, cwd)``
+    runs each command and fails the test when one fails."""
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "test@modeconn"],
+        ["git", "config", "user.name", "modeconn test"],
+        [DVC, "init", "-q"],
+        [DVC, "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", message],
+    ):
+        run(cmd, root)

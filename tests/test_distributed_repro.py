@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from .stage_utils import ROOT, tiny_params, write_params
+from .stage_utils import DVC, copy_project, init_repo, tiny_params, tool_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -30,19 +28,10 @@ COPY = ["modeconn", "stages", "dvc.yaml", ".dvcignore"]
 NO_BN = {"name": "convfc", "args": {"width": 4, "fc_width": 16}}
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # float32 sums in another order, over a few epochs
 TRAINING = {"train_endpoint@0", "train_endpoint@1", "fit_curve", "fge", "sse"}
-DVC = str(Path(sys.executable).parent / "dvc")
 
 
 def start(cmd: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-    environ = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        MODECONN_DEVICE="cpu",
-        MODECONN_PLAIN="1",
-        PYTHONDONTWRITEBYTECODE="1",
-        OMP_NUM_THREADS="1",
-        **env,
-    )
+    environ = tool_env(MODECONN_PLAIN="1", **env)
     return subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -60,24 +49,10 @@ def run(cmd: list[str], cwd: Path, **env: str) -> str:
 def repos(tmp_path_factory) -> tuple[Path, Path]:
     one = tmp_path_factory.mktemp("nproc1") / "repo"
     one.mkdir()
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, one / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy(src, one / name)
+    copy_project(one, COPY)
     write_params(one, tiny_params(model=NO_BN))
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "config", "user.email", "test@modeconn"],
-        ["git", "config", "user.name", "modeconn test"],
-        [DVC, "init", "-q"],
-        [DVC, "config", "core.analytics", "false"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "tiny project"],
-        [DVC, "repro", "prepare"],
-    ):
-        run(cmd, one)
+    init_repo(one, run, "tiny project")
+    run([DVC, "repro", "prepare"], one)
     two = tmp_path_factory.mktemp("nproc2") / "repo"
     shutil.copytree(one, two, symlinks=True)
     return one, two

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from modeconn.io import save_checkpoint
 from modeconn.models import from_spec, model_spec
 from modeconn.train import make_sgd, predict
 
-from .stage_utils import ROOT, TINY
+from .stage_utils import DVC, ROOT, TINY, init_repo
 from .test_pipeline import ran, run
 
 OWN_STAGES = {"prepare", "fit_curve", "eval_curve", "fge"}
@@ -175,14 +174,8 @@ def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
     torch.manual_seed(11)
     b = from_spec(spec).state_dict()
     save_checkpoint(own / "checkpoints/b.pt", spec, b)  # a modeconn checkpoint
-    dvc = [str(Path(sys.executable).parent / "dvc")]
-    run(["git", "init", "-q"], repo)
-    run(["git", "config", "user.email", "test@modeconn"], repo)
-    run(["git", "config", "user.name", "modeconn test"], repo)
-    run(dvc + ["init", "-q"], repo)
-    run(dvc + ["config", "core.analytics", "false"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "own project"], repo)
+    dvc = [DVC]
+    init_repo(repo, run, "own project")
 
     assert ran(run(dvc + ["repro"], own)) == OWN_STAGES
     lock = (own / "dvc.lock").read_text()

@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .stage_utils import ROOT, tiny_params, write_params
+from .stage_utils import DVC, copy_project, init_repo, tiny_params, tool_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +18,7 @@ COPY = ["modeconn", "stages", "dvc.yaml", ".dvcignore"]
 
 
 def run(cmd: list[str], cwd: Path) -> str:
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        MODECONN_DEVICE="cpu",
-        PYTHONDONTWRITEBYTECODE="1",
-        OMP_NUM_THREADS="1",
-    )
+    env = tool_env()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -40,27 +31,15 @@ def ran(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("repo")
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy(src, root / name)
+    copy_project(root, COPY)
     # FGE of 2 epochs from epoch 1 so that the issue's `-S fge.cycle=4` is a valid change below.
     write_params(root, tiny_params(fge__epochs=2, fge__cycle=2))
-    dvc = [str(Path(sys.executable).parent / "dvc")]
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "test@modeconn"], root)
-    run(["git", "config", "user.name", "modeconn test"], root)
-    run(dvc + ["init", "-q"], root)
-    run(dvc + ["config", "core.analytics", "false"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "tiny project"], root)
+    init_repo(root, run, "tiny project")
     return root
 
 
 def test_repro_then_only_changed_stages_rerun(repo):
-    dvc = [str(Path(sys.executable).parent / "dvc")]
+    dvc = [DVC]
     out = run(dvc + ["repro"], repo)
     stages = ran(out)
     assert stages == {

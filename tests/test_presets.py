@@ -259,6 +259,8 @@ def test_preset_runs_every_stage_with_gpu_settings_on_cpu(name, tmp_path, monkey
     applied = load(Path("params.yaml"))
     num_classes = 100 if applied["data"]["name"] == "cifar100" else 10
     small = shrink_for_cpu(applied, num_classes)
+    if name.endswith("-cifar100"):  # the -cifar10 twin of the same architecture runs the weight matching
+        small["eval"]["align"] = False
     if name == RESUMED:
         two_epochs(small)
     Path("params.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
