@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -154,3 +156,29 @@ def init_repo(root: Path, run, message: str) -> None:
         ["git", "commit", "-qm", message],
     ):
         run(cmd, root)
+
+
+def assert_same(a, b, where: str, tolerance: dict | None = None) -> None:
+    """Nested dicts / lists of tensors and numbers equal leaf by leaf: exactly (bit for bit; NaN equals NaN)
+    without ``tolerance``, floating-point tensors and floats within ``tolerance`` (rtol, atol) with it."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, where
+        if tolerance is not None and a.is_floating_point():
+            worst = (a - b).abs().max().item() if a.numel() else 0.0
+            assert torch.allclose(a, b, **tolerance), f"{where} differs by {worst:.3g}"
+        else:
+            assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}", tolerance)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]", tolerance)
+    elif isinstance(a, float) and math.isnan(a):  # e.g. the distance of a first snapshot to none before it
+        assert isinstance(b, float) and math.isnan(b), where
+    elif isinstance(a, float) and tolerance is not None:
+        assert math.isclose(a, b, rel_tol=tolerance["rtol"], abs_tol=tolerance["atol"]), f"{where}: {a} {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

@@ -11,7 +11,6 @@ sums one batch's, so the runs agree to float precision, not bit for bit.
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .stage_utils import DVC, copy_project, init_repo, tiny_params, tool_env, write_params
+from .stage_utils import DVC, assert_same, copy_project, init_repo, tiny_params, tool_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -65,28 +64,9 @@ def numbers(obj, prefix: str = "") -> dict[str, float]:
     return {prefix[:-1]: obj}
 
 
-def assert_same(a, b, what: str) -> None:
-    """Tensors (weights, log-probabilities) within TOLERANCE; everything else (labels, names) equal."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, what
-        if a.is_floating_point():
-            worst = (a - b).abs().max().item() if a.numel() else 0.0
-            assert torch.allclose(a, b, **TOLERANCE), f"{what} differs by {worst:.3g}"
-        else:
-            assert torch.equal(a, b), what
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), what
-        for k in a:
-            assert_same(a[k], b[k], f"{what}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), what
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{what}[{i}]")
-    elif isinstance(a, float):
-        both_nan = math.isnan(a) and math.isnan(b)  # e.g. the distance of a first snapshot to none before it
-        assert both_nan or math.isclose(a, b, rel_tol=TOLERANCE["rtol"], abs_tol=TOLERANCE["atol"]), f"{what}: {a} {b}"
-    else:
-        assert a == b, what
+def assert_close(a, b, what: str) -> None:
+    """Tensors (weights, log-probabilities) and floats within TOLERANCE; everything else (labels, names) equal."""
+    assert_same(a, b, what, TOLERANCE)
 
 
 def test_two_process_repro_writes_the_outputs_of_one(repos):
@@ -106,15 +86,15 @@ def test_two_process_repro_writes_the_outputs_of_one(repos):
         ("data/sse/snapshots.pt", "runs"),
     ]:
         a, b = (torch.load(repo / path, weights_only=True) for repo in (one, two))
-        assert_same(a[key], b[key], f"{path} {key}, 1 vs 2 processes")
+        assert_close(a[key], b[key], f"{path} {key}, 1 vs 2 processes")
         if "snapshots" in path:
-            assert_same(a["labels"], b["labels"], f"{path} labels")
+            assert_close(a["labels"], b["labels"], f"{path} labels")
 
     metrics = ["endpoints/seed_0.json", "endpoints/seed_1.json", "curve_train.json", "fge.json", "sse.json"]
     for name in metrics:
         a, b = (numbers(json.loads((repo / "metrics" / name).read_text())) for repo in (one, two))
         assert a.keys() == b.keys(), name
         for k in a:
-            assert_same(a[k], b[k], f"metrics/{name} {k}, 1 vs 2 processes")
+            assert_close(a[k], b[k], f"metrics/{name} {k}, 1 vs 2 processes")
         run_info = [json.loads((repo / "metrics" / name.replace(".json", ".run.json")).read_text()) for repo in repos]
         assert [r["processes"] for r in run_info] == [1, 2], name

@@ -20,7 +20,7 @@ import torch
 from stages import fge, fit_curve, prepare, sse, train_endpoint
 from stages.common import PREEMPTED_EXIT
 
-from .stage_utils import ROOT, invoke, tiny_params, write_params
+from .stage_utils import ROOT, assert_same, invoke, tiny_params, write_params
 
 TIMINGS = ("seconds", "images_per_s")  # the only columns allowed to differ between two runs
 PARAMS = tiny_params(train__epochs=3, curve__epochs=3, fge__epochs=2, fge__start_epoch=1, sse__epochs=3, sse__cycles=3)
@@ -46,26 +46,9 @@ def copy_of(base: Path, to: Path) -> Path:
     return to
 
 
-def same_tensors(a, b, where: str) -> None:
-    if isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            same_tensors(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            same_tensors(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, float) and a != a:
-        assert b != b, where
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def same_outputs(a: Path, b: Path, files: list[str], metrics: list[str], tables: list[str]) -> None:
     for f in files:
-        same_tensors(torch.load(a / f, weights_only=True), torch.load(b / f, weights_only=True), f)
+        assert_same(torch.load(a / f, weights_only=True), torch.load(b / f, weights_only=True), f)
     for m in metrics:
         assert json.loads((a / m).read_text()) == json.loads((b / m).read_text()), m
     for t in tables:
