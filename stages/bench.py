@@ -94,6 +94,7 @@ from modeconn.paths import measure
 from modeconn.runtime import Runtime, seed_everything
 from modeconn.train import cross_entropy_step, make_sgd, predict, train_epoch
 
+from . import peers
 from .common import ChannelsLastOpt, DeviceOpt, PrecisionOpt
 from .config import DataConfig, ModelConfig, read_sections
 
@@ -131,6 +132,7 @@ class Settings:
     augment: str | None = None  # overrides data.augment (e.g. "crop_flip")
     paper_model: bool | None = None  # the VGG16 figures; None: on for CUDA, off elsewhere
     paper_batches: int | None = None  # their timed batches; None: --batches on CUDA, PAPER_CPU_BATCHES elsewhere
+    peers: bool = True  # the official-style reference loops (stages/peers.py), paired with modeconn's
     seed: int = 0
 
     def __post_init__(self):
@@ -768,6 +770,14 @@ def measure_default(
     rounds = settings.repeats
     best_train = best_setting({s: runs[f"train_dataloader_{s.key}"] for s in settings_tried})
     best_eval = best_setting({s: runs[f"eval_dataloader_{s.key}"] for s in settings_tried})
+    peer_figures, peer_setup = {}, None
+    if settings.peers:
+        training.clear(), evaluation.clear()  # the DataLoader trainers and the other layout's networks
+        del conventional, eval_data_loaders, other_plain, other_bn
+        release(runtime)
+        peer_figures, peer_setup = measure_peers(
+            settings, runtime, section, status, data, (plain, curve_trainer), (best_train, best_eval)
+        )
 
     def mark(setting: LoaderSetting, best: LoaderSetting) -> str:
         return f"{setting.name}, best" if setting == best and len(settings_tried) > 1 else setting.name
@@ -806,6 +816,7 @@ def measure_default(
             f"BN recalibration, {bn_batches.n} images ({bn_name})", "s", runs["bn_recalibration"]
         ),
         **layout_figures(runs, channels_last, rounds),
+        **peer_figures,
     }
     setup = {
         "dataset": info.name,
@@ -832,6 +843,171 @@ def measure_default(
             "chosen_by": "highest median images/s over the rounds",
         },
         "curve": f"{kind}, {num_bends} bends",
+        "peers": peer_setup,
+    }
+    return figures, setup
+
+
+def measure_peers(
+    settings: Settings,
+    runtime: Runtime,
+    section: Sections,
+    status: Callable[[str], Any],
+    data: Prepared,
+    trainers: tuple[Trainer, Trainer],
+    best: tuple[LoaderSetting, LoaderSetting],
+) -> tuple[dict[str, Figure], dict[str, Any]]:
+    """modeconn against the official code's loops (:mod:`stages.peers`), paired per round on the same model,
+    data, initialisation and optimiser settings: training, curve training and one evaluation point.
+
+    The official side runs as that code does: per-sample DataLoader (the best setting of the loader figures),
+    NCHW, float32, batch 128 everywhere; modeconn's under the runtime. The point is on the BatchNorm variant of
+    the model (a point's recalibration is a no-op without BN), between two random initialisations, at t = 0.5:
+    BN recalibration over ``--bn-images`` training images, then the train pass over the same number and the
+    whole test split."""
+    data_cfg, model_cfg, train_cfg, curve_cfg = read_sections(settings.params, "data", "model", "train", "curve")
+    info, device, n = data.info, runtime.device, settings.batches
+    plain, curve_trainer = trainers
+    best_train, best_eval = best
+    wd, kind, num_bends = train_cfg.wd, curve_cfg.type, curve_cfg.num_bends
+    status("building the official-style reference")
+
+    def official_model(seed: int, bn: bool = False) -> nn.Module:
+        torch.manual_seed(seed)
+        return (build_bn(model_cfg, info)[0] if bn else build(model_cfg, info)).to(device)
+
+    def official_loader(split: Split, batch: int, train: bool, setting: LoaderSetting, count: int | None = None):
+        if count is not None and count < len(split):
+            split = Split(split.x[:count], split.y[:count])
+        return data_loader(split, info, batch, train=train, setting=setting, seed=settings.seed)
+
+    model = official_model(settings.seed)
+    official_plain = peers.OfficialTrainer(
+        model,
+        make_sgd(model.parameters(), train_cfg.lr, train_cfg.momentum, wd),
+        official_loader(data.train, BATCH, True, best_train),
+        device,
+    )
+    start, end = official_model(settings.seed + 1).state_dict(), official_model(settings.seed + 2).state_dict()
+    curve_net = peers.CurveNet(official_model(settings.seed), start, end, kind, num_bends).to(device)
+    official_curve = peers.OfficialTrainer(
+        curve_net,
+        make_sgd([p for p in curve_net.parameters() if p.requires_grad], curve_cfg.lr, train_cfg.momentum, 0.0),
+        official_loader(data.train, BATCH, True, best_train),
+        device,
+        regularizer=peers.curve_regularizer(wd),
+    )
+    # The evaluation point, both ways, on the BN model between the same two random initialisations.
+    bn_start = official_model(settings.seed + 1, bn=True).state_dict()
+    bn_end = official_model(settings.seed + 2, bn=True).state_dict()
+    bn_template, bn_name = build_bn(model_cfg, info)
+    bn_curve = runtime.prepare(Curve(bn_template, bn_start, bn_end, kind, num_bends))
+    section.probe.watch(bn_curve.template)
+    official_net = peers.CurveNet(official_model(settings.seed, bn=True), bn_start, bn_end, kind, num_bends).to(device)
+    del bn_start, bn_end
+    count = min(settings.bn_images, len(data.train))
+    point = eval_batches(
+        data,
+        BN_BATCH,
+        bn_samples=count,
+        train_samples=count,
+        test_samples=0,
+        seed=settings.seed,
+        channels_last=runtime.channels_last,
+    )
+    official_point = (
+        official_loader(data.train, BATCH, False, best_eval, count),
+        official_loader(data.train, BATCH, False, best_eval, count),
+        official_loader(data.test, BATCH, False, best_eval),
+    )
+
+    def official_point_speed() -> float:
+        return peers.point_speed(official_net, 0.5, *official_point, wd, device)[0]
+
+    pairs: list[tuple[str, str, Callable[[], float]]] = [
+        ("peer_modeconn_train", "modeconn training", lambda: plain.run(n)),
+        ("peer_train", "official-style training", lambda: official_plain.run(n)),
+        ("peer_modeconn_curve", "modeconn curve training", lambda: curve_trainer.run(n)),
+        ("peer_curve_train", "official-style CurveNet training", lambda: official_curve.run(n)),
+        ("peer_modeconn_point", "modeconn evaluation point", lambda: point_speed(bn_curve, 0.5, point, runtime)),
+        ("peer_point", "official-style evaluation point", official_point_speed),
+    ]
+    runs: dict[str, list[float]] = {key: [] for key, _, _ in pairs}
+    for r in range(settings.repeats):
+        at = f"(round {r + 1}/{settings.repeats})"
+        for key, what, fn in rotated(pairs, r):
+            if key.startswith("peer_modeconn"):
+                runs[key].append(section(key, f"{what} {at}", fn))
+            else:  # off the runtime on purpose (NCHW, float32): not probed
+                status(f"{what} {at}")
+                runs[key].append(fn())
+
+    rounds = settings.repeats
+    images = f"BN {point.bn.n} + train {point.train.n} + test {point.test.n} images"
+    figures = {
+        "peer_modeconn_train": Figure(
+            "modeconn training (in-memory Loader, the runtime), rounds of the official-style comparison",
+            "images/s",
+            runs["peer_modeconn_train"],
+        ),
+        "peer_train": Figure(
+            f"official-style training loop (per-sample DataLoader, {best_train.name}, NCHW)",
+            "images/s",
+            runs["peer_train"],
+        ),
+        "peer_train_speedup": Figure(
+            paired_label("training speed-up, modeconn / official-style loop", rounds),
+            "x",
+            paired_ratios(runs["peer_modeconn_train"], runs["peer_train"]),
+            paired=True,
+        ),
+        "peer_modeconn_curve": Figure(
+            "modeconn curve training, rounds of the official-style comparison", "images/s", runs["peer_modeconn_curve"]
+        ),
+        "peer_curve_train": Figure(
+            f"official-style CurveNet training ({kind}, {num_bends} bends, weights formed per layer)",
+            "images/s",
+            runs["peer_curve_train"],
+        ),
+        "peer_curve_speedup": Figure(
+            paired_label("curve training speed-up, modeconn / official-style CurveNet", rounds),
+            "x",
+            paired_ratios(runs["peer_modeconn_curve"], runs["peer_curve_train"]),
+            paired=True,
+        ),
+        "peer_curve_plain_ratio": Figure(
+            paired_label("official-style curve/plain time per image", rounds),
+            "x",
+            paired_ratios(runs["peer_train"], runs["peer_curve_train"]),
+            paired=True,
+        ),
+        "peer_modeconn_point": Figure(
+            f"evaluation point, modeconn ({bn_name}, {images})", "images/s", runs["peer_modeconn_point"]
+        ),
+        "peer_point": Figure(
+            f"evaluation point, official-style (update_bn + test, DataLoader {best_eval.name}, batch {BATCH})",
+            "images/s",
+            runs["peer_point"],
+        ),
+        "peer_point_speedup": Figure(
+            paired_label("evaluation point speed-up, modeconn / official-style", rounds),
+            "x",
+            paired_ratios(runs["peer_modeconn_point"], runs["peer_point"]),
+            paired=True,
+        ),
+    }
+    setup = {
+        "reference": "stages/peers.py: the official code's utils.train, CurveNet, update_bn and utils.test, re-written",
+        "train_loader": best_train.as_dict(),
+        "eval_loader": best_eval.as_dict(),
+        "batch": BATCH,
+        "point": {
+            "t": 0.5,
+            "model": bn_name,
+            "bn_images": point.bn.n,
+            "train_images": point.train.n,
+            "test_images": point.test.n,
+        },
     }
     return figures, setup
 
@@ -1162,6 +1338,11 @@ def main(
         "--paper-batches",
         help=f"Timed batches (of 128) of the VGG16 figures (default: --batches on CUDA, {PAPER_CPU_BATCHES} on CPU).",
     ),
+    peers_: bool = typer.Option(
+        True,
+        "--peers/--no-peers",
+        help="Also time the official code's training, curve training and evaluation point (stages/peers.py).",
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Measure training, evaluation, curve-training and BN-recalibration speed of the default model and data."""
@@ -1180,6 +1361,7 @@ def main(
             augment=augment,
             paper_model=paper_model,
             paper_batches=paper_batches,
+            peers=peers_,
         )
         with _status(Console(stderr=True)) as status:
             result = run(settings, status)

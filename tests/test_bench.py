@@ -20,6 +20,18 @@ from stages import bench
 
 from .stage_utils import tiny_params
 
+PEER_FIGURES = {  # modeconn against the official code's loops (stages/peers.py); --no-peers leaves them out
+    "peer_modeconn_train",
+    "peer_modeconn_curve",
+    "peer_train",
+    "peer_train_speedup",
+    "peer_curve_train",
+    "peer_curve_speedup",
+    "peer_curve_plain_ratio",
+    "peer_modeconn_point",
+    "peer_point",
+    "peer_point_speedup",
+}
 FIGURES = {  # every figure a CPU run reports without the paper model (cuda_peak_* only on CUDA)
     "train_loader",
     "train_dataloader_w0",
@@ -36,10 +48,23 @@ FIGURES = {  # every figure a CPU run reports without the paper model (cuda_peak
     "layout_bn",
     "peak_rss",
     "peak_rss_worker",
+    *PEER_FIGURES,
 }
 PAPER_FIGURES = {"paper_train", "paper_curve_train", "paper_curve_plain_ratio", "paper_point"}
-CURVE_SECTIONS = {"curve_train", "paper_curve_train", "paper_point"}  # the network runs at φ_θ(t)
-PAIRED = {"train_speedup", "eval_speedup", "curve_plain_ratio", "paper_curve_plain_ratio", "layout_train", "layout_bn"}
+# Sections where the network runs at φ_θ(t).
+CURVE_SECTIONS = {"curve_train", "paper_curve_train", "paper_point", "peer_modeconn_curve", "peer_modeconn_point"}
+PAIRED = {
+    "train_speedup",
+    "eval_speedup",
+    "curve_plain_ratio",
+    "paper_curve_plain_ratio",
+    "layout_train",
+    "layout_bn",
+    "peer_train_speedup",
+    "peer_curve_speedup",
+    "peer_curve_plain_ratio",
+    "peer_point_speedup",
+}
 PER_ROUND = {  # figures with one run per round
     "train_loader",
     "train_dataloader_w0",
@@ -51,6 +76,7 @@ PER_ROUND = {  # figures with one run per round
     "bn_recalibration",
     *PAIRED,
     *PAPER_FIGURES,
+    *PEER_FIGURES,
 }
 
 
@@ -106,6 +132,25 @@ def _check_best(report: dict) -> None:
     assert figures["curve_plain_ratio"]["runs"] == pytest.approx([a / b for a, b in zip(plain, curve)])
 
 
+def _check_peers(report: dict) -> None:
+    """The official-style loops use the best DataLoader settings, and each speed-up is modeconn / official
+    of the same round."""
+    figures, setup, best = report["figures"], report["setup"]["peers"], report["setup"]["dataloader_best"]
+    assert setup["train_loader"]["setting"] == best["train"]["setting"], setup
+    assert setup["eval_loader"]["setting"] == best["eval"]["setting"], setup
+    assert best["train"]["setting"] in figures["peer_train"]["label"]
+    assert "NCHW" in figures["peer_train"]["label"]
+    for speedup, ours, theirs in (
+        ("peer_train_speedup", "peer_modeconn_train", "peer_train"),
+        ("peer_curve_speedup", "peer_modeconn_curve", "peer_curve_train"),
+        ("peer_point_speedup", "peer_modeconn_point", "peer_point"),
+    ):
+        expected = [a / b for a, b in zip(figures[ours]["runs"], figures[theirs]["runs"])]
+        assert figures[speedup]["runs"] == pytest.approx(expected), f"{speedup} is not paired per round"
+    plain, curve = figures["peer_train"]["runs"], figures["peer_curve_train"]["runs"]
+    assert figures["peer_curve_plain_ratio"]["runs"] == pytest.approx([a / b for a, b in zip(plain, curve)])
+
+
 def test_bench_cli_reports_every_figure(tmp_path):
     printed, report = _invoke(tmp_path, "--repeats", "2", "--workers", "2")
     for text in (
@@ -132,6 +177,7 @@ def test_bench_cli_reports_every_figure(tmp_path):
     assert report["setup"]["runtime_mismatches"] == []
     _check_figures(report, FIGURES, rounds=2)
     _check_best(report)
+    _check_peers(report)
 
 
 def test_bench_gpu_settings_on_cpu_with_the_paper_model(tmp_path):
@@ -162,7 +208,8 @@ def test_bench_gpu_settings_on_cpu_with_the_paper_model(tmp_path):
 
     setup = report["setup"]
     assert setup["runtime"]["precision"] == "bf16" and setup["runtime"]["channels_last"] is True
-    sections = {k for k in FIGURES | PAPER_FIGURES if not k.startswith("peak_rss") and k not in PAIRED}
+    official = PEER_FIGURES - PAIRED - {"peer_modeconn_train", "peer_modeconn_curve", "peer_modeconn_point"}
+    sections = {k for k in FIGURES | PAPER_FIGURES if not k.startswith("peak_rss") and k not in PAIRED | official}
     assert set(setup["runtime_observed"]) == sections, "a section ran no watched forward pass"
     for section, seen in setup["runtime_observed"].items():
         # What the bench controls: the device, the input layout and autocast, in every section.
