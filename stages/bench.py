@@ -749,7 +749,8 @@ def measure_default(
     ]
     runs: dict[str, list[float]] = {key: [] for key, _, _ in (*training, *evaluation)}
     runs["bn_recalibration"] = []
-    runs["train_other_layout"], runs["bn_other_layout"] = [], []
+    runs["train_other_layout"], runs["bn_other_layout"], runs["train_one_thread"] = [], [], []
+    threads = torch.get_num_threads()
     for r in range(settings.repeats):
         at = f"(round {r + 1}/{settings.repeats})"
         for key, what, trainer in rotated(training, r):
@@ -766,6 +767,8 @@ def measure_default(
         status(f"the other memory layout {at}")
         runs["train_other_layout"].append(other_plain.run(n))
         runs["bn_other_layout"].append(bn_seconds(other_bn, other_bn_batches, other))
+        status(f"plain training on one thread {at}")
+        runs["train_one_thread"].append(one_thread(lambda: plain.run(n)))
 
     rounds = settings.repeats
     best_train = best_setting({s: runs[f"train_dataloader_{s.key}"] for s in settings_tried})
@@ -816,6 +819,12 @@ def measure_default(
             f"BN recalibration, {bn_batches.n} images ({bn_name})", "s", runs["bn_recalibration"]
         ),
         **layout_figures(runs, channels_last, rounds),
+        "threads_train": Figure(
+            paired_label(f"training speed, {threads} torch threads (torch's default) / 1 thread", rounds),
+            "x",
+            paired_ratios(runs["train_loader"], runs["train_one_thread"]),
+            paired=True,
+        ),
         **peer_figures,
     }
     setup = {
@@ -1010,6 +1019,16 @@ def measure_peers(
         },
     }
     return figures, setup
+
+
+def one_thread(fn: Callable[[], float]) -> float:
+    """``fn()`` with torch on one intra-op thread (the thread count restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def layout_figures(runs: dict[str, list[float]], channels_last: bool, rounds: int) -> dict[str, Figure]:

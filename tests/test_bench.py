@@ -46,6 +46,7 @@ FIGURES = {  # every figure a CPU run reports without the paper model (cuda_peak
     "bn_recalibration",
     "layout_train",
     "layout_bn",
+    "threads_train",
     "peak_rss",
     "peak_rss_worker",
     *PEER_FIGURES,
@@ -60,6 +61,7 @@ PAIRED = {
     "paper_curve_plain_ratio",
     "layout_train",
     "layout_bn",
+    "threads_train",
     "peer_train_speedup",
     "peer_curve_speedup",
     "peer_curve_plain_ratio",
@@ -310,3 +312,12 @@ def test_layout_figures_compare_the_two_layouts_whichever_the_runtime_uses(chann
     figures = bench.layout_figures(runs, channels_last, 2)
     assert figures["layout_train"].runs == [2.0, 3.0] and figures["layout_train"].value == 2.5
     assert figures["layout_bn"].runs == [4.0, 1.5] and figures["layout_bn"].paired
+
+
+def test_one_thread_runs_on_one_thread_and_restores_the_count():
+    threads = torch.get_num_threads()
+    assert bench.one_thread(lambda: float(torch.get_num_threads())) == 1.0
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ZeroDivisionError):
+        bench.one_thread(lambda: 1 / 0)
+    assert torch.get_num_threads() == threads

@@ -7,6 +7,10 @@ what a CPU cannot show is CUDA-only behaviour (kernels, streams, memory).
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -263,3 +267,36 @@ def test_training_in_channels_last_agrees_with_the_contiguous_layout():
     assert la == pytest.approx(lb, rel=1e-5)
     for k in a:
         torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5, msg=f"{k} differs by layout")
+
+
+HEAP_PROBE = """
+import resource, torch
+from modeconn.runtime import Runtime
+print(Runtime.resolve("cpu").describe())
+def cycle():  # what a training step does to the heap: several large activations, allocated, touched, freed
+    xs = [torch.ones(3_000_000) for _ in range(5)]
+    del xs
+cycle(); cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    cycle()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the heap tuning is glibc's mallopt")
+def test_the_runtime_keeps_the_heap_for_reuse_unless_told_not_to():
+    """Freed activations stay in the heap (far fewer page faults per step); MODECONN_HEAP=0 leaves malloc alone."""
+    runs = {}
+    for value in ("0", "1"):
+        env = {**os.environ, "MODECONN_HEAP": value}
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE], env=env, capture_output=True, text=True, check=True)
+        describe, faults = out.stdout.strip().splitlines()
+        runs[value] = (describe, float(faults))
+    assert "malloc defaults (MODECONN_HEAP=0)" in runs["0"][0]
+    assert "heap kept for reuse (glibc mallopt" in runs["1"][0]
+    assert runs["1"][1] < runs["0"][1] / 2, f"page faults per cycle: tuned {runs['1'][1]}, default {runs['0'][1]}"
+    bad = subprocess.run(
+        [sys.executable, "-c", HEAP_PROBE], env={**os.environ, "MODECONN_HEAP": "maybe"}, capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "MODECONN_HEAP = 'maybe': use auto, 1 or 0" in bad.stderr
