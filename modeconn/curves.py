@@ -14,8 +14,9 @@ sum of control points ("bends") θ_0 = ŵ1, θ_1 … θ_{n−2}, θ_{n−1} = ŵ
 :class:`Curve` works on any ``nn.Module`` (DESIGN decision 1): it keeps, per
 parameter of a template network, the endpoints as fixed buffers and the
 interior bends as one trainable tensor ``[n − 2, P]`` over all P weights of
-the network, and runs the template at φ_θ(t) with
-``torch.func.functional_call``. No curve layers.
+the network, and runs the template at φ_θ(t) by putting views of the flat
+point in its parameter slots for the forward (what ``torch.func.functional_call``
+does, with less overhead per step). No curve layers.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from .errors import CheckpointError, ConfigError
 from .io import atomic_torch_save, load_file
@@ -114,17 +114,25 @@ class Curve(nn.Module):
     def coefficients(self, t: float) -> torch.Tensor:
         return COEFFICIENTS[self.kind](t, self.num_bends).float()
 
+    def coefficient_list(self, t: float) -> list[float]:
+        """:meth:`coefficients` as Python floats (float64 arithmetic, no tensor op: a training step's φ_θ(t))."""
+        n = self.num_bends - 1
+        if self.kind == "bezier":
+            return [math.comb(n, k) * t**k * (1 - t) ** (n - k) for k in range(n + 1)]
+        return [max(0.0, 1 - abs(n * t - k)) for k in range(n + 1)]
+
     def point(self, t: float) -> torch.Tensor:
         """φ_θ(t) as one flat float32 vector [P] (differentiable w.r.t. the bends).
 
         Autocast is off here: under bf16 autocast the weighted sum would otherwise be rounded to bf16
         before the forward pass casts what it needs.
         """
-        c = self.coefficients(t)  # (n,) on the CPU: the end coefficients enter as plain numbers
+        c = self.coefficient_list(float(t))  # plain numbers: no tensor op for the coefficients
         with torch.autocast(self.start.device.type, enabled=False):
-            w = (self.start * float(c[0])).add_(self.end, alpha=float(c[-1]))  # (P,)
+            w = (self.start * c[0]).add_(self.end, alpha=c[-1])  # (P,)
             if self.num_bends > 2:
-                w = torch.addmv(w, self.bends.t(), c[1:-1].to(w.device))  # + Σ_k c_k θ_k, (P, n-2) @ (n-2,)
+                inner = torch.tensor(c[1:-1], dtype=w.dtype).to(w.device, non_blocking=True)
+                w = torch.addmv(w, self.bends.t(), inner)  # + Σ_k c_k θ_k, (P, n-2) @ (n-2,)
         return w
 
     def unflat(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -170,12 +178,48 @@ class Curve(nn.Module):
         """φ_θ(t) as a dict name → tensor (views of :meth:`point`), always in float32."""
         return self.unflat(self.point(t))
 
+    def _slots(self) -> list[tuple[nn.Module, str, int, nn.Parameter]]:
+        """Every place a parameter of the template sits — (module, attribute, index into :attr:`names`, the
+        parameter) — tied parameters once per module that holds them. Cached; rebuilt when the template's
+        modules changed (e.g. BatchNorm converted to SyncBatchNorm after the curve was made)."""
+        modules = tuple(map(id, self.template.modules()))
+        modules_then, slots = self.__dict__.get("_slot_cache", ((), None))
+        if (
+            slots is None
+            or modules != modules_then
+            or any(module._parameters.get(attr) is not p for module, attr, _, p in slots)
+        ):
+            index = {id(p): i for i, (_, p) in enumerate(self.template.named_parameters())}
+            slots = []
+            for name, p in self.template.named_parameters(remove_duplicate=False):
+                owner, _, attr = name.rpartition(".")
+                slots.append((self.template.get_submodule(owner), attr, index[id(p)], p))
+            self.__dict__["_slot_cache"] = (modules, slots)
+        return slots
+
+    def run_template(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The template's output with its parameters replaced by the flat point ``w`` (views of it).
+
+        What ``torch.func.functional_call`` does, in a fraction of its time per call (a curve step pays it
+        every batch: 1.09× → 1.04× the plain step on the default ConvFC, README "Speed"): the views are put
+        in the modules' parameter slots for the forward and the parameters put back after it, also on error.
+        """
+        views = list(self.unflat(w).values())
+        slots = self._slots()
+        try:
+            for module, attr, i, _ in slots:
+                module._parameters[attr] = views[i]
+            return self.template(x)
+        finally:
+            for module, attr, _, p in slots:
+                module._parameters[attr] = p
+
     def forward(self, x: torch.Tensor, t: float, l2: bool = False):
         """The template's output at φ_θ(t); with ``l2``, also ‖φ_θ(t)‖² (one reduction over the flat point).
 
         The whole step goes through here, so that DistributedDataParallel can wrap a curve."""
         w = self.point(t)  # (P,)
-        logits = functional_call(self.template, self.unflat(w), (x,), strict=False)
+        logits = self.run_template(x, w)
         if not l2:
             return logits
         with torch.autocast(w.device.type, enabled=False):  # ‖φ_θ(t)‖² in float32, as φ_θ(t) itself

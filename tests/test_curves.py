@@ -275,3 +275,42 @@ def test_segment_and_length():
     assert length(curve) == pytest.approx(expected, rel=1e-4)
     assert length(curve) > d
     assert math.isfinite(length(curve))
+
+
+class _Tied(nn.Module):
+    """A network whose first and last layers share one weight (tied parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode = nn.Linear(6, 6)
+        self.mid = nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6), nn.ReLU())
+        self.decode = nn.Linear(6, 6)
+        self.decode.weight = self.encode.weight
+
+    def forward(self, x):
+        return self.decode(self.mid(self.encode(x)))
+
+
+def test_curve_forward_is_functional_call_at_the_point_and_puts_the_parameters_back():
+    """The template runs at φ_θ(t) exactly as torch.func.functional_call runs it (tied weights included), its
+    own parameters are back after every forward (after a failing one too), and a changed template (BatchNorm
+    converted to SyncBatchNorm after the curve was made) is picked up."""
+    torch.manual_seed(0)
+    a, b = _Tied().state_dict(), _Tied().state_dict()
+    template = _Tied()
+    curve = Curve(template, a, b, "bezier", 4)
+    with torch.no_grad():
+        curve.bends.add_(torch.randn_like(curve.bends) * 0.1)
+    own = {name: p for name, p in template.named_parameters()}
+    x = torch.randn(5, 6)
+    for t in (0.0, 0.35, 1.0):
+        expected = torch.func.functional_call(template, curve.weights(t), (x,), strict=False)
+        assert torch.equal(curve(x, t), expected), t
+        assert all(p is own[name] for name, p in template.named_parameters()), "a parameter was not put back"
+    assert template.decode.weight is template.encode.weight
+    with pytest.raises(RuntimeError):
+        curve(torch.randn(5, 7), 0.5)  # wrong width: the forward fails inside the template
+    assert all(p is own[name] for name, p in template.named_parameters()), "not put back after an error"
+    template.mid = nn.SyncBatchNorm.convert_sync_batchnorm(template.mid)  # new modules, the same parameters
+    expected = torch.func.functional_call(template.eval(), curve.weights(0.6), (x,), strict=False)
+    assert torch.equal(curve(x, 0.6), expected)
