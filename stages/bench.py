@@ -31,7 +31,17 @@ For the ``data`` and ``model`` sections of params.yaml this measures:
    evaluation point (:func:`modeconn.paths.measure`: BN recalibration, then the train and test
    passes) on VGG16-BN, since VGG16 has no BatchNorm and its recalibration would be a no-op;
 7. peak resident memory of the process and of its largest DataLoader worker; on CUDA the peak
-   device memory allocated in each section (peak statistics reset at the start of each).
+   device memory allocated in each section (peak statistics reset at the start of each);
+8. the memory layout and the thread count the runtime uses, each against the other choice in the same
+   rounds: training and BN recalibration in channels_last against contiguous (NCHW), and training on
+   torch's default thread count against one thread;
+9. with ``--peers`` (the default), modeconn against the paper's official code, the way that code trains and
+   evaluates (:mod:`stages.peers`: ``utils.train`` over a per-sample DataLoader in NCHW, the per-layer
+   ``CurveNet``, ``update_bn`` + ``utils.test`` for one point), paired per round: training, curve training
+   and one evaluation point (BN recalibration over ``--bn-images`` training images, then the train pass over
+   as many and the whole test split, on the BatchNorm variant of the model). The reference runs in the bench's
+   process, so it has the runtime's heap setting too (``MODECONN_HEAP``): the speed-ups are the loops' and the
+   data paths' alone.
 
 The augmentation is ``data.augment`` (``--augment`` overrides it) on both paths. Training figures
 are taken over ``--batches`` batches of 128 after 3 warm-up batches, with the optimiser settings
