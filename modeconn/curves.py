@@ -189,7 +189,14 @@ class Curve(nn.Module):
             or modules != modules_then
             or any(module._parameters.get(attr) is not p for module, attr, _, p in slots)
         ):
-            index = {id(p): i for i, (_, p) in enumerate(self.template.named_parameters())}
+            position = {name: i for i, name in enumerate(self.names)}
+            current = dict(self.template.named_parameters())
+            if list(current) != self.names:
+                raise ConfigError(
+                    f"the curve's template has changed its parameters since the curve was made ({len(current)} "
+                    f"now, {len(self.names)} then): make the curve again from the changed network"
+                )
+            index = {id(p): position[name] for name, p in current.items()}
             slots = []
             for name, p in self.template.named_parameters(remove_duplicate=False):
                 owner, _, attr = name.rpartition(".")
@@ -201,7 +208,7 @@ class Curve(nn.Module):
         """The template's output with its parameters replaced by the flat point ``w`` (views of it).
 
         What ``torch.func.functional_call`` does, in a fraction of its time per call (a curve step pays it
-        every batch: 1.09× → 1.04× the plain step on the default ConvFC, README "Speed"): the views are put
+        every batch; README "Speed" has the curve/plain figures before and after): the views are put
         in the modules' parameter slots for the forward and the parameters put back after it, also on error.
         """
         views = list(self.unflat(w).values())

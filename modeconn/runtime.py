@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import datetime
 import os
 import random
@@ -62,7 +61,11 @@ def as_channels_last(t: torch.Tensor) -> torch.Tensor:
 
 # mallopt(3) parameters of glibc and the values tune_heap sets.
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-HEAP_SETTINGS = {M_MMAP_THRESHOLD: 32 * 2**20, M_TRIM_THRESHOLD: 2**30, M_TOP_PAD: 64 * 2**20}
+HEAP_SETTINGS = {
+    "M_MMAP_THRESHOLD": (M_MMAP_THRESHOLD, 32 * 2**20),  # glibc's maximum: larger blocks are always mmapped
+    "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, 2**30),
+    "M_TOP_PAD": (M_TOP_PAD, 64 * 2**20),
+}
 _heap_state: dict[str, str] = {}
 
 
@@ -70,24 +73,43 @@ def tune_heap(enabled: bool | None = None) -> str:
     """Keep freed memory in the process's heap for reuse (glibc only); returns what the heap is now.
 
     ``enabled`` None follows ``MODECONN_HEAP`` (on unless it says 0). Done once per process: a later call
-    returns the first one's answer. Where malloc is not glibc's (macOS, musl) nothing changes.
+    returns the first one's answer. Where malloc is not glibc's (macOS, musl, an allocator in LD_PRELOAD such
+    as jemalloc or tcmalloc) nothing changes, and the answer says so.
     """
     if "state" in _heap_state:
         return _heap_state["state"]
     if enabled is None:
         enabled = _flag(os.environ.get("MODECONN_HEAP", AUTO), "MODECONN_HEAP") is not False
-    state = "malloc defaults (MODECONN_HEAP=0)"
-    if enabled:
+    glibc = hasattr(os, "confstr") and _confstr("CS_GNU_LIBC_VERSION")
+    preload = os.environ.get("LD_PRELOAD", "")
+    if not enabled:
+        state = "malloc defaults (MODECONN_HEAP=0)"
+    elif not glibc:
         state = "malloc defaults (not glibc)"
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
-            mallopt = None
-        if mallopt is not None and all(mallopt(key, value) == 1 for key, value in HEAP_SETTINGS.items()):
-            state = "heap kept for reuse (glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB)"
+    elif any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
+        state = f"malloc from LD_PRELOAD ({preload}), not tuned"
+    else:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc's, in the process already
+        failed = [name for name, (key, value) in HEAP_SETTINGS.items() if mallopt(key, value) != 1]
+        state = (
+            "heap kept for reuse (glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB, top pad 64 MiB)"
+            if not failed
+            else f"heap partly tuned: glibc refused {', '.join(failed)}"
+        )
     _heap_state["state"] = state
     return state
+
+
+def heap_state() -> str:
+    """What :func:`tune_heap` did in this process, without doing it."""
+    return _heap_state.get("state", "malloc defaults (no runtime resolved yet)")
+
+
+def _confstr(name: str) -> str | None:
+    try:
+        return os.confstr(name)
+    except (ValueError, OSError):
+        return None
 
 
 def resolve_device(name: str | None = AUTO) -> torch.device:
@@ -253,7 +275,7 @@ class Runtime:
             "precision": self.precision,
             "channels_last": self.channels_last,
             "processes": self.world_size,
-            "heap": tune_heap(),
+            "heap": heap_state(),
         }
 
     def describe(self) -> str:
@@ -266,7 +288,7 @@ class Runtime:
         return (
             f"runtime: device {name}, precision {self.precision}, memory format "
             f"{'channels_last' if self.channels_last else 'contiguous'}, {self.world_size} process(es); "
-            f"{tune_heap()}"
+            f"{heap_state()}"
         )
 
 

@@ -19,7 +19,7 @@ For the ``data`` and ``model`` sections of params.yaml this measures:
 3. evaluation images/s (no grad, batch 1000, the test split) both ways, the best DataLoader setting
    chosen again (worker start-up counts here);
 4. curve training images/s (paper, Sec. 3: a fresh t ~ U(0, 1) per minibatch and the network run
-   at w = φ_θ(t), eq. 2, through ``functional_call``) and its time per image relative to plain
+   at w = φ_θ(t), eq. 2, through the template's parameter slots) and its time per image relative to plain
    training. A curve step is one forward/backward of the network plus O(num_bends · |w|) to form
    φ_θ(t) and send the gradient to the bends, so the ratio should stay near 1 (the reference
    figure here is 1.5);
@@ -420,6 +420,38 @@ class Trainer:
             stream.close()  # a DataLoader's workers exit here and are reaped
 
 
+def interleaved_steps(trainers: list[Trainer], n: int, runtime: Runtime) -> list[float]:
+    """Median seconds per training step of each trainer, their steps interleaved one by one.
+
+    ``n`` steps each after ``WARMUP`` untimed ones; a step is what ``train_epoch`` does per batch (forward
+    under the runtime's autocast, zero_grad, backward, optimiser step), timed without fetching its batch.
+    Interleaving step by step pairs the two far more tightly than two runs one after the other: a slower
+    second on a shared machine hits both alike, and the medians drop the outliers.
+    """
+    streams = [forever(t.batches) for t in trainers]
+    times: list[list[float]] = [[] for _ in trainers]
+    for t in trainers:
+        t.module.train()
+    try:
+        for i in range(WARMUP + n):
+            for k, (t, stream) in enumerate(zip(trainers, streams)):
+                x, y = next(stream)
+                runtime.synchronize()
+                start = time.perf_counter()
+                with runtime.autocast():
+                    loss, _ = t.loss_fn(x, y)
+                t.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                t.optimizer.step()
+                runtime.synchronize()
+                if i >= WARMUP:
+                    times[k].append(time.perf_counter() - start)
+    finally:
+        for stream in streams:
+            stream.close()
+    return [statistics.median(ts) for ts in times]
+
+
 def eval_speed(model: nn.Module, batches: Batches, runtime: Runtime, max_batches: int) -> float:
     """Images/s of one inference pass, timed from the start of iteration (worker start-up included)."""
     model.eval()
@@ -486,10 +518,9 @@ class Probe:
     """What the forward passes of each section really ran with: device, memory format of the input and
     of the first convolution's weight, output dtype.
 
-    Forward hooks on each watched network and on its first convolution (they fire through
-    ``functional_call`` too, where the convolution sees the weight it is called with, e.g. a curve's
-    φ_θ(t)) record the first forward pass of every section; :meth:`mismatches` compares them with the
-    runtime.
+    Forward hooks on each watched network and on its first convolution (they fire in a curve's forward
+    too, where the convolution sees the weight it is called with, a view of φ_θ(t)) record the first
+    forward pass of every section; :meth:`mismatches` compares them with the runtime.
     """
 
     def __init__(self, runtime: Runtime):
@@ -710,7 +741,7 @@ def measure_default(
     curve = runtime.prepare(Curve(build(model_cfg, info), start, end, kind, num_bends))
     watch(curve.template)
     curve_trainer = curve_training(
-        curve, wd, curve_lr, momentum, settings.seed, train_loader(), runtime, "curve training"
+        curve, curve_cfg.wd, curve_lr, curve_cfg.momentum, settings.seed, train_loader(), runtime, "curve training"
     )
     bn_model, bn_name = build_bn(model_cfg, info)
     bn_model = watch(runtime.prepare(bn_model))
@@ -760,6 +791,7 @@ def measure_default(
     runs: dict[str, list[float]] = {key: [] for key, _, _ in (*training, *evaluation)}
     runs["bn_recalibration"] = []
     runs["train_other_layout"], runs["bn_other_layout"], runs["train_one_thread"] = [], [], []
+    runs["curve_plain_step_ratio"] = []
     threads = torch.get_num_threads()
     for r in range(settings.repeats):
         at = f"(round {r + 1}/{settings.repeats})"
@@ -777,6 +809,9 @@ def measure_default(
         status(f"the other memory layout {at}")
         runs["train_other_layout"].append(other_plain.run(n))
         runs["bn_other_layout"].append(bn_seconds(other_bn, other_bn_batches, other))
+        status(f"plain and curve steps interleaved {at}")
+        plain_step, curve_step = interleaved_steps([plain, curve_trainer], n, runtime)
+        runs["curve_plain_step_ratio"].append(curve_step / plain_step)
         status(f"plain training on one thread {at}")
         runs["train_one_thread"].append(one_thread(lambda: plain.run(n)))
 
@@ -823,6 +858,12 @@ def measure_default(
             paired_label("curve/plain time per image", rounds),
             "x",
             paired_ratios(runs["train_loader"], runs["curve_train"]),
+            paired=True,
+        ),
+        "curve_plain_step_ratio": Figure(
+            paired_label(f"curve/plain time per step, {n} steps of each interleaved one by one (median step)", rounds),
+            "x",
+            runs["curve_plain_step_ratio"],
             paired=True,
         ),
         "bn_recalibration": Figure(
@@ -888,7 +929,7 @@ def measure_peers(
     info, device, n = data.info, runtime.device, settings.batches
     plain, curve_trainer = trainers
     best_train, best_eval = best
-    wd, kind, num_bends = train_cfg.wd, curve_cfg.type, curve_cfg.num_bends
+    wd, kind, num_bends = train_cfg.wd, curve_cfg.type, curve_cfg.num_bends  # wd: plain training's
     status("building the official-style reference")
 
     def official_model(seed: int, bn: bool = False) -> nn.Module:
@@ -911,10 +952,10 @@ def measure_peers(
     curve_net = peers.CurveNet(official_model(settings.seed), start, end, kind, num_bends).to(device)
     official_curve = peers.OfficialTrainer(
         curve_net,
-        make_sgd([p for p in curve_net.parameters() if p.requires_grad], curve_cfg.lr, train_cfg.momentum, 0.0),
+        make_sgd([p for p in curve_net.parameters() if p.requires_grad], curve_cfg.lr, curve_cfg.momentum, 0.0),
         official_loader(data.train, BATCH, True, best_train),
         device,
-        regularizer=peers.curve_regularizer(wd),
+        regularizer=peers.curve_regularizer(curve_cfg.wd),
     )
     # The evaluation point, both ways, on the BN model between the same two random initialisations.
     bn_start = official_model(settings.seed + 1, bn=True).state_dict()
@@ -941,25 +982,46 @@ def measure_peers(
     )
 
     def official_point_speed() -> float:
-        return peers.point_speed(official_net, 0.5, *official_point, wd, device)[0]
+        return peers.point_speed(official_net, 0.5, *official_point, curve_cfg.wd, device)[0]
 
-    pairs: list[tuple[str, str, Callable[[], float]]] = [
-        ("peer_modeconn_train", "modeconn training", lambda: plain.run(n)),
-        ("peer_train", "official-style training", lambda: official_plain.run(n)),
-        ("peer_modeconn_curve", "modeconn curve training", lambda: curve_trainer.run(n)),
-        ("peer_curve_train", "official-style CurveNet training", lambda: official_curve.run(n)),
-        ("peer_modeconn_point", "modeconn evaluation point", lambda: point_speed(bn_curve, 0.5, point, runtime)),
-        ("peer_point", "official-style evaluation point", official_point_speed),
+    def official(fn: Callable[[], float]) -> Callable[[], float]:
+        """The reference as the official scripts run it: on CUDA with cudnn.benchmark on (train.py, eval_curve.py)."""
+
+        def timed() -> float:
+            benchmark = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark
+            try:
+                return fn()
+            finally:
+                torch.backends.cudnn.benchmark = benchmark
+
+        return timed
+
+    groups: list[tuple[tuple[str, str, Callable[[], float]], tuple[str, str, Callable[[], float]]]] = [
+        (
+            ("peer_modeconn_train", "modeconn training", lambda: plain.run(n)),
+            ("peer_train", "official-style training", official(lambda: official_plain.run(n))),
+        ),
+        (
+            ("peer_modeconn_curve", "modeconn curve training", lambda: curve_trainer.run(n)),
+            ("peer_curve_train", "official-style CurveNet training", official(lambda: official_curve.run(n))),
+        ),
+        (
+            ("peer_modeconn_point", "modeconn evaluation point", lambda: point_speed(bn_curve, 0.5, point, runtime)),
+            ("peer_point", "official-style evaluation point", official(official_point_speed)),
+        ),
     ]
-    runs: dict[str, list[float]] = {key: [] for key, _, _ in pairs}
+    runs: dict[str, list[float]] = {key: [] for group in groups for key, _, _ in group}
     for r in range(settings.repeats):
         at = f"(round {r + 1}/{settings.repeats})"
-        for key, what, fn in rotated(pairs, r):
-            if key.startswith("peer_modeconn"):
-                runs[key].append(section(key, f"{what} {at}", fn))
-            else:  # off the runtime on purpose (NCHW, float32): not probed
-                status(f"{what} {at}")
-                runs[key].append(fn())
+        # Each pair back to back, the pairs in a rotating order, which of the two goes first alternating.
+        for group in rotated(groups, r):
+            for key, what, fn in group if r % 2 == 0 else reversed(group):
+                if key.startswith("peer_modeconn"):
+                    runs[key].append(section(key, f"{what} {at}", fn))
+                else:  # off the runtime on purpose (NCHW, float32): not probed
+                    status(f"{what} {at}")
+                    runs[key].append(fn())
 
     rounds = settings.repeats
     images = f"BN {point.bn.n} + train {point.train.n} + test {point.test.n} images"

@@ -99,7 +99,10 @@ class CurveLayer(nn.Module):
             w = None
             for j in range(self.num_bends):
                 term = getattr(self, f"{name}_{j}") * coeffs[j]
-                w = term if w is None else w + term
+                if w is None:
+                    w = term
+                else:
+                    w += term  # in place, as the official layers accumulate
             self.l2 = self.l2 + torch.sum(w**2)
             out.append(w)
         return out
@@ -238,7 +241,7 @@ def update_bn(loader: Batches, model: CurveNet, device: torch.device, **kwargs) 
     """``utils.update_bn``: reset the running statistics, then one pass in train mode with momentum b / (n + b).
 
     Returns the number of images it ran (0 for a network without BatchNorm: the official code skips the pass)."""
-    bns = [layer.kind for layer in model.curve_layers if isinstance(layer.kind, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
     model.train()

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from modeconn.errors import ConfigError
-from modeconn.runtime import Runtime
+from modeconn.runtime import CPU, Runtime
 from stages import bench
 
 from .stage_utils import tiny_params
@@ -43,6 +43,7 @@ FIGURES = {  # every figure a CPU run reports without the paper model (cuda_peak
     "eval_speedup",
     "curve_train",
     "curve_plain_ratio",
+    "curve_plain_step_ratio",
     "bn_recalibration",
     "layout_train",
     "layout_bn",
@@ -58,6 +59,7 @@ PAIRED = {
     "train_speedup",
     "eval_speedup",
     "curve_plain_ratio",
+    "curve_plain_step_ratio",
     "paper_curve_plain_ratio",
     "layout_train",
     "layout_bn",
@@ -233,6 +235,12 @@ def test_bench_gpu_settings_on_cpu_with_the_paper_model(tmp_path):
     _check_best(report)
 
 
+def test_bench_without_the_official_style_reference(tmp_path):
+    printed, report = _invoke(tmp_path, "--repeats", "1", "--no-peers")
+    _check_figures(report, FIGURES - PEER_FIGURES, rounds=1)
+    assert report["setup"]["peers"] is None and "official-style" not in printed
+
+
 def test_loader_settings_and_best():
     assert [s.key for s in bench.loader_settings(2, cuda=False)] == ["w0", "w2"]
     assert [s.key for s in bench.loader_settings(4, cuda=True)] == ["w0", "w0_pin", "w2", "w2_pin", "w4", "w4_pin"]
@@ -321,3 +329,25 @@ def test_one_thread_runs_on_one_thread_and_restores_the_count():
     with pytest.raises(ZeroDivisionError):
         bench.one_thread(lambda: 1 / 0)
     assert torch.get_num_threads() == threads
+
+
+def test_interleaved_steps_alternate_the_trainers_step_by_step():
+    calls = []
+
+    def trainer(name):
+        model = torch.nn.Linear(3, 2)
+
+        def loss_fn(x, y):
+            calls.append(name)
+            logits = model(x)
+            return torch.nn.functional.cross_entropy(logits, y), logits
+
+        batches = [(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))] * 2
+        return bench.Trainer(loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), batches, CPU, model, name)
+
+    a, b = trainer("a"), trainer("b")
+    before = a.module.weight.detach().clone()
+    medians = bench.interleaved_steps([a, b], 5, CPU)
+    assert len(medians) == 2 and all(m > 0 for m in medians)
+    assert calls == ["a", "b"] * (bench.WARMUP + 5), "the steps are not interleaved one by one"
+    assert not torch.equal(a.module.weight, before), "the optimiser did not step"

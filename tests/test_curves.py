@@ -314,3 +314,22 @@ def test_curve_forward_is_functional_call_at_the_point_and_puts_the_parameters_b
     template.mid = nn.SyncBatchNorm.convert_sync_batchnorm(template.mid)  # new modules, the same parameters
     expected = torch.func.functional_call(template.eval(), curve.weights(0.6), (x,), strict=False)
     assert torch.equal(curve(x, 0.6), expected)
+    assert all(p is own[name] for name, p in template.named_parameters()), "not put back in the new modules"
+
+
+@pytest.mark.parametrize("kind", ["bezier", "polychain"])
+@pytest.mark.parametrize("num_bends", [2, 3, 5, 9])
+def test_curve_point_is_the_float32_weighted_sum_bit_for_bit(kind, num_bends):
+    """φ_θ(t) from Python-float coefficients equals the weighted sum with the float32-rounded tensor
+    coefficients (the formula before the step's coefficients left tensors), bit for bit."""
+    torch.manual_seed(1)
+    a, b = create_model("mlp", 3, in_channels=1, input_size=8), create_model("mlp", 3, in_channels=1, input_size=8)
+    curve = Curve(create_model("mlp", 3, in_channels=1, input_size=8), a.state_dict(), b.state_dict(), kind, num_bends)
+    with torch.no_grad():
+        curve.bends.add_(torch.randn_like(curve.bends))
+    for t in (0.0, 0.137, 1 / 3, 0.5, 0.9, 1.0):
+        c = curve.coefficients(t)  # float32 tensor of the float64 closed form
+        expected = (curve.start * float(c[0])).add_(curve.end, alpha=float(c[-1]))
+        if num_bends > 2:
+            expected = torch.addmv(expected, curve.bends.detach().t(), c[1:-1])
+        assert torch.equal(curve.point(t).detach(), expected), (kind, num_bends, t)

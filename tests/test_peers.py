@@ -45,6 +45,22 @@ def _pair(seed: int, batch_norm: bool, kind: str = "bezier", num_bends: int = 3)
     return ours, theirs
 
 
+def test_official_curvenet_starts_at_the_endpoints_with_its_bends_on_the_segment():
+    """CurveNet's own endpoint import and linear initialisation, against modeconn's Curve made alike."""
+    torch.manual_seed(0)
+    nets = [create_model("convfc", 4, in_channels=1, input_size=16, width=4, fc_width=16) for _ in range(3)]
+    start, end = nets[1].state_dict(), nets[2].state_dict()
+    ours, theirs = Curve(nets[0], start, end, "bezier", 4), peers.CurveNet(nets[0], start, end, "bezier", 4)
+    x = torch.randn(4, 1, 16, 16)
+    for t in (0.0, 0.4, 1.0):
+        torch.testing.assert_close(ours(x, t), theirs(x, torch.tensor([t])), rtol=1e-4, atol=1e-5)
+    net = theirs.net
+    torch.testing.assert_close(net.conv_part[0].weight_0, start["conv_part.0.weight"])
+    torch.testing.assert_close(net.conv_part[0].weight_3, end["conv_part.0.weight"])
+    middle = start["fc_part.4.bias"] + (end["fc_part.4.bias"] - start["fc_part.4.bias"]) / 3
+    torch.testing.assert_close(net.fc_part[4].bias_1, middle)
+
+
 @pytest.mark.parametrize(("kind", "num_bends"), [("bezier", 3), ("bezier", 4), ("polychain", 4)])
 def test_official_curvenet_and_modeconn_curve_agree_at_every_t(kind, num_bends):
     ours, theirs = _pair(0, batch_norm=False, kind=kind, num_bends=num_bends)
@@ -112,8 +128,9 @@ def test_official_trainer_trains_and_reports_images_per_second():
     before = F.cross_entropy(model(x), y).item()
     assert trainer.run(20) > 0
     assert F.cross_entropy(model(x), y).item() < before
-    with pytest.raises(StopIteration):  # a finite stream of batches is cycled, never exhausted
-        next(itertools.islice(peers.batches_forever(loader), 100, 100))
+    # A finite list of batches is cycled, never exhausted: 100 batches from 4, in order.
+    stream = list(itertools.islice(peers.batches_forever(loader), 100))
+    assert len(stream) == 100 and all(b[0] is loader[i % 4][0] for i, b in enumerate(stream))
 
 
 def test_official_curvenet_refuses_a_layer_it_has_no_curve_version_of():

@@ -288,8 +288,10 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 def test_the_runtime_keeps_the_heap_for_reuse_unless_told_not_to():
     """Freed activations stay in the heap (far fewer page faults per step); MODECONN_HEAP=0 leaves malloc alone."""
     runs = {}
+    # The child's malloc is glibc's own, with its defaults: no preloaded allocator, no malloc tunables.
+    clean = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith(("MALLOC_", "GLIBC_"))}
     for value in ("0", "1"):
-        env = {**os.environ, "MODECONN_HEAP": value}
+        env = {**clean, "MODECONN_HEAP": value}
         out = subprocess.run([sys.executable, "-c", HEAP_PROBE], env=env, capture_output=True, text=True, check=True)
         describe, faults = out.stdout.strip().splitlines()
         runs[value] = (describe, float(faults))
