@@ -197,6 +197,11 @@ def paired_label(what: str, rounds: int) -> str:
     return f"{what}, paired, median [min–max] over {rounds} rounds"
 
 
+def paired_figure(what: str, rounds: int, numerator: list[float], denominator: list[float]) -> Figure:
+    """The ratio ``numerator / denominator`` of two figures measured in the same rounds, one per round."""
+    return Figure(paired_label(what, rounds), "x", paired_ratios(numerator, denominator), paired=True)
+
+
 def rotated(items: list, r: int) -> list:
     """``items`` starting at position r (mod its length): round r measures in this order."""
     k = r % len(items) if items else 0
@@ -820,7 +825,8 @@ def measure_default(
     best_eval = best_setting({s: runs[f"eval_dataloader_{s.key}"] for s in settings_tried})
     peer_figures, peer_setup = {}, None
     if settings.peers:
-        training.clear(), evaluation.clear()  # the DataLoader trainers and the other layout's networks
+        training.clear()  # the DataLoader trainers and the other layout's networks
+        evaluation.clear()
         del conventional, eval_data_loaders, other_plain, other_bn
         release(runtime)
         peer_figures, peer_setup = measure_peers(
@@ -840,11 +846,11 @@ def measure_default(
                 )
                 for s in settings_tried
             },
-            f"{kind}_speedup": Figure(
-                paired_label(f"{what} speed-up, Loader / best DataLoader ({best.name})", rounds),
-                "x",
-                paired_ratios(runs[f"{kind}_loader"], runs[f"{kind}_dataloader_{best.key}"]),
-                paired=True,
+            f"{kind}_speedup": paired_figure(
+                f"{what} speed-up, Loader / best DataLoader ({best.name})",
+                rounds,
+                runs[f"{kind}_loader"],
+                runs[f"{kind}_dataloader_{best.key}"],
             ),
         }
 
@@ -854,11 +860,11 @@ def measure_default(
         "curve_train": Figure(
             f"curve training ({kind}, {num_bends} bends), in-memory Loader", "images/s", runs["curve_train"]
         ),
-        "curve_plain_ratio": Figure(
-            paired_label("curve/plain time per image", rounds),
-            "x",
-            paired_ratios(runs["train_loader"], runs["curve_train"]),
-            paired=True,
+        "curve_plain_ratio": paired_figure(
+            "curve/plain time per image",
+            rounds,
+            runs["train_loader"],
+            runs["curve_train"],
         ),
         "curve_plain_step_ratio": Figure(
             paired_label(f"curve/plain time per step, {n} steps of each interleaved one by one (median step)", rounds),
@@ -870,11 +876,11 @@ def measure_default(
             f"BN recalibration, {bn_batches.n} images ({bn_name})", "s", runs["bn_recalibration"]
         ),
         **layout_figures(runs, channels_last, rounds),
-        "threads_train": Figure(
-            paired_label(f"training speed, {threads} torch threads (torch's default) / 1 thread", rounds),
-            "x",
-            paired_ratios(runs["train_loader"], runs["train_one_thread"]),
-            paired=True,
+        "threads_train": paired_figure(
+            f"training speed, {threads} torch threads (torch's default) / 1 thread",
+            rounds,
+            runs["train_loader"],
+            runs["train_one_thread"],
         ),
         **peer_figures,
     }
@@ -1036,11 +1042,11 @@ def measure_peers(
             "images/s",
             runs["peer_train"],
         ),
-        "peer_train_speedup": Figure(
-            paired_label("training speed-up, modeconn / official-style loop", rounds),
-            "x",
-            paired_ratios(runs["peer_modeconn_train"], runs["peer_train"]),
-            paired=True,
+        "peer_train_speedup": paired_figure(
+            "training speed-up, modeconn / official-style loop",
+            rounds,
+            runs["peer_modeconn_train"],
+            runs["peer_train"],
         ),
         "peer_modeconn_curve": Figure(
             "modeconn curve training, rounds of the official-style comparison", "images/s", runs["peer_modeconn_curve"]
@@ -1050,17 +1056,17 @@ def measure_peers(
             "images/s",
             runs["peer_curve_train"],
         ),
-        "peer_curve_speedup": Figure(
-            paired_label("curve training speed-up, modeconn / official-style CurveNet", rounds),
-            "x",
-            paired_ratios(runs["peer_modeconn_curve"], runs["peer_curve_train"]),
-            paired=True,
+        "peer_curve_speedup": paired_figure(
+            "curve training speed-up, modeconn / official-style CurveNet",
+            rounds,
+            runs["peer_modeconn_curve"],
+            runs["peer_curve_train"],
         ),
-        "peer_curve_plain_ratio": Figure(
-            paired_label("official-style curve/plain time per image", rounds),
-            "x",
-            paired_ratios(runs["peer_train"], runs["peer_curve_train"]),
-            paired=True,
+        "peer_curve_plain_ratio": paired_figure(
+            "official-style curve/plain time per image",
+            rounds,
+            runs["peer_train"],
+            runs["peer_curve_train"],
         ),
         "peer_modeconn_point": Figure(
             f"evaluation point, modeconn ({bn_name}, {images})", "images/s", runs["peer_modeconn_point"]
@@ -1070,11 +1076,11 @@ def measure_peers(
             "images/s",
             runs["peer_point"],
         ),
-        "peer_point_speedup": Figure(
-            paired_label("evaluation point speed-up, modeconn / official-style", rounds),
-            "x",
-            paired_ratios(runs["peer_modeconn_point"], runs["peer_point"]),
-            paired=True,
+        "peer_point_speedup": paired_figure(
+            "evaluation point speed-up, modeconn / official-style",
+            rounds,
+            runs["peer_modeconn_point"],
+            runs["peer_point"],
         ),
     }
     setup = {
@@ -1109,17 +1115,17 @@ def layout_figures(runs: dict[str, list[float]], channels_last: bool, rounds: in
     own, other = (runs["train_loader"], runs["bn_recalibration"]), (runs["train_other_layout"], runs["bn_other_layout"])
     (nhwc_train, nhwc_bn), (nchw_train, nchw_bn) = (own, other) if channels_last else (other, own)
     return {
-        "layout_train": Figure(
-            paired_label("training speed, channels_last / contiguous (> 1: channels_last faster)", rounds),
-            "x",
-            paired_ratios(nhwc_train, nchw_train),
-            paired=True,
+        "layout_train": paired_figure(
+            "training speed, channels_last / contiguous (> 1: channels_last faster)",
+            rounds,
+            nhwc_train,
+            nchw_train,
         ),
-        "layout_bn": Figure(
-            paired_label("BN recalibration speed, channels_last / contiguous", rounds),
-            "x",
-            paired_ratios(nchw_bn, nhwc_bn),
-            paired=True,
+        "layout_bn": paired_figure(
+            "BN recalibration speed, channels_last / contiguous",
+            rounds,
+            nchw_bn,
+            nhwc_bn,
         ),
     }
 
@@ -1218,11 +1224,11 @@ def measure_paper(
         "paper_curve_train": Figure(
             f"paper model {PAPER_MODEL}, {shape}: curve training ({curve_name})", "images/s", runs["paper_curve_train"]
         ),
-        "paper_curve_plain_ratio": Figure(
-            paired_label(f"paper model {PAPER_MODEL}: curve/plain time per image", settings.repeats),
-            "x",
-            paired_ratios(runs["paper_train"], runs["paper_curve_train"]),
-            paired=True,
+        "paper_curve_plain_ratio": paired_figure(
+            f"paper model {PAPER_MODEL}: curve/plain time per image",
+            settings.repeats,
+            runs["paper_train"],
+            runs["paper_curve_train"],
         ),
         "paper_point": Figure(
             f"paper model {PAPER_BN_MODEL} (VGG16 has no BN), {shape}: one evaluation point = BN recalibration "
