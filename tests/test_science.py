@@ -52,6 +52,17 @@ def np_ensemble(members: list[np.ndarray], y: np.ndarray, temps: list[float] | N
     return {"accuracy": float((p.argmax(1) == y).mean()), "nll": float(-np.log(p[np.arange(len(y)), y]).mean())}
 
 
+def curve_ensembles_by_hand(c: list, s: list, y, temps: list[float]) -> dict:
+    """What ``ensemble.curve_ensembles`` should give, in numpy: curve points ``c``, segment points ``s``."""
+    return {
+        "endpoints": np_ensemble([c[0], c[-1]], y),
+        "curve": np_ensemble(c, y),
+        "segment": np_ensemble(s, y),
+        "curve_scaled": np_ensemble(c, y, temps),
+        "endpoints_scaled": np_ensemble([c[0], c[-1]], y, [temps[0], temps[-1]]),
+    }
+
+
 def bezier_np(a: np.ndarray, bend: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return (1 - t) ** 2 * a + 2 * t * (1 - t) * bend + t**2 * b
 
@@ -168,13 +179,7 @@ def test_curve_ensembles_against_a_hand_computation():
     temps = [0.5, 2.0, 3.0, 1.5]
     got = ensemble.curve_ensembles(curve, segment, y, "probs", temps)
     c, s, yy = [m.numpy() for m in curve], [m.numpy() for m in segment], y.numpy()
-    want = {
-        "endpoints": np_ensemble([c[0], c[-1]], yy),
-        "curve": np_ensemble(c, yy),
-        "segment": np_ensemble(s, yy),
-        "curve_scaled": np_ensemble(c, yy, temps),
-        "endpoints_scaled": np_ensemble([c[0], c[-1]], yy, [temps[0], temps[-1]]),
-    }
+    want = curve_ensembles_by_hand(c, s, yy, temps)
     assert got["members"] == 4
     for key, w in want.items():
         assert got[key]["accuracy"] == pytest.approx(w["accuracy"]), key
@@ -331,13 +336,7 @@ def test_stage_curve_ensembles_against_a_hand_computation(run):
     y = curve["labels"].numpy()
     temps = [float(r["temperature"]) for r in _csv(root / "metrics/curve_eval.csv") if r["path"] == "curve"]
     c, s = [m.numpy() for m in curve["logprobs"]], [m.numpy() for m in segment["logprobs"]]
-    want = {
-        "endpoints": np_ensemble([c[0], c[-1]], y),
-        "curve": np_ensemble(c, y),
-        "segment": np_ensemble(s, y),
-        "curve_scaled": np_ensemble(c, y, temps),
-        "endpoints_scaled": np_ensemble([c[0], c[-1]], y, [temps[0], temps[-1]]),
-    }
+    want = curve_ensembles_by_hand(c, s, y, temps)
     for key, w in want.items():
         assert summary[key]["accuracy"] == pytest.approx(w["accuracy"]), key
         assert summary[key]["nll"] == pytest.approx(w["nll"], rel=1e-5), key
