@@ -80,7 +80,7 @@ def tune_heap(enabled: bool | None = None) -> str:
         return _heap_state["state"]
     if enabled is None:
         enabled = _flag(os.environ.get("MODECONN_HEAP", AUTO), "MODECONN_HEAP") is not False
-    glibc = hasattr(os, "confstr") and _confstr("CS_GNU_LIBC_VERSION")
+    glibc = _confstr("CS_GNU_LIBC_VERSION")
     preload = os.environ.get("LD_PRELOAD", "")
     if not enabled:
         state = "malloc defaults (MODECONN_HEAP=0)"
@@ -106,9 +106,10 @@ def heap_state() -> str:
 
 
 def _confstr(name: str) -> str | None:
+    """``os.confstr(name)``, or None where the system has no such value (or no confstr: Windows)."""
     try:
         return os.confstr(name)
-    except (ValueError, OSError):
+    except (AttributeError, ValueError, OSError):
         return None
 
 
