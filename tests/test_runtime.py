@@ -270,12 +270,19 @@ def test_training_in_channels_last_agrees_with_the_contiguous_layout():
 
 
 HEAP_PROBE = """
-import resource, torch
+import ctypes, resource
 from modeconn.runtime import Runtime
 print(Runtime.resolve("cpu").describe())
-def cycle():  # what a training step does to the heap: several large activations, allocated, touched, freed
-    xs = [torch.ones(3_000_000) for _ in range(5)]
-    del xs
+libc = ctypes.CDLL(None)  # glibc's malloc, which torch's CPU allocator calls too
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+MB = 2**20
+def cycle():  # what a training step does to the heap: 64 blocks of 1 MiB allocated, written, freed
+    blocks = [libc.malloc(MB) for _ in range(64)]
+    for b in blocks:
+        ctypes.memset(b, 1, MB)
+    for b in reversed(blocks):
+        libc.free(b)
 cycle(); cycle()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
