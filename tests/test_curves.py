@@ -20,6 +20,7 @@ from modeconn.train import make_sgd, predict, train_epoch
 from modeconn.weights import flat, sq_norm
 
 TS = torch.linspace(0, 1, 101)
+COEFFS = {"bezier": bezier_coefficients, "polychain": polychain_coefficients}
 
 SMALL_ARGS = {
     "preresnet": {"depth": 20},
@@ -319,17 +320,62 @@ def test_curve_forward_is_functional_call_at_the_point_and_puts_the_parameters_b
 
 @pytest.mark.parametrize("kind", ["bezier", "polychain"])
 @pytest.mark.parametrize("num_bends", [2, 3, 5, 9])
-def test_curve_point_is_the_float32_weighted_sum_bit_for_bit(kind, num_bends):
-    """φ_θ(t) from Python-float coefficients equals the weighted sum with the float32-rounded tensor
-    coefficients (the formula before the step's coefficients left tensors), bit for bit."""
+def test_curve_point_is_the_weighted_sum_of_the_control_points(kind, num_bends):
+    """φ_θ(t) against Σ_k c_k θ_k in float64 (the closed-form coefficients), within float32 rounding; the
+    point with autograd on (a training step's) and off (evaluation) agree bit for bit, and the ends are
+    the endpoints exactly."""
     torch.manual_seed(1)
     a, b = create_model("mlp", 3, in_channels=1, input_size=8), create_model("mlp", 3, in_channels=1, input_size=8)
     curve = Curve(create_model("mlp", 3, in_channels=1, input_size=8), a.state_dict(), b.state_dict(), kind, num_bends)
     with torch.no_grad():
         curve.bends.add_(torch.randn_like(curve.bends))
+    stack = torch.cat([curve.start[None], curve.bends.detach(), curve.end[None]]).double()  # (n, P)
     for t in (0.0, 0.137, 1 / 3, 0.5, 0.9, 1.0):
-        c = curve.coefficients(t)  # float32 tensor of the float64 closed form
-        expected = (curve.start * float(c[0])).add_(curve.end, alpha=float(c[-1]))
+        expected = COEFFS[kind](t, num_bends) @ stack
+        with torch.no_grad():
+            w = curve.point(t)
+        torch.testing.assert_close(w.double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
         if num_bends > 2:
-            expected = torch.addmv(expected, curve.bends.detach().t(), c[1:-1])
-        assert torch.equal(curve.point(t).detach(), expected), (kind, num_bends, t)
+            assert torch.equal(curve.point(t).detach(), w), (kind, num_bends, t)
+    assert torch.equal(curve.point(0.0), curve.start) and torch.equal(curve.point(1.0), curve.end)
+
+
+@pytest.mark.parametrize("kind", ["bezier", "polychain"])
+@pytest.mark.parametrize("num_bends", [3, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("wd", [0.0, 0.3])
+def test_curve_step_gradient_is_autograd_through_the_per_parameter_formula(kind, num_bends, channels_last, wd):
+    """The bends' gradient of a training step (the curve's own backward, the L2 term folded in) against
+    autograd through an independent formula: each parameter's φ(t) = Σ_k c_k θ_k built in its own shape
+    from the control points and run with torch.func.functional_call, the L2 term summed per parameter."""
+    torch.manual_seed(2)
+    a, b = pair("convfc", batch_norm=True)
+    curve = Curve(copy.deepcopy(a), a.state_dict(), b.state_dict(), kind, num_bends)
+    with torch.no_grad():
+        curve.bends.add_(torch.randn_like(curve.bends) * 0.05)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 5, (8,))
+    points = curve.control_points()  # {name: [n, *shape]}, contiguous layout
+    if channels_last:
+        curve.use_channels_last()
+        x = x.contiguous(memory_format=torch.channels_last)
+    reference = {name: p.detach().clone().requires_grad_(True) for name, p in points.items()}
+    for t in (0.0, 0.29, 0.5, 0.81):
+        c = COEFFS[kind](t, num_bends).float()
+        phi = {name: torch.einsum("k,k...->...", c, p) for name, p in reference.items()}
+        if channels_last:  # the same layout as the curve's weights, hence the same convolution kernels
+            phi = {n: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for n, v in phi.items()}
+        logits = torch.func.functional_call(curve.template, phi, (x,), strict=False)
+        expected = nn.functional.cross_entropy(logits, y) + 0.5 * wd * sum(v.pow(2).sum() for v in phi.values())
+        grads = torch.autograd.grad(expected, list(reference.values()))
+        expected_grad = {name: g[1:-1] for name, g in zip(reference, grads)}  # the interior bends
+        out, sq = curve(x, t, l2=True)
+        loss = nn.functional.cross_entropy(out, y) + 0.5 * wd * sq
+        (grad,) = torch.autograd.grad(loss, curve.bends)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        got = {name: torch.stack([curve.unflat(row)[name] for row in grad]) for name in reference}
+        scale = max(g.abs().max().item() for g in expected_grad.values())  # (a bias before BN has ~0 gradient)
+        for name in reference:
+            torch.testing.assert_close(got[name], expected_grad[name], rtol=0, atol=1e-5 * scale, msg=name)
+        if wd == 0.0:  # the forward without the norm: the same gradient
+            (plain,) = torch.autograd.grad(nn.functional.cross_entropy(curve(x, t), y), curve.bends)
+            torch.testing.assert_close(plain, grad, rtol=1e-6, atol=1e-9)

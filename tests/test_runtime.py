@@ -83,11 +83,11 @@ def test_channels_last_on_a_curve_of_a_conv_net():
 
 
 def test_curve_point_and_l2_stay_float32_under_bf16_autocast(monkeypatch):
-    """φ_θ(t) (torch.addmv) and ‖φ_θ(t)‖² (torch.dot) run with autocast off. On a CPU autocast leaves these
-    two ops in float32 anyway (CUDA's autocast casts them to bf16), so the test records, at each call, whether
-    autocast is on: without the guard it is."""
+    """φ_θ(t) (torch.mul, then in-place adds) and ‖φ_θ(t)‖² (torch.dot) run with autocast off. On a CPU autocast
+    leaves these ops in float32 anyway (CUDA's autocast casts dot to bf16), so the test records, at each call,
+    whether autocast is on: without the guard it is."""
     calls = []
-    for name in ("addmv", "dot"):
+    for name in ("mul", "dot"):
         real = getattr(torch, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
@@ -107,7 +107,7 @@ def test_curve_point_and_l2_stay_float32_under_bf16_autocast(monkeypatch):
     for name, w in inside.items():
         assert w.dtype == torch.float32 and torch.equal(w, exact[name]), f"φ(t) of {name} rounded under autocast"
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32  # the forward ran in bf16
-    assert {"addmv", "dot"} <= {n for n, _ in calls}
+    assert {"mul", "dot"} <= {n for n, _ in calls}
     assert not [n for n, on in calls if on], f"φ(t) or its L2 formed under autocast: {calls}"
 
 
