@@ -348,7 +348,10 @@ class ConvFC(nn.Module):
             conv_layers.append(nn.Conv2d(c_in, c_out, kernel_size=5, padding=2))
             if batch_norm:
                 conv_layers.append(nn.BatchNorm2d(c_out))
-            conv_layers += [nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2)]
+            # Pool, then ReLU: the same function and the same gradients as the paper's ReLU-then-pool (max and
+            # ReLU commute; where a window's max is ≤ 0 both give 0), with the ReLU on a 4.6x smaller tensor:
+            # a training step 4-7% faster on this CPU (README "Speed"), loss and gradients equal bit for bit.
+            conv_layers += [nn.MaxPool2d(kernel_size=3, stride=2), nn.ReLU()]
             _require(
                 size >= 3,
                 f"model 'convfc' needs input_size >= 15 (three 3x3 max pools with stride 2), got {input_size}",
@@ -385,7 +388,8 @@ def convfc(
 ) -> ConvFC:
     """ConvFC of the paper (Section 5, "ConvFC"; models/convfc.py of its code):
     conv(w)-conv(2w)-conv(4w), 5x5 kernels, each followed by ReLU and a 3x3/2 max
-    pool, then Linear(fc_width)-Linear(fc_width)-Linear(num_classes)."""
+    pool (run as pool then ReLU, the same function), then
+    Linear(fc_width)-Linear(fc_width)-Linear(num_classes)."""
     _require(width >= 1, f"model 'convfc': width must be >= 1, got {width}")
     _require(fc_width >= 1, f"model 'convfc': fc_width must be >= 1, got {fc_width}")
     return ConvFC(num_classes, in_channels, input_size, width, fc_width, batch_norm)
