@@ -136,24 +136,21 @@ class Curve(nn.Module):
                 w.add_(row, alpha=ck)
         return w
 
-    def point(self, t: float, l2: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """φ_θ(t) as one flat float32 vector [P] (differentiable w.r.t. the bends when autograd is on); with
-        ``l2``, also ‖φ_θ(t)‖² (one reduction, in float32).
+    def point(self, t: float) -> torch.Tensor:
+        """φ_θ(t) as one flat float32 vector [P], differentiable w.r.t. the bends when autograd is on.
 
-        Autocast is off here: under bf16 autocast the weighted sum stays in float32 and the forward pass
-        casts what it needs. With autograd on, the point comes from :class:`_CurvePoint`, whose backward
-        costs fewer passes over the weights than autograd's own through the same sum.
+        The same sum, in the same order, as :meth:`combine`, so the two agree bit for bit. Autocast is off
+        here: under bf16 autocast the weighted sum stays in float32 and the forward pass casts what it needs.
+        A training step goes through :meth:`forward`, whose :class:`_CurvePoint` has a cheaper backward.
         """
         c = self.coefficient_list(float(t))  # plain numbers: no tensor op for the coefficients
-        if torch.is_grad_enabled() and self.bends.requires_grad:
-            w, sq_norm = _CurvePoint.apply(self, l2, c, self.bends)
-        else:
-            w = self.combine(c)
-            if not l2:
-                return w
-            with torch.autocast(w.device.type, enabled=False):
-                sq_norm = torch.dot(w, w)
-        return (w, sq_norm) if l2 else w
+        if not (torch.is_grad_enabled() and self.bends.requires_grad):
+            return self.combine(c)
+        with torch.autocast(self.start.device.type, enabled=False):
+            w = torch.mul(self.start, c[0])
+            for k, ck in enumerate(c[1:-1]):
+                w = w.add(self.bends[k], alpha=ck)
+            return w.add(self.end, alpha=c[-1])
 
     def unflat(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         """A flat vector [P] in this curve's layout as the template's parameter dict (views, no copy)."""
@@ -165,6 +162,25 @@ class Curve(nn.Module):
             else:
                 out[n] = v.view(shape)
         return out
+
+    def strided_layout(self) -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
+        """(shape, strides, offset) of each parameter inside a contiguous flat vector [P] in this curve's layout:
+        what :meth:`unflat` gives, as arguments of ``as_strided`` (one call per parameter instead of a split,
+        a view and a permute). Cached per memory layout."""
+        key = tuple(self.nhwc)
+        cached = self.__dict__.get("_layout_cache")
+        if cached is None or cached[0] != key:
+            layout, offset = [], 0
+            for shape, size, nhwc in zip(self.shapes, self.sizes, self.nhwc):
+                if nhwc:
+                    o, i, h, k = shape
+                    strides = (h * k * i, 1, k * i, i)  # (O, I, H, W) over (O, H, W, I) storage
+                else:
+                    strides = tuple(math.prod(shape[d + 1 :]) for d in range(len(shape)))
+                layout.append((shape, strides, offset))
+                offset += size
+            cached = self.__dict__["_layout_cache"] = (key, layout)
+        return cached[1]
 
     def _relayout(self, flat: torch.Tensor, to_nhwc: bool) -> torch.Tensor:
         """Rows [.., P] from the contiguous layout of the 4-D parameters to this curve's (or back)."""
@@ -224,14 +240,15 @@ class Curve(nn.Module):
             self.__dict__["_slot_cache"] = (modules, slots)
         return slots
 
-    def run_template(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """The template's output with its parameters replaced by the flat point ``w`` (views of it).
+    def run_template(self, x: torch.Tensor, w: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """The template's output with its parameters replaced by the flat point ``w`` (views of it), or by
+        the tensors of ``w`` when it is a list in :attr:`names` order.
 
         What ``torch.func.functional_call`` does, in a fraction of its time per call (a curve step pays it
-        every batch; README "Speed" has the curve/plain figures before and after): the views are put
+        every batch; README "Speed" has the curve/plain figures before and after): the tensors are put
         in the modules' parameter slots for the forward and the parameters put back after it, also on error.
         """
-        views = list(self.unflat(w).values())
+        views = list(self.unflat(w).values()) if isinstance(w, torch.Tensor) else w
         slots = self._slots()
         try:
             for module, attr, i, _ in slots:
@@ -244,11 +261,19 @@ class Curve(nn.Module):
     def forward(self, x: torch.Tensor, t: float, l2: bool = False):
         """The template's output at φ_θ(t); with ``l2``, also ‖φ_θ(t)‖² (one reduction over the flat point).
 
-        The whole step goes through here, so that DistributedDataParallel can wrap a curve."""
+        The whole step goes through here, so that DistributedDataParallel can wrap a curve. With autograd on,
+        the point and its norm come from :class:`_CurvePoint`."""
+        c = self.coefficient_list(float(t))
+        if torch.is_grad_enabled() and self.bends.requires_grad:
+            *params, sq_norm = _CurvePoint.apply(self, l2, c, self.bends)
+            logits = self.run_template(x, params)
+            return (logits, sq_norm) if l2 else logits
+        w = self.combine(c)
+        logits = self.run_template(x, w)
         if not l2:
-            return self.run_template(x, self.point(t))
-        w, sq_norm = self.point(t, l2=True)
-        return self.run_template(x, w), sq_norm
+            return logits
+        with torch.autocast(w.device.type, enabled=False):  # ‖φ_θ(t)‖² in float32, as φ_θ(t) itself
+            return logits, torch.dot(w, w)
 
     @torch.no_grad()
     def state_at(self, t: float) -> dict[str, torch.Tensor]:
@@ -288,41 +313,49 @@ class Curve(nn.Module):
 
 
 class _CurvePoint(torch.autograd.Function):
-    """φ_θ(t) = Σ_k c_k θ_k as one flat float32 vector [P], and ‖φ_θ(t)‖², for a training step.
+    """φ_θ(t) = Σ_k c_k θ_k as the template's parameter tensors, and ‖φ_θ(t)‖², for a training step.
 
-    ``apply(curve, l2, c, bends)`` returns the point and its squared norm (0-d; an empty tensor without
-    ``l2``). The result is what autograd gives through :meth:`Curve.point` and ``dot``, in fewer passes over
-    the P weights (the cost a curve step adds to a plain step, README "Speed"): the forward is
-    :meth:`Curve.combine` (elementwise, no matrix-vector product), and the backward forms the bends' gradient
-    c_k · (g + 2 · ∂L/∂‖φ‖² · φ) in one ``addcmul`` and one scaling, instead of autograd's separate
-    gradient of the norm, its sum with g and a matrix product.
+    ``apply(curve, l2, c, bends)`` returns one tensor per parameter of the template, in :attr:`Curve.names`
+    order (strided views of one flat float32 point in the curve's layout), and the squared norm (0-d; an
+    empty tensor without ``l2``). The gradient is what autograd gives through :meth:`Curve.point`,
+    :meth:`Curve.unflat` and ``dot``, in fewer passes over the P weights and far fewer autograd nodes (the
+    cost a curve step adds to a plain step, README "Speed"): the forward is :meth:`Curve.combine`
+    (elementwise, no matrix-vector product), and the backward writes each parameter's gradient g straight
+    into its slice of the bends' gradient as g + 2 · ∂L/∂‖φ‖² · φ (one ``addcmul``), then scales by c_k —
+    instead of autograd's concatenation of the gradients, the norm's gradient, their sum and a matrix
+    product.
     """
 
     @staticmethod
     def forward(ctx, curve: Curve, l2: bool, c: list[float], bends: torch.Tensor):
         w = curve.combine(c)
-        ctx.inner = c[1:-1]
+        layout = curve.strided_layout()
+        ctx.layout, ctx.inner = layout, c[1:-1]
         with torch.autocast(w.device.type, enabled=False):
             sq_norm = torch.dot(w, w) if l2 else w.new_empty(0)
         if l2:
             ctx.save_for_backward(w)
         else:
             ctx.mark_non_differentiable(sq_norm)
-        return w, sq_norm
+        return (*(w.as_strided(shape, stride, offset) for shape, stride, offset in layout), sq_norm)
 
     @staticmethod
-    def backward(ctx, grad_w: torch.Tensor, grad_sq: torch.Tensor):
-        inner = ctx.inner
+    def backward(ctx, *grads: torch.Tensor):
+        *grad_params, grad_sq = grads
+        layout, inner = ctx.layout, ctx.inner
+        grad = grad_params[0].new_empty((len(inner), sum(math.prod(shape) for shape, _, _ in layout)))
+        row = grad[0]  # the unscaled ∂L/∂φ first, scaled by c_k below
         if ctx.saved_tensors:
             (w,) = ctx.saved_tensors
-            g = torch.addcmul(grad_w, w, grad_sq, value=2.0)  # ∂L/∂φ with the norm's share: g + 2 g_sq φ
+            twice = grad_sq * 2
+            for (shape, stride, offset), g in zip(layout, grad_params):
+                torch.addcmul(g, w.as_strided(shape, stride, offset), twice, out=row.as_strided(shape, stride, offset))
         else:
-            g = grad_w
-        if len(inner) == 1 and g is not grad_w:  # one bend (the usual case): scale g, which is ours, in place
-            return None, None, None, g.mul_(inner[0]).unsqueeze(0)
-        grad = g.new_empty((len(inner), g.numel()))
-        for k, ck in enumerate(inner):
-            torch.mul(g, ck, out=grad[k])
+            for (shape, stride, offset), g in zip(layout, grad_params):
+                row.as_strided(shape, stride, offset).copy_(g)
+        for k in range(len(inner) - 1, 0, -1):
+            torch.mul(row, inner[k], out=grad[k])
+        row.mul_(inner[0])
         return None, None, None, grad
 
 

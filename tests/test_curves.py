@@ -379,3 +379,19 @@ def test_curve_step_gradient_is_autograd_through_the_per_parameter_formula(kind,
         if wd == 0.0:  # the forward without the norm: the same gradient
             (plain,) = torch.autograd.grad(nn.functional.cross_entropy(curve(x, t), y), curve.bends)
             torch.testing.assert_close(plain, grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_strided_layout_gives_the_views_of_unflat(channels_last):
+    """The (shape, strides, offset) a training step's point is cut with are unflat's views: same values,
+    shapes and strides (channels_last conv weights included), for every parameter."""
+    a, b = pair("convfc", batch_norm=True)
+    curve = Curve(copy.deepcopy(a), a.state_dict(), b.state_dict(), "bezier", 3)
+    if channels_last:
+        curve.use_channels_last()
+    w = torch.randn(curve.start.numel())
+    views = curve.unflat(w)
+    for name, (shape, stride, offset) in zip(curve.names, curve.strided_layout()):
+        cut = w.as_strided(shape, stride, offset)
+        assert cut.stride() == views[name].stride() and torch.equal(cut, views[name]), name
+    assert any(len(s) == 4 and st[1] == 1 for s, st, _ in curve.strided_layout()) == channels_last
