@@ -136,15 +136,20 @@ class Curve(nn.Module):
                 w.add_(row, alpha=ck)
         return w
 
+    def _differentiable(self) -> bool:
+        """Whether φ_θ(t) needs a gradient: autograd on and trainable bends (a segment has none)."""
+        return torch.is_grad_enabled() and self.bends.requires_grad and self.num_bends > 2
+
     def point(self, t: float) -> torch.Tensor:
         """φ_θ(t) as one flat float32 vector [P], differentiable w.r.t. the bends when autograd is on.
 
-        The same sum, in the same order, as :meth:`combine`, so the two agree bit for bit. Autocast is off
+        The same sum, in the same order, as :meth:`combine` (which skips the terms with c_k = 0: equal bit for
+        bit unless a skipped control point holds inf or NaN, up to the sign of a zero). Autocast is off
         here: under bf16 autocast the weighted sum stays in float32 and the forward pass casts what it needs.
         A training step goes through :meth:`forward`, whose :class:`_CurvePoint` has a cheaper backward.
         """
         c = self.coefficient_list(float(t))  # plain numbers: no tensor op for the coefficients
-        if not (torch.is_grad_enabled() and self.bends.requires_grad):
+        if not self._differentiable():
             return self.combine(c)
         with torch.autocast(self.start.device.type, enabled=False):
             w = torch.mul(self.start, c[0])
@@ -264,7 +269,7 @@ class Curve(nn.Module):
         The whole step goes through here, so that DistributedDataParallel can wrap a curve. With autograd on,
         the point and its norm come from :class:`_CurvePoint`."""
         c = self.coefficient_list(float(t))
-        if torch.is_grad_enabled() and self.bends.requires_grad:
+        if self._differentiable():
             *params, sq_norm = _CurvePoint.apply(self, l2, c, self.bends)
             logits = self.run_template(x, params)
             return (logits, sq_norm) if l2 else logits
@@ -340,6 +345,7 @@ class _CurvePoint(torch.autograd.Function):
         return (*(w.as_strided(shape, stride, offset) for shape, stride, offset in layout), sq_norm)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a clear error under create_graph=True, not a wrong Hessian
     def backward(ctx, *grads: torch.Tensor):
         *grad_params, grad_sq = grads
         layout, inner = ctx.layout, ctx.inner
@@ -386,11 +392,11 @@ def curve_loss(curve: Curve, wd: float, generator: torch.Generator, module: nn.M
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.rand((), generator=generator).item()
-        logits, sq_norm = run(x, t, l2=True)
-        loss = F.cross_entropy(logits.float(), y)
         if wd > 0:
-            loss = loss + 0.5 * wd * sq_norm
-        return loss, logits
+            logits, sq_norm = run(x, t, l2=True)
+            return F.cross_entropy(logits.float(), y) + 0.5 * wd * sq_norm, logits
+        logits = run(x, t)  # no norm to form, keep or differentiate
+        return F.cross_entropy(logits.float(), y), logits
 
     return loss_fn
 

@@ -341,7 +341,7 @@ def test_curve_point_is_the_weighted_sum_of_the_control_points(kind, num_bends):
 
 
 @pytest.mark.parametrize("kind", ["bezier", "polychain"])
-@pytest.mark.parametrize("num_bends", [3, 4])
+@pytest.mark.parametrize("num_bends", [3, 4, 5])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("wd", [0.0, 0.3])
 def test_curve_step_gradient_is_autograd_through_the_per_parameter_formula(kind, num_bends, channels_last, wd):
@@ -359,7 +359,7 @@ def test_curve_step_gradient_is_autograd_through_the_per_parameter_formula(kind,
         curve.use_channels_last()
         x = x.contiguous(memory_format=torch.channels_last)
     reference = {name: p.detach().clone().requires_grad_(True) for name, p in points.items()}
-    for t in (0.0, 0.29, 0.5, 0.81):
+    for t in (0.0, 0.29, 0.5, 0.81, 1.0):
         c = COEFFS[kind](t, num_bends).float()
         phi = {name: torch.einsum("k,k...->...", c, p) for name, p in reference.items()}
         if channels_last:  # the same layout as the curve's weights, hence the same convolution kernels
@@ -395,3 +395,17 @@ def test_strided_layout_gives_the_views_of_unflat(channels_last):
         cut = w.as_strided(shape, stride, offset)
         assert cut.stride() == views[name].stride() and torch.equal(cut, views[name]), name
     assert any(len(s) == 4 and st[1] == 1 for s, st, _ in curve.strided_layout()) == channels_last
+
+
+def test_segment_runs_under_autograd_with_nothing_to_train():
+    """A 2-bend curve (the segment) has no trainable bend: with autograd on, its forward is the no-grad one,
+    builds no graph on the bends, and its norm is ‖φ(t)‖²."""
+    a, b = pair("convfc")
+    segment = Curve(copy.deepcopy(a), a.state_dict(), b.state_dict(), "bezier", 2)
+    x = torch.randn(4, 1, 28, 28)
+    logits, sq = segment(x, 0.4, l2=True)
+    with torch.no_grad():
+        expected, expected_sq = segment(x, 0.4, l2=True)
+    assert torch.equal(logits, expected) and torch.equal(sq, expected_sq)
+    assert not logits.requires_grad and not sq.requires_grad
+    assert sq.item() == pytest.approx(sq_norm(segment.weights(0.4)).item(), rel=1e-6)

@@ -107,6 +107,9 @@ def test_curve_point_and_l2_stay_float32_under_bf16_autocast(monkeypatch):
     for name, w in inside.items():
         assert w.dtype == torch.float32 and torch.equal(w, exact[name]), f"φ(t) of {name} rounded under autocast"
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32  # the forward ran in bf16
+    with runtime.autocast():
+        _, norm = curve(torch.randn(4, 1, 28, 28), 0.3, l2=True)
+    assert norm.dtype == torch.float32 and norm.requires_grad
     assert {"mul", "dot"} <= {n for n, _ in calls}
     assert not [n for n, on in calls if on], f"φ(t) or its L2 formed under autocast: {calls}"
 
