@@ -170,20 +170,13 @@ class Curve(nn.Module):
 
     def strided_layout(self) -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
         """(shape, strides, offset) of each parameter inside a contiguous flat vector [P] in this curve's layout:
-        what :meth:`unflat` gives, as arguments of ``as_strided`` (one call per parameter instead of a split,
-        a view and a permute). Cached per memory layout."""
+        :meth:`unflat`'s views (read off a meta tensor), as arguments of ``as_strided`` — one call per parameter
+        instead of a split, a view and a permute. Cached per memory layout."""
         key = tuple(self.nhwc)
         cached = self.__dict__.get("_layout_cache")
         if cached is None or cached[0] != key:
-            layout, offset = [], 0
-            for shape, size, nhwc in zip(self.shapes, self.sizes, self.nhwc):
-                if nhwc:
-                    o, i, h, k = shape
-                    strides = (h * k * i, 1, k * i, i)  # (O, I, H, W) over (O, H, W, I) storage
-                else:
-                    strides = tuple(math.prod(shape[d + 1 :]) for d in range(len(shape)))
-                layout.append((shape, strides, offset))
-                offset += size
+            probe = torch.empty(sum(self.sizes), device="meta")
+            layout = [(tuple(v.shape), v.stride(), v.storage_offset()) for v in self.unflat(probe).values()]
             cached = self.__dict__["_layout_cache"] = (key, layout)
         return cached[1]
 
@@ -335,7 +328,7 @@ class _CurvePoint(torch.autograd.Function):
     def forward(ctx, curve: Curve, l2: bool, c: list[float], bends: torch.Tensor):
         w = curve.combine(c)
         layout = curve.strided_layout()
-        ctx.layout, ctx.inner = layout, c[1:-1]
+        ctx.layout, ctx.inner, ctx.numel = layout, c[1:-1], w.numel()
         with torch.autocast(w.device.type, enabled=False):
             sq_norm = torch.dot(w, w) if l2 else w.new_empty(0)
         if l2:
@@ -349,7 +342,7 @@ class _CurvePoint(torch.autograd.Function):
     def backward(ctx, *grads: torch.Tensor):
         *grad_params, grad_sq = grads
         layout, inner = ctx.layout, ctx.inner
-        grad = grad_params[0].new_empty((len(inner), sum(math.prod(shape) for shape, _, _ in layout)))
+        grad = grad_params[0].new_empty((len(inner), ctx.numel))
         row = grad[0]  # the unscaled ∂L/∂φ first, scaled by c_k below
         if ctx.saved_tensors:
             (w,) = ctx.saved_tensors
