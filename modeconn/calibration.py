@@ -8,6 +8,10 @@ M equal-width bins I_m = ((m−1)/M, m/M] and let B_m be the predictions whose c
     conf(B_m) = (1/|B_m|) Σ_{i∈B_m} p̂_i
     ECE       = Σ_m (|B_m| / N) · |acc(B_m) − conf(B_m)|
 
+Bins are closed on the right, as in Guo et al.: a confidence exactly on an inner edge m/M belongs to the bin
+below it. torchmetrics' ``MulticlassCalibrationError`` closes them on the left ([lo, hi)), so the two agree
+except for predictions that fall exactly on an edge (tested in tests/test_calibration.py).
+
 A perfectly calibrated model has acc(B_m) = conf(B_m) in every bin (the diagonal of the reliability diagram).
 Every input is a tensor of log-probabilities ``[N, K]``, as the pipeline stores them; sums run in float64.
 """

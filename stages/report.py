@@ -17,6 +17,7 @@ from pathlib import Path
 
 import typer
 
+from modeconn import claims
 from modeconn.errors import CheckpointError
 from modeconn.io import atomic_write_text
 
@@ -108,6 +109,80 @@ def headline(ends: dict, cur: dict, cmp: dict) -> dict:
     }
 
 
+def verdicts(cur: dict, pe: dict, fge: dict, sse: dict, cmp: dict) -> list[claims.Verdict]:
+    """The paper's claims that this run can test, each against this run's own numbers (modeconn.claims).
+
+    Noise: the sample std over seeds of one network's test accuracy (Ind at 1B), where the run has several
+    seeds; the 1B FGE/Ind comparison uses the means over seeds and the larger of the two stds."""
+    c, s_, ens = cur["curve"], cur["segment"], cur["ensemble"]
+    ends = (c["test_error"]["start"], c["test_error"]["end"])
+    spread = cmp.get("1B_over_seeds", {})
+    noise = spread["ind"]["std_accuracy"] if spread.get("ind", {}).get("n", 0) > 1 else None
+    rows = list(pe["by_t"].values())
+    out = [
+        claims.curve_connects([c["test_error"]["max"]], ends),
+        claims.segment_does_not([s_["test_error"]["max"]], ends),
+        claims.curve_longer(cur["length"]["ratio"]),
+        claims.curve_ensemble_beats_endpoints(1 - ens["curve"]["accuracy"], 1 - ens["endpoints"]["accuracy"], noise),
+    ]
+    if "curve_scaled" in ens:
+        out.append(claims.temperature_helps(ens["curve"]["nll"], ens["curve_scaled"]["nll"]))
+    out.append(
+        claims.curve_points_differ(
+            [r["curve_error"] for r in rows], [r["segment_error"] for r in rows], [r["random_error"] for r in rows]
+        )
+    )
+    budgets = [b for b in ("1B", "2B", "3B") if isinstance(cmp.get(b), dict)]
+    for b in dict.fromkeys(budgets[:1] + budgets[-1:]):  # the smallest and the largest budget
+        row = cmp[b]
+        if not all(row.get(m, {}).get("members") for m in ("fge", "ind")):
+            continue
+        if b == "1B" and spread.get("fge", {}).get("n", 0) > 1 and spread.get("ind", {}).get("n", 0) > 1:
+            f, i = spread["fge"], spread["ind"]
+            out.append(
+                claims.fge_beats(
+                    1 - f["mean_accuracy"],
+                    1 - i["mean_accuracy"],
+                    f"Ind (mean over {i['n']} seeds)",
+                    b,
+                    max(f["std_accuracy"], i["std_accuracy"]),
+                )
+            )
+        else:
+            out.append(claims.fge_beats(row["fge"]["test_error"], row["ind"]["test_error"], "Ind", b, noise))
+        if row.get("sse", {}).get("members"):
+            out.append(claims.fge_beats(row["fge"]["test_error"], row["sse"]["test_error"], "SSE", b, noise))
+    if fge.get("mean_distance") is not None and sse.get("mean_distance") is not None:
+        out.append(claims.fge_snapshots_closer(fge["mean_distance"], sse["mean_distance"]))
+    return out
+
+
+def claims_section(cur: dict, pe: dict, fge: dict, fge_run: dict, sse: dict, cmp: dict) -> list[str]:
+    """The report's section that states, from this run's numbers, which of the paper's claims it shows."""
+    L = [
+        "## The paper's claims in this run",
+        "",
+        "Each verdict is drawn from this run's own numbers above (`modeconn.claims`): *shown*, *not shown*, or "
+        "*within noise* where the difference is smaller than the spread of one network's test accuracy over "
+        "the endpoint seeds. A path connects when its error barrier (worst error along t minus the worse "
+        f"endpoint's) is at most {100 * claims.TOLERANCE:.0f} points.",
+        "",
+        "| claim (paper) | this run | verdict |",
+        "|---|---|---|",
+    ]
+    for v in verdicts(cur, pe, fge, sse, cmp):
+        L.append(f"| {v.claim} | {v.evidence} | **{v.outcome}** |")
+    shots = [int(n) for n in seq(fge_run["snapshots_per_run"])]
+    if shots and max(shots) <= 1:
+        L += [
+            "",
+            f"Note: each FGE run took {max(shots)} snapshot(s) (cycle {fge_run['cycle']} epochs in "
+            f"{fge_run['epochs']} epochs), so FGE is no ensemble here and its rows equal SWA's; shorten "
+            "`fge.cycle` or lengthen `fge.epochs` for a comparison of FGE.",
+        ]
+    return [*L, ""]
+
+
 WIDTH_FILES = ("width.md", "width.png")  # written by experiments/width/dvc.yaml's summary stage
 
 
@@ -175,7 +250,7 @@ def build(metrics: Path, out: Path, seeds, width: Path | None = None) -> tuple[s
         f"**{first['model']}**({args}), device(s): {', '.join(devices)}, training precision(s): "
         f"{', '.join(precisions)}.",
         f"- Endpoints: seeds {', '.join(str(s) for s in seeds)}, {first['epochs']} epochs each (B = "
-        f"{cmp_run['B']}), standard schedule."
+        f"{cmp_run['B']}), standard schedule.",
         f"- Curve: {fit['type']} with {fit['num_bends']} bends between seeds {seq(fit['endpoints'])[0]} and "
         f"{seq(fit['endpoints'])[1]}, {fit['epochs']} epochs ({fit['seconds']:.0f} s).",
         f"- Evaluation along t: {cur_run['num_points']} points, train measures on "
@@ -358,6 +433,7 @@ def build(metrics: Path, out: Path, seeds, width: Path | None = None) -> tuple[s
         f"![Reliability diagrams at 1B]({rel(metrics / 'reliability.png')})",
         "",
     ]
+    L += claims_section(cur, pe, fge, fge_run, sse, cmp)
     L += width_section(width, rel)
     L += [
         "## Sources",

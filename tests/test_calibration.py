@@ -107,3 +107,19 @@ def test_curve_ensembles_report_the_ece_of_each_ensemble_before_and_after_scalin
         calibration.ece(ensemble.combine([scaled[0], scaled[-1]]), y)
     )
     assert out["curve_scaled"]["ece"] != pytest.approx(out["curve"]["ece"])
+
+
+def test_bins_are_closed_on_the_right_where_torchmetrics_closes_them_on_the_left():
+    # Confidences exactly on the inner edge 0.75 of 4 bins (exact in float64): modeconn puts them in
+    # (0.5, 0.75] (Guo et al.'s I_m = ((m−1)/M, m/M]), torchmetrics in [0.75, 1).
+    # Here: 0.75 right, 0.75 wrong, 0.625 right, 0.875 wrong.
+    x = torch.tensor([[0.75, 0.25], [0.75, 0.25], [0.625, 0.375], [0.875, 0.125]], dtype=torch.float64).log()
+    y = torch.tensor([0, 1, 0, 1])
+    assert x.exp().max(1).values.tolist() == [0.75, 0.75, 0.625, 0.875]  # the edge is hit, not missed by rounding
+    rel = calibration.reliability(x, y, bins=4)
+    assert rel.count.tolist() == [0, 0, 3, 1]
+    # (0.5, 0.75]: acc 2/3, conf 0.7083 → 3·0.04167; (0.75, 1]: acc 0, conf 0.875. ECE = (0.125 + 0.875) / 4
+    assert rel.ece == pytest.approx(0.25, abs=1e-12)
+    # torchmetrics: [0.5, 0.75) holds 0.625 alone (gap 0.375); [0.75, 1] the other three (gap 1.375 / 3 each).
+    reference = MulticlassCalibrationError(num_classes=2, n_bins=4, norm="l1")(x.exp().float(), y).item()
+    assert reference == pytest.approx((0.375 + 1.375) / 4, abs=1e-6)

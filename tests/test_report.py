@@ -86,3 +86,61 @@ def test_report_names_a_missing_file_and_its_stage(run, tmp_path, monkeypatch):
     r = invoke(report)
     assert r.exit_code == 1
     assert "metrics/plane.json" in r.output and "dvc repro plane" in r.output and "Traceback" not in r.output
+
+
+def test_what_ran_lists_the_curve_on_a_line_of_its_own(run):
+    text = (run / "metrics/report.md").read_text()
+    assert "standard schedule.\n- Curve: " in text
+
+
+def _report_of(run, tmp_path, monkeypatch, edit):
+    """The report of ``run``'s metrics after ``edit(metrics folder)``."""
+    shutil.copytree(run / "metrics", tmp_path / "metrics")
+    edit(tmp_path / "metrics")
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params())
+    r = invoke(report)
+    assert r.exit_code == 0, r.output
+    return (tmp_path / "metrics/report.md").read_text()
+
+
+def _claim_row(text: str, claim: str) -> str:
+    rows = [line for line in text.splitlines() if line.startswith(f"| {claim}")]
+    assert len(rows) == 1, f"no single row for {claim!r}"
+    return rows[0]
+
+
+def test_the_verdicts_are_drawn_from_the_run_they_report(run, tmp_path, monkeypatch):
+    text = (run / "metrics/report.md").read_text()
+    assert "## The paper's claims in this run" in text
+    connects = "Sec. 3: the curve joins"
+    cur = json.loads((run / "metrics/curve.json").read_text())
+    worst = cur["curve"]["test_error"]["max"]
+    assert f"worst test error along the curve {100 * worst:.2f}%" in _claim_row(text, connects)
+    for claim in (
+        "Sec. 4: an ensemble",
+        "Fig. 4:",
+        "Sec. 5, Table 1: FGE beats Ind (mean over 2 seeds) at 1B",
+        "Sec. 5: consecutive",
+    ):
+        assert "**" in _claim_row(text, claim)
+
+    def raise_the_curve(metrics):  # the same run, but with a curve whose worst point is at chance
+        c = json.loads((metrics / "curve.json").read_text())
+        c["curve"]["test_error"]["max"] = 0.9
+        (metrics / "curve.json").write_text(json.dumps(c))
+
+    row = _claim_row(_report_of(run, tmp_path, monkeypatch, raise_the_curve), connects)
+    assert "90.00%" in row and row.endswith("**not shown** |")
+
+
+def test_an_fge_of_one_snapshot_per_run_is_said_in_the_report(run, tmp_path, monkeypatch):
+    assert "no ensemble here" not in (run / "metrics/report.md").read_text()
+
+    def one_snapshot(metrics):
+        info = json.loads((metrics / "fge.run.json").read_text())
+        info["snapshots_per_run"] = {k: 1 for k in info["snapshots_per_run"]}
+        (metrics / "fge.run.json").write_text(json.dumps(info))
+
+    text = _report_of(run, tmp_path, monkeypatch, one_snapshot)
+    assert "each FGE run took 1 snapshot(s)" in text and "no ensemble here" in text
