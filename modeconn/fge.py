@@ -13,6 +13,13 @@ A snapshot records where it was taken (iteration, epoch), its test (and, when
 there is a validation split, validation) log-probabilities and its distance in weight space to the previous snapshot
 (the paper contrasts ≈7 for FGE with ≈40 for SSE on PreResNet-164).
 
+BatchNorm of a snapshot: its predictions are taken with the running statistics its own training left, not
+recalibrated. The official code does the same (it records predictions at the learning-rate minimum with no
+BN pass), and it is sound here: a snapshot is a point the run has just trained at, with a small learning
+rate, so the running averages track its weights; a recalibration pass over the training set per snapshot
+would also be extra epochs that the budgets (Sec. 5) would have to count. Points that no run trained at —
+curve points, grid points of the plane, SWA averages — are recalibrated (DESIGN decision 2).
+
 With ``swa_batches`` a run also keeps the running mean of its snapshots' weights and, when it ends,
 evaluates that average as one network, BatchNorm recalibrated (SWA, Izmailov et al. 2018; :mod:`modeconn.swa`).
 
