@@ -25,6 +25,7 @@ from modeconn import calibration, ensemble
 from modeconn.align import align_endpoints
 from modeconn.bn import has_bn
 from modeconn.curves import Curve, load_curve, segment_of
+from modeconn.errors import ModeconnError
 from modeconn.io import atomic_dir, atomic_torch_save
 from modeconn.metrics import length_ratio, loss_barrier, path_summaries
 from modeconn.models import from_spec
@@ -34,6 +35,7 @@ from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.weights import flat
 
 from .common import (
+    PARAMS,
     ParamsOpt,
     PreparedOpt,
     console,
@@ -51,9 +53,10 @@ CURVE_HINT = "Run `dvc repro fit_curve` to create it."
 
 
 def evaluate(
-    cfg: EvalConfig, prepared: Path, curve_dir: Path, out: Path, runtime: Runtime
+    cfg: EvalConfig, prepared: Path, curve_dir: Path, out: Path, runtime: Runtime, params: Path = PARAMS
 ) -> tuple[list[dict], dict, dict]:
-    """The rows (one per path and t), the summary metrics and the run information."""
+    """The rows (one per path and t), the summary metrics and the run information (``params``: the file
+    ``cfg`` came from, named in the way out of an alignment the model does not allow)."""
     seed_everything(cfg.seed)
     curve, blob = load_curve(curve_dir / "curve.pt", from_spec, hint=CURVE_HINT)
     wd = float(blob.get("wd", 0.0))
@@ -64,9 +67,12 @@ def evaluate(
     paths, alignment = {"curve": curve, "segment": segment}, None
     if cfg.align:  # the segment to ŵ2 with its hidden units permuted into line with ŵ1 (Ainsworth et al. 2023)
         w1, w2 = curve.endpoint(0), curve.endpoint(-1)
-        w2_aligned, perms, alignment = align_endpoints(
-            from_spec(blob["spec"]), w1, w2, data.test.x[:2].float().cpu(), seed=cfg.seed
-        )
+        try:
+            w2_aligned, perms, alignment = align_endpoints(
+                from_spec(blob["spec"]), w1, w2, data.test.x[:2].float().cpu(), seed=cfg.seed
+            )
+        except ModeconnError as e:  # the library says what it cannot align; the way out is the pipeline's
+            raise ModeconnError(f"{e}; set eval.align: false in {params} to skip the aligned segment") from e
         paths["aligned"] = runtime.prepare(Curve(from_spec(blob["spec"]), w1, w2_aligned, "bezier", 2))
         log.info("aligned ŵ2 to ŵ1: %s", alignment)
     ts = torch.linspace(0, 1, cfg.num_points).tolist()
@@ -182,7 +188,7 @@ def main(
     """Measure train/test loss and error along the curve and the segment (params: eval)."""
     (cfg,) = read_sections(params, "eval")
     t0 = time.perf_counter()
-    rows, s, run = evaluate(cfg, prepared, curve, out, runtime)
+    rows, s, run = evaluate(cfg, prepared, curve, out, runtime, params)
     write_csv(table, rows)
     write_csv(wide, wide_rows(rows))
     write_metrics(metrics, s, {**run, "seconds": time.perf_counter() - t0})

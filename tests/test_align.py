@@ -144,10 +144,10 @@ class DataDependent(nn.Module):
         return self.fc(x) if x.sum() > 0 else x
 
 
-class Depthwise(nn.Module):
+class Grouped(nn.Module):
     def __init__(self):
         super().__init__()
-        self.a, self.b, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=4), nn.Linear(4, 2)
+        self.a, self.b, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Linear(4, 2)
 
     def forward(self, x):
         return self.fc(self.b(self.a(x)).mean((2, 3)))
@@ -158,13 +158,217 @@ class Depthwise(nn.Module):
     [
         (Concat(), torch.zeros(2, 1, 8, 8), r"op function cat \(graph node 'cat'\)"),
         (DataDependent(), torch.zeros(2, 4), r"cannot trace model DataDependent with torch.fx"),
-        (Depthwise(), torch.zeros(2, 1, 8, 8), r"Conv2d module 'b' with groups=4"),
+        (Grouped(), torch.zeros(2, 1, 8, 8), r"Conv2d module 'b' with groups=2"),
     ],
     ids=["cat", "control-flow", "grouped-conv"],
 )
 def test_a_model_the_rule_cannot_handle_gets_a_clear_error(module, x, match):
     with pytest.raises(ModeconnError, match=match):
         permutation_spec(module, x)
+
+
+# -----------------------------------------------------------------------------
+# Function preservation: a random permutation of every group leaves the logits as they were
+
+
+def scrambled(model: nn.Module, seed: int, x: torch.Tensor | None = None) -> nn.Module:
+    """``model`` in eval mode with every 1-D parameter (biases, BN affine, shifts, layer scales) nudged off its
+    init and random BatchNorm running statistics, so that a tensor left out of a permutation changes the
+    outputs (fresh BN statistics are 0 and 1; timm's layer scale starts at 1e-6). With ``x``, the statistics
+    are first those of ``x`` (deep nets with arbitrary statistics give logits that ignore the input)."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+        if x is not None:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average: one batch's statistics
+            model.train()(x)
+        for m in bns:
+            m.running_mean.add_(0.2 * m.running_var.sqrt() * torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.mul_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def assert_preserved(model: nn.Module, x: torch.Tensor, label: str, seed: int = 3) -> None:
+    """A random permutation of every group of ``model``'s spec computes the same logits (within 1e-5 relative,
+    in float64: float32 rounding alone reaches 1e-4 through 50 layers of random BN statistics)."""
+    model, x = copy.deepcopy(model).double(), x.double()
+    spec = permutation_spec(model, x[:2])
+    state = model.state_dict()
+    permuted = apply_permutation(spec, state, random_permutations(spec, seed=seed))
+    assert any(not torch.equal(state[k], permuted[k]) for k in state), f"{label}: nothing was permuted"
+    y, y_perm = outputs(model, state, x), outputs(model, permuted, x)
+    assert y.std(0).max() > 1e-3, f"{label}: the logits do not depend on the input (the test could not fail)"
+    err = (y_perm - y).abs().max().item()
+    assert err <= 1e-5 * max(1.0, y.abs().max().item()), f"{label}: permuting changed f(x) by {err:.3g}"
+
+
+class Shift(nn.Module):
+    """The reproduction of issue 18: a learned shift joins fc1's permuted outputs by an addition."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.shift, self.fc2 = nn.Linear(4, 8, bias=False), nn.Parameter(torch.randn(8)), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x) + self.shift))
+
+
+class LayerScale(nn.Module):
+    """Per-channel scales and shifts on a conv's output in every way they are written: a parameter γ of shape
+    (C, 1, 1), γ.reshape(1, -1, 1, 1) (ConvNeXt in timm), γ[:, None, None], a buffer subtracted, a division."""
+
+    def __init__(self, way: str):
+        super().__init__()
+        self.way, self.conv, self.head = way, nn.Conv2d(2, 6, 3), nn.Linear(6, 3)
+        self.gamma = nn.Parameter(torch.rand(6, 1, 1) + 0.5 if way == "c11" else torch.rand(6) + 0.5)
+        self.register_buffer("mean", torch.randn(1, 6, 1, 1))
+
+    def forward(self, x):
+        h = self.conv(x)  # (B, 6, H, W)
+        if self.way == "c11":
+            h = h * self.gamma
+        elif self.way == "reshape":
+            h = h.mul(self.gamma.reshape(1, -1, 1, 1))
+        elif self.way == "index":
+            h = self.gamma[:, None, None] * h  # the parameter on the left
+        elif self.way == "buffer":
+            h = (h - self.mean) / self.gamma.view(6, 1, 1)
+        return self.head(torch.relu(h).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("model", "x", "tensors"),
+    [
+        (Shift(), torch.randn(6, 4), {"shift": [0]}),
+        (LayerScale("c11"), torch.randn(6, 2, 7, 7), {"gamma": [0]}),
+        (LayerScale("reshape"), torch.randn(6, 2, 7, 7), {"gamma": [0]}),
+        (LayerScale("index"), torch.randn(6, 2, 7, 7), {"gamma": [0]}),
+        (LayerScale("buffer"), torch.randn(6, 2, 7, 7), {"gamma": [0], "mean": [1]}),
+    ],
+    ids=["add-shift", "mul-gamma-C11", "mul-gamma-reshape", "gamma-index-left", "sub-buffer-div-view"],
+)
+def test_a_parameter_joined_to_permuted_channels_by_arithmetic_is_permuted_with_them(model, x, tensors):
+    torch.manual_seed(0)
+    spec = permutation_spec(scrambled(model, seed=0), x[:2])
+    for tensor, dims in tensors.items():
+        assert [a.dim for a in spec.axes.get(tensor, [])] == dims, f"{tensor}: axes {spec.axes.get(tensor)}"
+        (axis,) = spec.axes[tensor]
+        assert spec.axes[f"{'fc1' if tensor == 'shift' else 'conv'}.weight"][-1].group == axis.group
+    assert_preserved(model, x, type(model).__name__)
+
+
+class Untracked(nn.Module):
+    """A tensor that reaches the permuted channels through an op the rule cannot follow, or that is not in
+    the state dict (a plain attribute): each an error naming it, never a silent pass."""
+
+    def __init__(self, way: str):
+        super().__init__()
+        self.way, self.fc1, self.fc2 = way, nn.Linear(4, 8), nn.Linear(8, 3)
+        self.w = nn.Parameter(torch.randn(2, 8))
+        self.plain = torch.randn(8)  # neither parameter nor buffer
+
+    def forward(self, x):
+        h = self.fc1(x)
+        h = h + self.w.sum(0) if self.way == "reduced" else h * self.plain
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize(
+    ("way", "match"),
+    [
+        ("reduced", r"'w' reaches a permutable channel space through op function add"),
+        ("plain", r"tensor 'plain' acts on a permutable channel space but is neither a parameter"),
+    ],
+)
+def test_a_tensor_on_permuted_channels_that_gets_no_axis_is_an_error_naming_it(way, match):
+    with pytest.raises(ModeconnError, match=match):
+        permutation_spec(Untracked(way), torch.zeros(2, 4))
+
+
+def test_a_parameter_on_the_logits_or_broadcast_over_channels_needs_no_permutation():
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+            self.prior, self.temp = nn.Parameter(torch.randn(3, 2)), nn.Parameter(torch.ones(1))
+
+        def forward(self, x):  # an untrackable tensor on the logits, a scalar-like one on a hidden space
+            return self.fc2(self.fc1(x) * self.temp) + self.prior.sum(1)
+
+    spec = permutation_spec(Head(), torch.zeros(2, 4))
+    assert "prior" not in spec.axes and "temp" not in spec.axes and list(spec.sizes.values()) == [8]
+
+
+def _build(family: str, name: str) -> nn.Module:
+    if family == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=5)
+    timm = pytest.importorskip("timm")
+    return timm.create_model(name, pretrained=False, num_classes=5, **({"img_size": 32} if "vit" in name else {}))
+
+
+# (family, name, None when every permutation must keep the function, else what the error must name)
+EXTERNAL = [
+    ("torchvision", "resnet18", None),
+    ("torchvision", "mobilenet_v2", None),  # depthwise convs, ReLU6
+    ("torchvision", "mobilenet_v3_small", None),  # + squeeze-excite (a (B, C, 1, 1) gate), hardswish
+    ("torchvision", "efficientnet_b0", None),  # + stochastic depth, SiLU
+    ("torchvision", "regnet_y_400mf", r"Conv2d module 'trunk_output\.block1\.block1-0\.f\.b\.0' with groups=6"),
+    ("torchvision", "shufflenet_v2_x0_5", r"op function cat"),
+    ("timm", "resnet10t", None),  # deep stem, avg-pool downsample
+    ("timm", "seresnet18", None),  # squeeze-excite with x.mean((2, 3), keepdim=True)
+    ("timm", "mobilenetv3_small_050", None),  # BatchNormAct2d (F.batch_norm), timm's Linear (F.linear)
+    ("timm", "efficientnet_b0", None),
+    ("timm", "convnext_atto", r"op method \.permute\(\)"),  # channels-last LayerNorm
+    ("timm", "vit_tiny_patch16_224", r"op method \.flatten\(\) from \(2, 192, 2, 2\) to \(2, 192, 4\)"),
+]
+
+
+@pytest.mark.parametrize(("family", "name", "error"), EXTERNAL, ids=[f"{f}-{n}" for f, n, _ in EXTERNAL])
+def test_alignment_keeps_the_function_of_torchvision_and_timm_families_or_says_what_it_cannot(family, name, error):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model = scrambled(_build(family, name), seed=0, x=x)
+    if error is not None:
+        with pytest.raises(ModeconnError, match=f"align: model {type(model).__name__}: .*{error}"):
+            permutation_spec(model, x[:2])
+        return
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert_preserved(model, x, f"{family}/{name}")
+    for k, v in model.state_dict().items():  # tracing ran the model in eval mode: no BN statistics moved
+        assert torch.equal(v, before[k]), f"{family}/{name}: permutation_spec changed {k}"
+
+
+def test_a_model_alignment_refuses_stops_eval_curve_with_the_way_out(workspace, tmp_path, monkeypatch):
+    """timm's ViT: the stage exits 1 with the library's message and how to skip the aligned segment."""
+    pytest.importorskip("timm")
+    monkeypatch.chdir(workspace)
+    blob = torch.load(workspace / "data/curve/curve.pt", weights_only=True)
+    spec = {**blob["spec"], "name": "timm/vit_tiny_patch16_224"}
+    spec["args"] = {"img_size": 28, "patch_size": 7, "depth": 1, "embed_dim": 8, "num_heads": 2}
+    template = models.from_spec(spec)
+    torch.manual_seed(0)
+    blob["spec"] = spec
+    blob["control_points"] = {
+        k: torch.stack([v + torch.randn_like(v) for _ in range(3)])
+        for k, v in template.state_dict().items()
+        if k in dict(template.named_parameters())
+    }
+    (tmp_path / "curve").mkdir()
+    torch.save(blob, tmp_path / "curve/curve.pt")
+    out = {"metrics": "curve.json", "table": "eval.csv", "wide": "wide.csv", "figure": "along_t.png"}
+    args = [x for k, name in out.items() for x in (f"--{k}", tmp_path / name)]
+    r = invoke(eval_curve, "--curve", tmp_path / "curve", "--out", tmp_path / "eval", *args, "--device", "cpu")
+    assert r.exit_code == 1, r.output
+    assert "align: model VisionTransformer: op method .flatten()" in r.output, r.output
+    assert "set eval.align: false in params.yaml to skip the aligned segment" in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "curve.json").exists()
 
 
 def test_weight_matching_brings_two_independent_networks_closer_and_keeps_the_function():
