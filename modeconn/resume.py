@@ -4,15 +4,17 @@ A 600-epoch curve on a shared GPU must not restart from zero when its job is
 killed. A training run saves its whole state — weights or bends, optimizer
 (momentum buffers included), schedule position, random states, epoch, the
 rows logged so far — at the end of every epoch, into one file whose name is
-a fingerprint of everything that determines the run (settings, input files,
-runtime). A rerun with the same fingerprint continues after the last saved
-epoch and, on a CPU, ends bit for bit where an uninterrupted run ends. A
-state saved under other settings is never used: it is deleted when a run
-with a new fingerprint starts. A file that cannot be read, or that is of
-another format, is ignored with a one-line warning; so is one whose content
-does not fit the run (:class:`StaleState`, e.g. from another code version:
-the stage command deletes it and starts the run over). A finished run deletes
-its state.
+a fingerprint of everything that determines the run (settings, runtime, the
+content of its input files, the code: DESIGN decision 10). A rerun with the
+same fingerprint continues after the last saved epoch and, on a CPU, ends bit
+for bit where an uninterrupted run ends. A state saved under another
+fingerprint is never used: it is deleted when a run with a new fingerprint
+starts, with one warning that names what changed (the state records the
+components of its key, see :func:`what_changed`). A file that cannot be
+read, or that is of another format, is ignored with a one-line warning; so
+is one whose content does not fit the run (:class:`StaleState`, e.g. a file
+of another code version: the stage command deletes it and starts the run
+over). A finished run deletes its state.
 
     state = ResumeState(folder, fingerprint(config, digest(input_file), ...))
     saved = state.load()              # None, or the dict of the last finished epoch
@@ -28,6 +30,7 @@ For drills and tests, ``stop_after`` (or the environment variable
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -92,6 +95,71 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def as_plain(value: Any) -> Any:
+    """``value`` as plain JSON data (a dataclass as a dict, tuples as lists, anything else by ``str``): how a
+    setting enters a fingerprint, and how a state records it (so a later run can name what changed)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def code_digests(*packages: Path | str) -> dict[str, str]:
+    """The SHA-256 of every ``.py`` file under the folders ``packages``, by its path from the package's parent
+    (``modeconn/curves.py``). Read once per process (cached): the code that runs is the code imported at start."""
+    return dict(_code_digests(tuple(Path(p).resolve() for p in packages)))
+
+
+@functools.cache
+def _code_digests(packages: tuple[Path, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (path.relative_to(package.parent).as_posix(), digest(path))
+        for package in packages
+        for path in sorted(package.rglob("*.py"))
+        if "__pycache__" not in path.parts
+    )
+
+
+def what_changed(old: Any, new: dict) -> str:
+    """What differs between the ``parts`` a state was saved under (``old``) and those of this run (``new``):
+    ``{"settings": {name: value}, "inputs": {name: digest}, "code": {file: digest}}``, e.g.
+    "other code (modeconn/curves.py changed)" — short enough for one log line."""
+    if not isinstance(old, dict):
+        return "other settings, inputs or code (the state does not record which)"
+    said = []
+    for part in ("settings", "inputs", "code"):
+        names = _differing(old.get(part) or {}, new.get(part) or {})
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            said.append(f"other {part} ({', '.join(names[:3])}{more} changed)")
+    return " and ".join(said) or "another resume format"
+
+
+def _differing(old: dict, new: dict) -> list[str]:
+    """The names whose values differ (one level down where both are dicts: ``curve.lr``)."""
+    names = []
+    for name in sorted(set(old) | set(new), key=str):
+        a, b = old.get(name, _ABSENT), new.get(name, _ABSENT)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += [f"{name}.{k}" for k in sorted(set(a) | set(b), key=str) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+        else:
+            names.append(str(name))
+    return names
+
+
+_ABSENT = object()
+
+
+def _saved_parts(path: Path) -> Any:
+    """The ``parts`` recorded in the state file ``path`` (None where it has none or cannot be read)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return state.get("parts") if isinstance(state, dict) else None
+    except Exception:  # truncated, corrupt, foreign: it only loses the explanation
+        return None
+
+
 def rng_state(*generators: torch.Generator) -> dict:
     """The global random states (Python, torch CPU, CUDA if present) and those of ``generators``."""
     state = {
@@ -123,11 +191,20 @@ class ResumeState:
     """The saved state of one training run, in ``folder`` (one folder per run, e.g. per stage and seed).
 
     ``key`` is the run's fingerprint; ``stop_after`` (default: $MODECONN_STOP_AFTER_EPOCHS) stops the
-    process after saving that many epochs, for drills and tests.
+    process after saving that many epochs, for drills and tests. ``parts``, the components the key was made of
+    (``{"settings": …, "inputs": …, "code": …}``, see :func:`what_changed`), is saved with the state, so that a
+    later run under another key can say in its warning what changed.
     """
 
-    def __init__(self, folder: Path | str, key: str, stop_after: int | None = None, runtime: Runtime = CPU):
-        self.folder, self.key, self.runtime = Path(folder), key, runtime
+    def __init__(
+        self,
+        folder: Path | str,
+        key: str,
+        stop_after: int | None = None,
+        runtime: Runtime = CPU,
+        parts: dict | None = None,
+    ):
+        self.folder, self.key, self.runtime, self.parts = Path(folder), key, runtime, parts
         self.path = self.folder / f"{key}.pt"
         if stop_after is None and os.environ.get(STOP_ENV):
             try:
@@ -139,9 +216,13 @@ class ResumeState:
         self.resumed_after = 0  # the epoch a loaded state had reached (0: started from scratch)
 
     def _clean_others(self) -> None:
+        """Delete the states of this run's folder saved under other keys, each with one warning naming what
+        changed (from the ``parts`` recorded in it)."""
         for other in self.folder.glob("*.pt"):
             if other != self.path:
-                log.info("removing resume state %s: it belongs to other settings or inputs", other)
+                why = what_changed(_saved_parts(other), self.parts) if self.parts is not None else "another key"
+                then = "removing it" if self.path.is_file() else "starting from scratch"
+                log.warning("resume state %s was saved under %s; %s", other, why, then)
                 other.unlink(missing_ok=True)
 
     def load(self) -> dict | None:
@@ -182,7 +263,8 @@ class ResumeState:
         """Save the state at the end of ``epoch`` (atomically, rank 0 only); then stop if asked to."""
         if self.runtime.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save({"format": FORMAT, "key": self.key, "epoch": epoch, **state}, self.path)
+            saved = {"format": FORMAT, "key": self.key, "parts": self.parts, "epoch": epoch, **state}
+            atomic_torch_save(saved, self.path)
         self.done_here += 1
         if self.stop_after is not None and self.done_here >= self.stop_after:
             raise Preempted(

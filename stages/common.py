@@ -31,6 +31,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+import modeconn
 from modeconn.data import EVAL_BATCH, EvalBatches, Loader, Prepared, eval_batches, load_prepared, read_info
 from modeconn.errors import CheckpointError, ConfigError, ModeconnError
 from modeconn.io import atomic_write_json, atomic_write_text, load_checkpoint
@@ -39,6 +40,8 @@ from modeconn.resume import (
     Preempted,
     ResumeState,
     StaleState,
+    as_plain,
+    code_digests,
     digest,
     discard_loaded,
     fingerprint,
@@ -47,7 +50,7 @@ from modeconn.resume import (
 )
 from modeconn.runtime import Runtime
 
-from .config import read_sections
+from .config import SECTIONS, ModelConfig, read_sections
 
 console = Console(stderr=True, soft_wrap=True)  # long summary lines are not cut at 80 columns in logs
 log = logging.getLogger("modeconn")
@@ -333,8 +336,19 @@ def prepared_data(prepared: Path, runtime: Runtime) -> Prepared:
 
 
 def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path, ...] = ()) -> ResumeState:
-    """Where training run ``run`` (e.g. ``train_endpoint/seed_0``) saves its state each epoch, keyed by its
-    ``settings`` (config sections, runtime) and the content of its input files.
+    """Where training run ``run`` (e.g. ``train_endpoint/seed_0``) saves its state each epoch, keyed by all that
+    determines the run (DESIGN decision 10): its ``settings`` (config sections, named by their section; dicts of
+    other values, named by their keys), the runtime, the content of its ``inputs`` files and of the weights file
+    of a ``model`` section among the settings (``model.weights``), and the code: every ``.py`` file of the
+    ``modeconn`` and ``stages`` packages, read once per process.
+
+    Why all of the code rather than the modules the stage imports or the files its dvc.yaml deps list: both of
+    those are narrower than what can change the run (modules imported lazily, mid-run; deps lists kept by hand,
+    which a new import silently outgrows), and a code file left out is a state continued under other code —
+    wrong numbers with no sign. All of it costs, at worst, the saved epochs of a preempted run after an edit of
+    code it does not run; the digest takes milliseconds. A state of this run saved under another key is
+    deleted with one warning that names what changed (settings by key, input files by name, code files by
+    path), from the components the state records.
 
     The folder is $MODECONN_RESUME_DIR or ``.modeconn/resume`` — outside every DVC output, so a rerun of the
     stage (which deletes its outputs first) finds it.
@@ -347,15 +361,23 @@ def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path,
     count and how to continue it ($MODECONN_NPROC), and this run starts from scratch.
     """
     root = Path(os.environ.get("MODECONN_RESUME_DIR", RESUME_DIR)) / run
+    named, files = _named_settings(settings), {str(p): Path(p) for p in inputs}
+    for s in settings:
+        if isinstance(s, ModelConfig) and s.weights is not None:  # the network starts from it: by content too
+            files["model.weights"] = Path(s.weights)
+    digests = {name: digest(p) if p.is_file() else "missing" for name, p in files.items()}  # the stage names it
+    code = code_digests(Path(modeconn.__file__).parent, Path(__file__).parent)
+
+    def parts_for(processes: int) -> dict:
+        where = {"device": runtime.device.type, "precision": runtime.precision, "channels_last": runtime.channels_last}
+        return {"settings": {**named, "runtime": {**where, "processes": processes}}, "inputs": digests, "code": code}
 
     def key_for(processes: int) -> str:
-        parts = (runtime.device.type, runtime.precision, runtime.channels_last, processes)
-        return fingerprint(run, *parts, *settings, digests)
+        return fingerprint(run, parts_for(processes))
 
     def folder_for(processes: int) -> Path:
         return root if processes == 1 else root / f"processes_{processes}"
 
-    digests = [digest(p) for p in inputs]
     if runtime.is_main:
         counts = [1] + sorted(int(d.name.split("_")[1]) for d in root.glob("processes_*") if d.name[10:].isdigit())
         for n in counts:
@@ -371,7 +393,22 @@ def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path,
                     n,
                 )
     ws = runtime.world_size
-    return ResumeState(folder_for(ws), key_for(ws), runtime=runtime)
+    return ResumeState(folder_for(ws), key_for(ws), runtime=runtime, parts=parts_for(ws))
+
+
+def _named_settings(settings: tuple) -> dict:
+    """The settings of a resume key by name, as plain data: a config section under its section's name, a dict's
+    entries under their keys, anything else as ``setting N``."""
+    sections = {cls: name for name, cls in SECTIONS.items()}
+    named: dict = {}
+    for i, s in enumerate(settings, 1):
+        if type(s) in sections:
+            named[sections[type(s)]] = as_plain(s)
+        elif isinstance(s, dict):
+            named.update(as_plain(s))
+        else:
+            named[f"setting {i}"] = as_plain(s)
+    return named
 
 
 def endpoint_checkpoint(path: Path) -> dict:

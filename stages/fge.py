@@ -127,7 +127,8 @@ def main(
         )
 
     plans = [plan(seed, ckpt) for seed, ckpt in zip(seeds, ckpts)]
-    resume = resume_state("fge", runtime, cfg, inputs=(*prepared_files(prepared), *paths))
+    specs = {"specs": [c["spec"] for c in ckpts]}  # of params' model where a start file is a plain state dict
+    resume = resume_state("fge", runtime, cfg, specs, inputs=(*prepared_files(prepared), *paths))
     log.info(
         "FGE: %d run(s) of %d epochs from epoch %d of seeds %s, cycle %s epochs, lr %g → %g",
         len(plans),

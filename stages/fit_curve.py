@@ -106,7 +106,7 @@ def fit(
     inputs = (*prepared_files(prepared), *endpoint_inputs(cfg, endpoints_dir))
     if cfg.init != "linear":
         inputs += (Path(cfg.init),)
-    resume = resume_state("fit_curve", runtime, cfg, inputs=inputs)
+    resume = resume_state("fit_curve", runtime, cfg, {"spec": spec}, inputs=inputs)  # a plain file: params' model
     saved = resume.load()
     rows, iteration, seconds, done = [], 1, 0.0, 0
     if saved is not None:

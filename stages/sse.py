@@ -64,7 +64,7 @@ def main(
         lr_at, is_snap = sse_schedule(cfg.epochs * len(train_b), cfg.cycles, cfg.lr)
         return model, make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.wd), train_b, lr_at, is_snap
 
-    resume = resume_state("sse", runtime, cfg, model_cfg, inputs=prepared_files(prepared))
+    resume = resume_state("sse", runtime, cfg, model_cfg, inputs=prepared_files(prepared))  # model.weights too
     log.info("SSE: %d epochs, %d cycles from scratch (seed %d)", cfg.epochs, cfg.cycles, cfg.seed)
     t0 = time.perf_counter()
     with progress("sse", cfg.epochs) as advance:

@@ -60,7 +60,8 @@ def train_one(
     total = cfg.epochs * len(train_batches)
     lr_at = lambda i: schedules.standard_lr((i - 1) / total, cfg.lr)  # noqa: E731
     step = cross_entropy_step(runtime.wrap(model))  # data-parallel under torchrun
-    resume = resume_state(f"train_endpoint/seed_{seed}", runtime, cfg, model_cfg, seed, inputs=prepared_files(prepared))
+    state_of = f"train_endpoint/seed_{seed}"  # model_cfg brings the content of model.weights into the key
+    resume = resume_state(state_of, runtime, cfg, model_cfg, {"seed": seed}, inputs=prepared_files(prepared))
     saved = resume.load()
     rows, extra, iteration, seconds, done = [], {}, 1, 0.0, 0
     if saved is not None:

@@ -17,10 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
+from modeconn.io import load_checkpoint
+from modeconn.resume import STOP_ENV, what_changed
 from stages import fge, fit_curve, prepare, sse, train_endpoint
 from stages.common import PREEMPTED_EXIT
 
-from .stage_utils import ROOT, assert_same, invoke, tiny_params, write_params
+from .stage_utils import ROOT, assert_same, copy_project, invoke, tiny_params, write_params
 
 TIMINGS = ("seconds", "images_per_s")  # the only columns allowed to differ between two runs
 PARAMS = tiny_params(train__epochs=3, curve__epochs=3, fge__epochs=2, fge__start_epoch=1, sse__epochs=3, sse__cycles=3)
@@ -116,7 +118,9 @@ def test_a_corrupt_state_is_ignored_and_state_of_other_params_is_removed(base, t
     assert invoke(fit_curve, "--device", "cpu").exit_code == PREEMPTED_EXIT
     (old,) = (ws / ".modeconn/resume/fit_curve").glob("*.pt")
     write_params(ws, {**PARAMS, "curve": {**PARAMS["curve"], "lr": 0.03}})  # other settings: another run
-    assert invoke(fit_curve, "--device", "cpu").exit_code == PREEMPTED_EXIT
+    r = invoke(fit_curve, "--device", "cpu")
+    assert r.exit_code == PREEMPTED_EXIT
+    assert "saved under other settings (curve.lr changed); starting from scratch" in r.output, r.output
     (new,) = (ws / ".modeconn/resume/fit_curve").glob("*.pt")
     assert new != old and not old.exists()
     assert torch.load(new, weights_only=True)["epoch"] == 1  # started from scratch
@@ -209,3 +213,64 @@ def test_a_state_of_another_version_is_ignored_with_a_warning(tamper, base, tmp_
     assert f"train_endpoint seed 0 1/{PARAMS['train']['epochs']}" in r.output  # every epoch trained again
     same_outputs(base, ws, ["data/endpoints/seed_0/model.pt"], [], ["metrics/endpoints/seed_0.csv"])
     assert not path.exists()
+
+
+# ------------------------------------------------------------------ the key covers code and weights (decision 10)
+
+
+def test_a_state_saved_under_other_code_starts_over_and_says_why(base, tmp_path):
+    """Stopped after one epoch; then a library file the stage runs changes (as when DVC reruns a stage because its
+    code changed): the rerun must not continue the old code's epochs, and names the changed file in one line."""
+    ws = copy_of(base, tmp_path / "ws")
+    copy_project(ws, ["modeconn", "stages"])  # the code `python -m` runs from ws (before the installed copy)
+    env = {**os.environ, "PYTHONPATH": str(ws), "OMP_NUM_THREADS": "1", "MODECONN_PLAIN": "1"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    cmd = [sys.executable, "-m", "stages.train_endpoint", "--seed", "0", "--device", "cpu"]
+    stopped = subprocess.run(cmd, cwd=ws, env={**env, STOP_ENV: "1"}, capture_output=True, text=True)
+    assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr
+    with open(ws / "modeconn/train.py", "a") as f:
+        f.write("# a change of the code that trains\n")
+    rerun = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((ws / "metrics/endpoints/seed_0.run.json").read_text())["resumed_after_epoch"] == 0
+    assert f"train_endpoint seed 0 1/{PARAMS['train']['epochs']}" in rerun.stderr  # epoch 1 trained again
+    why = [line for line in rerun.stderr.splitlines() if "resume state" in line]
+    assert len(why) == 1, rerun.stderr
+    assert "other code (modeconn/train.py changed)" in why[0] and "starting from scratch" in why[0], why[0]
+    assert "settings" not in why[0].split("saved under")[1] and "inputs" not in why[0].split("saved under")[1]
+
+
+def test_a_state_started_from_other_weights_starts_over_and_says_why(base, tmp_path, monkeypatch):
+    """model.weights names the same file, whose content is swapped after one epoch: the run started from the old
+    weights must not be continued; the rerun says in one line that model.weights changed."""
+    ws = copy_of(base, tmp_path / "ws")
+    monkeypatch.chdir(ws)
+    (ws / "own").mkdir()
+    endpoint = {s: load_checkpoint(ws / f"data/endpoints/seed_{s}/model.pt")["state_dict"] for s in (0, 1)}
+    torch.save(endpoint[1], ws / "own/start.pt")
+    write_params(ws, {**PARAMS, "model": {**PARAMS["model"], "weights": "own/start.pt"}})
+    monkeypatch.setenv(STOP_ENV, "1")
+    assert invoke(train_endpoint, "--seed", 0, "--device", "cpu").exit_code == PREEMPTED_EXIT
+    torch.save(endpoint[0], ws / "own/start.pt")  # the same name, other weights
+    monkeypatch.delenv(STOP_ENV)
+    r = invoke(train_endpoint, "--seed", 0, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert json.loads((ws / "metrics/endpoints/seed_0.run.json").read_text())["resumed_after_epoch"] == 0
+    assert f"train_endpoint seed 0 1/{PARAMS['train']['epochs']}" in r.output  # epoch 1 trained again
+    why = [line for line in r.output.splitlines() if "resume state" in line]
+    assert len(why) == 1, r.output
+    assert "other inputs (model.weights changed)" in why[0] and "starting from scratch" in why[0], why[0]
+    assert "code" not in why[0].split("saved under")[1] and "settings" not in why[0].split("saved under")[1]
+
+
+def test_what_changed_names_settings_inputs_and_code():
+    code = {f"modeconn/m{i}.py": "a" for i in range(5)}
+    old = {"settings": {"curve": {"lr": 0.1, "epochs": 2}, "seed": 0}, "inputs": {"model.weights": "x"}, "code": code}
+    assert what_changed(old, old) == "another resume format"
+    new = {**old, "settings": {"curve": {"lr": 0.2, "epochs": 2}, "seed": 0}}
+    assert what_changed(old, new) == "other settings (curve.lr changed)"
+    new = {**old, "inputs": {"model.weights": "y"}, "code": {**code, "modeconn/m1.py": "b"}}
+    assert what_changed(old, new) == "other inputs (model.weights changed) and other code (modeconn/m1.py changed)"
+    new = {**old, "code": {k: "b" for k in code}}
+    assert what_changed(old, new) == ("other code (modeconn/m0.py, modeconn/m1.py, modeconn/m2.py and 2 more changed)")
+    assert "does not record" in what_changed(None, old)
