@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from . import calibration, ensemble, schedules
+from .errors import ModeconnError
 from .resume import ResumeState, capture, restore
 from .runtime import CPU, Runtime
 from .swa import WeightAverage, averaged_model
@@ -59,6 +60,12 @@ def cycle_iterations(cycle_epochs: float, iters_per_epoch: int) -> int:
     """A cycle of ``cycle_epochs`` in iterations, rounded to an even number ≥ 2 (the snapshot sits mid-cycle)."""
     c = max(2, round(cycle_epochs * iters_per_epoch))
     return c + (c % 2)
+
+
+def snapshot_count(cycle_iters: int, total_iters: int) -> int:
+    """How many FGE snapshots (LR minima, iterations ``c/2 + k·c``) a run of ``total_iters`` iterations takes."""
+    half = cycle_iters // 2
+    return 0 if total_iters < half else (total_iters - half) // cycle_iters + 1
 
 
 class SnapshotCollector:
@@ -219,6 +226,8 @@ def snapshot_rows(
 def runs_summary(rows: list[dict]) -> dict:
     """Over the rows of :func:`snapshot_rows` of one or more runs: the final ensembles (mean over runs),
     the single snapshots, and the mean distance between consecutive snapshots."""
+    if not rows:
+        raise ModeconnError("no snapshots to summarise: the runs took none (no training batches, or no LR minimum)")
     runs = sorted({r["run"] for r in rows})
     per_run = [[r for r in rows if r["run"] == i] for i in runs]
     finals = [rr[-1] for rr in per_run]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 from .runtime import CPU, Runtime
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def train_epoch(
     ``iteration`` counts from 1 over the whole run; ``lr_at(i)`` gives the rate of
     iteration ``i``. ``on_step(i)`` runs after the optimiser step of iteration
     ``i`` (FGE/SSE take snapshots there). Raises :class:`TrainingError` if the
-    loss becomes NaN or infinite.
+    loss becomes NaN or infinite, and :class:`ConfigError` if ``batches`` holds no batch (a batch size
+    larger than the training set, whose one incomplete batch is dropped).
     """
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=runtime.device)
@@ -87,11 +88,23 @@ def train_epoch(
     totals = runtime.all_sum(
         torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(n), device=runtime.device)])
     )
-    mean_loss = (totals[0] / totals[2].clamp(min=1)).item()
+    n = int(totals[2].item())
+    if n == 0:  # no process had a batch (each has as many as the others)
+        raise ConfigError(_no_batches_message(what, batches))
+    mean_loss = (totals[0] / totals[2]).item()
     if not math.isfinite(mean_loss):
         raise TrainingError(_nan_message(what, iteration - 1, lr_at(iteration - 1)))
-    n = int(totals[2].item())
-    return EpochStats(mean_loss, totals[1].item() / max(n, 1), n, time.perf_counter() - start), iteration
+    return EpochStats(mean_loss, totals[1].item() / n, n, time.perf_counter() - start), iteration
+
+
+def _no_batches_message(what: str, batches: Batches) -> str:
+    size, n = getattr(batches, "batch_size", None), getattr(batches, "n", None)
+    if size is not None and n is not None:
+        return (
+            f"{what}: an epoch of no batches: the batch size {size} is larger than the {n} training images "
+            "(the last incomplete batch is dropped); use a batch size of at most the number of training images"
+        )
+    return f"{what}: an epoch of no batches (no training data, or a batch larger than the training set)"
 
 
 def _nan_message(what: str, iteration: int, lr: float) -> str:

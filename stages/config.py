@@ -2,9 +2,11 @@
 
 One dataclass per section (``data``, ``model``, ``train``, ``curve``, ``eval``,
 ``fge``, ``sse``, ``compare``, ``plane``, ``path_ensembles``); a stage reads
-only the sections dvc.yaml lists for it. Unknown keys, missing keys, wrong
-types and out-of-range values are ConfigErrors
-that say ``section.key`` and what is allowed.
+only the sections dvc.yaml lists for it. Unknown sections, unknown keys,
+missing keys, wrong types and out-of-range values are ConfigErrors that say
+``section.key``, the params file and what is allowed. Every key must be set:
+no setting of the paper is assumed silently. The few optional keys (a default
+in the dataclass, :func:`optional_keys`) mean "not used" when absent.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def read_params(path: Path) -> dict:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must be a mapping of sections (data, model, train, ...)")
+    unknown = sorted(str(name) for name in set(params) - set(KNOWN_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown section {unknown[0]!r} in {path}; the sections are: {', '.join(KNOWN_SECTIONS)} "
+            "(a misspelt section would be ignored: fix or remove it)"
+        )
     return params
 
 
@@ -89,25 +97,40 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
 T = typing.TypeVar("T")
 
 
-def section(params: dict, name: str, cls: type[T]) -> T:
-    """Validate ``params[name]`` into the frozen dataclass ``cls``.
+def optional_keys(cls: type) -> tuple[str, ...]:
+    """The keys of section dataclass ``cls`` a params file may leave out: those with a default (each means
+    "not used" when absent, e.g. ``fge.start_files``); every other key must be set."""
+    return tuple(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
+    )
+
+
+def section(params: dict, name: str, cls: type[T], source: str | Path = "params.yaml") -> T:
+    """Validate ``params[name]`` (read from the file ``source``) into the frozen dataclass ``cls``.
 
     Unknown keys, missing keys and wrong types are ConfigErrors naming
-    ``name.key``; ``cls.__post_init__`` checks ranges the same way.
+    ``name.key`` and ``source``; ``cls.__post_init__`` checks ranges the same way.
+    Only the keys of :func:`optional_keys` may be left out.
     """
     raw = params.get(name)
     if not isinstance(raw, dict):
-        raise ConfigError(f"params.yaml has no '{name}' section (or it is not a mapping)")
+        raise ConfigError(f"{source} has no '{name}' section (or it is not a mapping)")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key {name}.{unknown[0]} in params.yaml; {name} takes: {', '.join(fields)}")
+        raise ConfigError(f"unknown key {name}.{unknown[0]} in {source}; {name} takes: {', '.join(fields)}")
+    optional = optional_keys(cls)
     values = {}
-    for key, f in fields.items():
+    for key in fields:
         if key not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                raise ConfigError(f"missing key {name}.{key} in params.yaml")
+            if key not in optional:
+                raise ConfigError(
+                    f"missing key {name}.{key} in {source}: every key of {name} must be set "
+                    f"(no default is assumed; {name} takes: {', '.join(fields)})"
+                )
             continue
         values[key] = _check_type(raw[key], hints[key], f"{name}.{key}")
     return cls(**values)
@@ -116,6 +139,16 @@ def section(params: dict, name: str, cls: type[T]) -> T:
 def require(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
+
+
+def check_batch_size(key: str, batch_size: int, n_train: int, where: str | Path) -> None:
+    """A training batch no larger than the training set (of the prepared data at ``where``): each epoch drops its
+    last incomplete batch, so a larger batch would make epochs of no batches."""
+    require(
+        batch_size <= n_train,
+        f"{key} {batch_size} is larger than the {n_train} training images of {where}: lower it to at most "
+        f"{n_train} (each epoch drops its last incomplete batch, so it would train on none)",
+    )
 
 
 def check_sgd(name: str, cfg: Any) -> None:
@@ -135,13 +168,14 @@ class DataConfig:
     """``data``: which dataset, where its raw files are, the validation split and augmentation."""
 
     name: str
-    raw_dir: str = "data/raw"
-    val_size: int = 0
-    augment: str = "default"
-    seed: int = 0
-    download: bool = True
-    synthetic: dict = dataclasses.field(default_factory=dict)
-    imagefolder: dict = dataclasses.field(default_factory=dict)  # root, size, [resize, max_per_class, mean, std]
+    raw_dir: str
+    val_size: int
+    augment: str
+    seed: int
+    download: bool
+    synthetic: dict = dataclasses.field(default_factory=dict)  # optional: only read where name is synthetic
+    imagefolder: dict = dataclasses.field(default_factory=dict)  # optional (name: imagefolder needs it): root, size,
+    # [resize, max_per_class, mean, std]
 
     def __post_init__(self):
         require(
@@ -204,8 +238,8 @@ class ModelConfig:
     local weights file every new network of this section starts from (never a download)."""
 
     name: str
-    args: dict = dataclasses.field(default_factory=dict)
-    weights: str | None = None
+    args: dict = dataclasses.field(default_factory=dict)  # optional: {} = the builder's own defaults
+    weights: str | None = None  # optional: None = fresh weights
 
     def build(self, info: DatasetInfo) -> Any:
         """A new network of :meth:`spec`, with ``weights`` loaded when set (a head of another number of classes
@@ -228,9 +262,9 @@ class TrainConfig:
     epochs: int
     batch_size: int
     lr: float
-    momentum: float = 0.9
-    wd: float = 5e-4
-    save_epochs: tuple[int, ...] = ()
+    momentum: float
+    wd: float
+    save_epochs: tuple[int, ...]
 
     def __post_init__(self):
         require(len(self.seeds) >= 1, "train.seeds must list at least one seed")
@@ -246,16 +280,16 @@ class CurveConfig:
     """``curve``: the path between two endpoints (paper: 3 bends, 600 ep lr 0.015 VGG / 200 ep lr 0.03)."""
 
     endpoints: tuple[int, ...]
-    type: str = "bezier"
-    num_bends: int = 3
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.015
-    momentum: float = 0.9
-    wd: float = 5e-4
-    seed: int = 0
-    init: str = "linear"
-    endpoint_files: tuple[str, ...] = ()  # two checkpoints of your own instead of the seeds' endpoints
+    type: str
+    num_bends: int
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    wd: float
+    seed: int
+    init: str
+    endpoint_files: tuple[str, ...] = ()  # optional: two checkpoints of your own instead of the seeds' endpoints
 
     def __post_init__(self):
         require(
@@ -276,13 +310,13 @@ class CurveConfig:
 class EvalConfig:
     """``eval``: the t grid and evaluation sizes (paper: 61 points, whole training set)."""
 
-    num_points: int = 21
-    batch_size: int = 500
-    bn_samples: int = 0
-    train_samples: int = 0
-    ensemble: str = "probs"
-    seed: int = 0
-    align: bool = True  # also the segment to ŵ2 permuted into line with ŵ1 (weight matching, modeconn.align)
+    num_points: int
+    batch_size: int
+    bn_samples: int
+    train_samples: int
+    ensemble: str
+    seed: int
+    align: bool  # also the segment to ŵ2 permuted into line with ŵ1 (weight matching, modeconn.align)
 
     def __post_init__(self):
         require(
@@ -305,15 +339,15 @@ class FgeConfig:
     start_seeds: tuple[int, ...]
     start_epoch: int
     epochs: int
-    start_files: tuple[str, ...] = ()  # checkpoints of your own to start from instead of the seeds' (start_epoch:
-    # their pretraining epochs, counted in the budget)
-    cycle: float = 2
-    lr_1: float = 0.05
-    lr_2: float = 0.0005
-    batch_size: int = 128
-    momentum: float = 0.9
-    wd: float = 5e-4
-    seed: int = 0
+    cycle: float
+    lr_1: float
+    lr_2: float
+    batch_size: int
+    momentum: float
+    wd: float
+    seed: int
+    start_files: tuple[str, ...] = ()  # optional: checkpoints of your own to start from instead of the seeds'
+    # (start_epoch: their pretraining epochs, counted in the budget)
 
     def __post_init__(self):
         require(len(self.start_seeds) >= 1, "fge.start_seeds must list at least one endpoint seed")
@@ -349,11 +383,11 @@ class SseConfig:
 
     epochs: int
     cycles: int
-    lr: float = 0.05
-    batch_size: int = 128
-    momentum: float = 0.9
-    wd: float = 5e-4
-    seed: int = 0
+    lr: float
+    batch_size: int
+    momentum: float
+    wd: float
+    seed: int
 
     def __post_init__(self):
         require(self.epochs >= 1, f"sse.epochs must be at least 1, got {self.epochs}")
@@ -365,8 +399,8 @@ class SseConfig:
 class CompareConfig:
     """``compare``: the budgets (multiples of B) and how members are combined."""
 
-    budgets: tuple[int, ...] = (1, 2, 3)
-    ensemble: str = "probs"
+    budgets: tuple[int, ...]
+    ensemble: str
 
     def __post_init__(self):
         require(
@@ -383,13 +417,13 @@ class CompareConfig:
 class PlaneConfig:
     """``plane``: the grid and evaluation sizes (official code: 21 × 21, margin 0.2, whole sets)."""
 
-    grid_points: int = 9
-    margin: float = 0.2
-    batch_size: int = 500
-    bn_samples: int = 0
-    train_samples: int = 5000
-    test_samples: int = 0
-    seed: int = 0
+    grid_points: int
+    margin: float
+    batch_size: int
+    bn_samples: int
+    train_samples: int
+    test_samples: int
+    seed: int
 
     def __post_init__(self):
         require(self.grid_points >= 2, f"plane.grid_points must be at least 2, got {self.grid_points}")
@@ -404,10 +438,10 @@ class PlaneConfig:
 class PathEnsemblesConfig:
     """``path_ensembles``: how members are combined, the random direction's seed, BN recalibration size."""
 
-    ensemble: str = "probs"
-    batch_size: int = 500
-    bn_samples: int = 0
-    seed: int = 0
+    ensemble: str
+    batch_size: int
+    bn_samples: int
+    seed: int
 
     def __post_init__(self):
         require(
@@ -432,7 +466,13 @@ SECTIONS: dict[str, type] = {
 }
 
 
+# Sections other commands read from their own params files (stages.width: experiments/width/params.yaml).
+OTHER_SECTIONS = ("subset", "width")
+KNOWN_SECTIONS = (*SECTIONS, *OTHER_SECTIONS)
+
+
 def read_sections(path: Path, *names: str) -> tuple:
-    """The sections ``names`` of the params file at ``path``, each validated into its dataclass."""
+    """The sections ``names`` of the params file at ``path``, each validated into its dataclass (errors name
+    ``path``)."""
     params = read_params(path)
-    return tuple(section(params, name, SECTIONS[name]) for name in names)
+    return tuple(section(params, name, SECTIONS[name], path) for name in names)

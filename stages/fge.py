@@ -28,6 +28,7 @@ from modeconn.fge import (
     cycle_iterations,
     fge_schedule,
     runs_summary,
+    snapshot_count,
     start_summary,
     swa_summary,
     train_runs,
@@ -55,7 +56,7 @@ from .common import (
     write_csv,
     write_metrics,
 )
-from .config import read_sections
+from .config import check_batch_size, read_sections
 
 
 def start_checkpoint_path(endpoints: Path, seed: int, epoch: int) -> Path:
@@ -72,6 +73,20 @@ def start_checkpoint_path(endpoints: Path, seed: int, epoch: int) -> Path:
         f"train.save_epochs (or set fge.start_epoch to one of them) and make sure {seed} is in train.seeds, "
         "then `dvc repro`"
     )
+
+
+def settings_warnings(cfg, iters_per_epoch: int) -> list[str]:
+    """Settings the fge section accepts that do nothing useful here, one line each (logged, and stored in the run
+    information under ``warnings``): a run of fewer than two snapshots is no ensemble."""
+    cycle = cycle_iterations(cfg.cycle, iters_per_epoch)
+    count = snapshot_count(cycle, cfg.epochs * iters_per_epoch)
+    if count >= 2:
+        return []
+    return [
+        f"fge.cycle = {cfg.cycle} with fge.epochs = {cfg.epochs} ({iters_per_epoch} iterations per epoch) takes "
+        f"{count} snapshot per run: its FGE ensemble is one network, the same as its SWA average, and there is no "
+        "distance between snapshots; use a cycle of at most 2/3 of fge.epochs (e.g. 0.5) or more fge.epochs"
+    ]
 
 
 def save_runs(out: Path, runs: list[dict], labels: torch.Tensor, val_labels: torch.Tensor | None = None) -> None:
@@ -100,6 +115,7 @@ def main(
         paths, seeds = [start_checkpoint_path(endpoints, s, cfg.start_epoch) for s in cfg.start_seeds], cfg.start_seeds
         ckpts = [endpoint_checkpoint(p) for p in paths]  # fail early, before any training
     data = prepared_data(prepared, runtime)
+    check_batch_size("fge.batch_size", cfg.batch_size, len(data.train), prepared)
     test_b = test_loader(data, runtime)
     labels = data.test.y.cpu()
     val_b, val_labels = val_split(data, runtime)
@@ -129,16 +145,22 @@ def main(
     plans = [plan(seed, ckpt) for seed, ckpt in zip(seeds, ckpts)]
     specs = {"specs": [c["spec"] for c in ckpts]}  # of params' model where a start file is a plain state dict
     resume = resume_state("fge", runtime, cfg, specs, inputs=(*prepared_files(prepared), *paths))
+    if cfg.start_files:
+        start = f"{', '.join(cfg.start_files)} (fge.start_files; {cfg.start_epoch} pretraining epochs counted)"
+    else:
+        start = f"epoch {cfg.start_epoch} of seeds {list(cfg.start_seeds)}"
     log.info(
-        "FGE: %d run(s) of %d epochs from epoch %d of seeds %s, cycle %s epochs, lr %g → %g",
+        "FGE: %d run(s) of %d epochs from %s, cycle %s epochs, lr %g → %g",
         len(plans),
         cfg.epochs,
-        cfg.start_epoch,
-        list(cfg.start_seeds),
+        start,
         cfg.cycle,
         cfg.lr_1,
         cfg.lr_2,
     )
+    warnings = settings_warnings(cfg, len(data.train) // cfg.batch_size)
+    for line in warnings:
+        log.warning("%s", line)
     t0 = time.perf_counter()
     swa_bn = eval_batches(data, channels_last=runtime.channels_last).bn
     with progress("fge", len(plans) * cfg.epochs) as advance:
@@ -171,6 +193,7 @@ def main(
         "momentum_from_checkpoint": all(r["momentum_from_checkpoint"] for r in runs),
         "start": [{"seed": r["seed"], **(r.get("start") or {})} for r in runs],  # each run's start network, before FGE
         "resumed_after_epoch": resume.resumed_after,
+        "warnings": warnings,  # settings that do nothing useful (settings_warnings), one line each
         "dataset": data.info.name,
         **runtime.as_dict(),
         "seconds": time.perf_counter() - t0,

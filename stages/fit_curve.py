@@ -41,7 +41,7 @@ from .common import (
     write_csv,
     write_metrics,
 )
-from .config import CurveConfig, read_sections
+from .config import CurveConfig, check_batch_size, read_sections
 
 
 def same_architecture(ckpts: list[dict], names: tuple[str, str], hint: str) -> tuple[dict, list[dict]]:
@@ -92,6 +92,7 @@ def fit(
         spec, (a, b) = load_endpoints(endpoints_dir, cfg.endpoints)
     names = list(cfg.endpoint_files) or list(cfg.endpoints)  # what the curve joins: files, or seeds
     data = prepared_data(prepared, runtime)
+    check_batch_size("curve.batch_size", cfg.batch_size, len(data.train), prepared)
     curve = Curve(from_spec(spec), a["state_dict"], b["state_dict"], cfg.type, cfg.num_bends)
     if cfg.init != "linear":
         init, _ = load_curve(Path(cfg.init), from_spec, hint="curve.init must be 'linear' or a curve file.")

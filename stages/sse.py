@@ -35,7 +35,7 @@ from .common import (
     write_csv,
     write_metrics,
 )
-from .config import read_sections
+from .config import check_batch_size, read_sections
 from .fge import save_runs
 
 
@@ -50,6 +50,7 @@ def main(
     """Train a Snapshot Ensemble from scratch (params: model, sse)."""
     cfg, model_cfg = read_sections(params, "sse", "model")
     data = prepared_data(prepared, runtime)
+    check_batch_size("sse.batch_size", cfg.batch_size, len(data.train), prepared)
     info = data.info
     test_b = test_loader(data, runtime)
     val_b, val_labels = val_split(data, runtime)

@@ -37,7 +37,7 @@ from .common import (
     write_csv,
     write_metrics,
 )
-from .config import ModelConfig, TrainConfig, read_sections
+from .config import ModelConfig, TrainConfig, check_batch_size, read_sections
 
 
 def train_one(
@@ -52,6 +52,7 @@ def train_one(
 ) -> dict:
     seed_everything(seed)
     data = prepared_data(prepared, runtime)
+    check_batch_size("train.batch_size", cfg.batch_size, len(data.train), prepared)
     spec = model_cfg.spec(data.info)
     model = runtime.prepare(model_cfg.build(data.info))  # model.weights, when set, loaded here
     train_batches = train_loader(data, cfg.batch_size, seed, runtime)

@@ -6,7 +6,9 @@ import json
 
 import pytest
 import torch
+import yaml
 
+from modeconn.errors import ConfigError
 from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
 
 from .stage_utils import build_workspace, invoke, tiny_params, write_params
@@ -293,3 +295,87 @@ def test_nan_loss_is_a_clear_error_and_writes_nothing(workspace, tmp_path, monke
     assert "diverged" in out and "NaN" in out
     assert not (tmp_path / "data/endpoints/seed_0").exists()
     assert not (tmp_path / "metrics/endpoints/seed_0.json").exists()
+
+
+# ------------------------------------------------------------------ params files other than params.yaml
+
+
+def test_errors_name_the_params_file_given(tmp_path, monkeypatch):
+    """A missing key (here fge.lr_2) stops the stage instead of running with a default, naming the file that
+    --params points at; a misspelt section is named with the known ones."""
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params()
+    del params["fge"]["lr_2"]
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = invoke(fge, "--params", "exp.yaml", "--device", "cpu")
+    assert r.exit_code == 1 and "missing key fge.lr_2 in exp.yaml" in r.output, r.output
+    assert "params.yaml" not in r.output and "Traceback" not in r.output
+    params = tiny_params()
+    params["fgee"] = params["fge"]
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = invoke(fge, "--params", "exp.yaml", "--device", "cpu")
+    assert r.exit_code == 1 and "unknown section 'fgee' in exp.yaml" in r.output and "fge," in r.output, r.output
+
+
+# ------------------------------------------------------------------ small data × default batch sizes
+
+
+@pytest.mark.parametrize(
+    "module, key, args",
+    [
+        (train_endpoint, "train", ("--seed", 0)),
+        (fit_curve, "curve", ()),
+        (fge, "fge", ()),
+        (sse, "sse", ()),
+    ],
+    ids=lambda x: getattr(x, "__name__", str(x)),
+)
+def test_a_batch_larger_than_the_training_set_is_a_clear_error(workspace, tmp_path, monkeypatch, module, key, args):
+    """192 training images and a batch of 500: an epoch would have no batch (the incomplete one is dropped)."""
+    where = ("--prepared", workspace / "data/prepared", "--endpoints", workspace / "data/endpoints")
+    if module is train_endpoint or module is sse:
+        where = where[:2]
+    out = _bad(tmp_path, monkeypatch, module, *args, *where, "--device", "cpu", **{f"{key}__batch_size": 500})
+    assert f"{key}.batch_size 500 is larger than the 192 training images" in out, out
+    assert "lower it" in out and "Traceback" not in out and "ZeroDivision" not in out
+
+
+def test_the_library_says_an_epoch_had_no_batch():
+    """modeconn.train.train_epoch on a loader whose one batch is incomplete (and dropped): a ModeconnError naming
+    the batch size, never a ZeroDivisionError later (the LR schedule, the per-epoch means, the FGE summary)."""
+    from modeconn.data import DATASETS, Loader, Split
+    from modeconn.errors import ModeconnError
+    from modeconn.fge import runs_summary
+    from modeconn.train import cross_entropy_step, make_sgd, train_epoch
+
+    train = Split(torch.zeros(20, 1, 28, 28, dtype=torch.uint8), torch.arange(20) % 2)
+    batches = Loader(train, DATASETS["synthetic"], 32, train=True, drop_last=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 4))
+    with pytest.raises(ConfigError, match="batch size 32 is larger than the 20 training images"):
+        train_epoch(cross_entropy_step(model), make_sgd(model.parameters(), 0.1, 0.9, 0.0), batches, lambda i: 0.1, 1)
+    with pytest.raises(ModeconnError, match="no snapshots"):
+        runs_summary([])
+
+
+# ------------------------------------------------------------------ FGE: settings that do nothing, its start
+
+
+def test_fge_warns_when_a_run_takes_one_snapshot_and_names_its_start_files(workspace, tmp_path, monkeypatch):
+    """fge.cycle = 2 with fge.epochs = 1 is accepted but takes one snapshot per run (no ensemble, SWA = FGE, no
+    distance): one warning line in the log and under ``warnings`` in fge.run.json. Started from fge.start_files,
+    the log line names the files, not the seeds."""
+    monkeypatch.chdir(tmp_path)
+    start = workspace / "data/endpoints/seed_0/epoch_1.pt"
+    write_params(tmp_path, tiny_params(fge__cycle=2, fge__epochs=1, fge__start_files=[str(start)]))
+    r = invoke(fge, "--prepared", workspace / "data/prepared", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert f"from {start} (fge.start_files" in r.output and "of seeds" not in r.output, r.output
+    (warning,) = [line for line in r.output.splitlines() if "takes 1 snapshot per run" in line]
+    assert "fge.cycle = 2" in warning and "fge.epochs = 1" in warning, warning
+    info = json.loads((tmp_path / "metrics/fge.run.json").read_text())
+    assert info["snapshots_per_run"] == {"0": 1} and "1 snapshot per run" in info["warnings"]["0"]
+    write_params(tmp_path, tiny_params())  # cycle 0.5 epoch: 2 snapshots per run, no warning
+    r = invoke(fge, "--prepared", workspace / "data/prepared", "--endpoints", workspace / "data/endpoints")
+    assert r.exit_code == 0 and "snapshot per run" not in r.output, r.output
+    assert "from epoch 1 of seeds [0, 1]" in r.output
+    assert json.loads((tmp_path / "metrics/fge.run.json").read_text())["warnings"] == {}

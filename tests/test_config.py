@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+
 import pytest
+import yaml
 
 from modeconn.errors import ConfigError
+from stages import config
 from stages.config import CompareConfig, CurveConfig, EvalConfig, FgeConfig, SseConfig, TrainConfig, section
 
-from .stage_utils import tiny_params
+from .stage_utils import ROOT, TINY, tiny_params
 
 SECTIONS = {"train": TrainConfig, "curve": CurveConfig, "fge": FgeConfig, "sse": SseConfig}
 
@@ -40,7 +45,7 @@ def test_sections_missing_unknown_and_ranges():
     with pytest.raises(ConfigError, match="unknown key eval.points"):
         section({"eval": {"points": 3}}, "eval", EvalConfig)
     with pytest.raises(ConfigError, match="compare.budgets"):
-        section({"compare": {"budgets": [0]}}, "compare", CompareConfig)
+        section({"compare": {"budgets": [0], "ensemble": "probs"}}, "compare", CompareConfig)
     with pytest.raises(ConfigError, match="train.save_epochs"):
         section(tiny_params(train__save_epochs=[99]), "train", TrainConfig)
     with pytest.raises(ConfigError, match="sse.cycles"):
@@ -48,3 +53,80 @@ def test_sections_missing_unknown_and_ranges():
     with pytest.raises(ConfigError, match="too long"):
         section(tiny_params(fge__cycle=8, fge__epochs=2), "fge", FgeConfig)
     assert section(tiny_params(fge__cycle=0.25), "fge", FgeConfig).cycle == 0.25
+
+
+# ------------------------------------------------------------------ every key required; the file named
+
+# The keys a params file may leave out, each meaning "not used" when absent (README "params.yaml" lists them).
+OPTIONAL = {
+    "data": ("synthetic", "imagefolder"),
+    "model": ("args", "weights"),
+    "curve": ("endpoint_files",),
+    "fge": ("start_files",),
+}
+REQUIRED = [
+    (name, f.name)
+    for name, cls in config.SECTIONS.items()
+    for f in config.dataclasses.fields(cls)
+    if f.name not in OPTIONAL.get(name, ())
+]
+
+
+def test_only_the_documented_keys_are_optional():
+    """No setting of the paper is assumed silently: a default in a section's dataclass makes its key optional."""
+    got = {name: keys for name, cls in config.SECTIONS.items() if (keys := config.optional_keys(cls))}
+    assert got == OPTIONAL
+    readme = (ROOT / "README.md").read_text()
+    for name, keys in OPTIONAL.items():
+        for key in keys:
+            assert f"`{name}.{key}`" in readme, f"README does not document the optional key {name}.{key}"
+
+
+@pytest.mark.parametrize("name, key", REQUIRED, ids=[f"{n}.{k}" for n, k in REQUIRED])
+def test_a_missing_key_stops_with_its_name_and_the_file(tmp_path, name, key):
+    params = tiny_params()
+    del params[name][key]
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(ConfigError) as info:
+        config.read_sections(path, name)
+    msg = str(info.value)
+    assert f"missing key {name}.{key} in {path}" in msg and "params.yaml" not in msg
+
+
+def test_every_error_names_the_file_it_read(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(train__learning_rate=0.1), sort_keys=False))
+    with pytest.raises(ConfigError, match=rf"unknown key train.learning_rate in {re.escape(str(path))};"):
+        config.read_sections(path, "train")
+    path.write_text(yaml.safe_dump({k: v for k, v in TINY.items() if k != "sse"}, sort_keys=False))
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))} has no 'sse' section"):
+        config.read_sections(path, "sse")
+
+
+def test_an_unknown_section_is_named_with_the_known_ones(tmp_path):
+    params = tiny_params()
+    params["fgee"] = params.pop("fge")  # a misspelt section used to be ignored
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(ConfigError) as info:
+        config.read_sections(path, "train")  # any section: the whole file is checked
+    msg = str(info.value)
+    assert "unknown section 'fgee'" in msg and str(path) in msg
+    assert all(name in msg for name in config.SECTIONS) and "width" in msg
+
+
+def test_the_projects_params_files_validate(tmp_path, monkeypatch):
+    """params.yaml, own/params.yaml (beside an image folder) and the width experiment's files, every section."""
+    config.read_sections(ROOT / "params.yaml", *config.SECTIONS)
+    width = ROOT / "experiments/width"
+    config.read_sections(width / "params.yaml", "data", "train", "curve", "eval")
+    for path in sorted((width / "configs").glob("k*.yaml")):
+        config.read_sections(path, "model", "train")
+    shutil.copy(ROOT / "own/params.yaml", tmp_path / "params.yaml")
+    root = yaml.safe_load((tmp_path / "params.yaml").read_text())["data"]["imagefolder"]["root"]
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / root / split / c).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config.read_sections(tmp_path / "params.yaml", *config.SECTIONS)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from modeconn.io import save_checkpoint
 from modeconn.models import from_spec, model_spec
 from modeconn.train import make_sgd, predict
 
-from .stage_utils import DVC, ROOT, TINY, init_repo
+from .stage_utils import DVC, ROOT, TINY, init_repo, tool_env
 from .test_pipeline import ran, run
 
 OWN_STAGES = {"prepare", "fit_curve", "eval_curve", "fge"}
@@ -137,6 +139,13 @@ def _image_folder(root: Path) -> None:
                 Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
+def _drop_stale(own: Path) -> None:
+    """Anything a run in the working tree left in own/ (outputs, the lock, the user's checkpoints and their .dvc)."""
+    for stale in ("data", "metrics", "dvc.lock", "checkpoints", "checkpoints.dvc", ".gitignore"):
+        path = own / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _own_params() -> dict:
     p = copy.deepcopy(TINY)
     p["data"] = {
@@ -160,11 +169,10 @@ def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
     repo = tmp_path / "repo"
     for name in ("modeconn", "stages", "own"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for stale in ("data", "metrics", "dvc.lock"):  # anything a run in the working tree left in own/
-        path = repo / "own" / stale
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    _drop_stale(repo / "own")
     shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
     own = repo / "own"
+    (own / "checkpoints").mkdir()
     (own / "params.yaml").write_text(yaml.safe_dump(_own_params(), sort_keys=False))
     _image_folder(own / "data/raw/mine")
     spec = model_spec("convfc", 3, 3, SIZE, ARGS)  # what the model section builds on this data
@@ -217,3 +225,63 @@ def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
     torch.save(from_spec(spec).state_dict(), own / "checkpoints/c.pt")
     again = ran(run(dvc + ["repro"], own))
     assert {"fit_curve", "fge"} <= again and "prepare" not in again
+
+
+@pytest.mark.slow
+def test_the_readmes_steps_on_two_classes_of_twenty_images(tmp_path):
+    """README "Your own model, data and checkpoints", step by step, on 2 classes × 20 images and own/params.yaml as
+    shipped (only the model changed, to a small one of the user's): `dvc add checkpoints` works (own/checkpoints
+    is not in git); the defaults made for big data stop with errors that name the key (data.val_size, then the
+    batch sizes), no traceback; with the small-data values own/params.yaml's comments give, `dvc repro` runs."""
+    repo = tmp_path / "repo"
+    for name in ("modeconn", "stages"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    tracked = subprocess.run(["git", "ls-files", "own"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.split():  # own/ as a clone has it: what git tracks, nothing a run left there
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    own = repo / "own"
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
+    init_repo(repo, run, "a clone")
+    assert not (own / "checkpoints").exists(), "own/checkpoints must not be in git: `dvc add checkpoints` fails"
+
+    params = yaml.safe_load((own / "params.yaml").read_text())
+    root = own / params["data"]["imagefolder"]["root"]
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("val", 5)):
+        for c, colour in enumerate(COLOURS[:2]):
+            (root / split / f"class_{c}").mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / f"class_{c}" / f"{i}.png")
+    params["model"] = {"name": "convfc", "args": ARGS}
+    spec = model_spec("convfc", 2, 3, params["data"]["imagefolder"]["size"], ARGS)
+    (own / "checkpoints").mkdir()
+    for seed, name in ((10, "a.pt"), (11, "b.pt")):  # plain state dicts of the model section's network
+        torch.manual_seed(seed)
+        torch.save(from_spec(spec).state_dict(), own / "checkpoints" / name)
+    assert params["curve"]["endpoint_files"] == ["checkpoints/a.pt", "checkpoints/b.pt"]
+    assert params["fge"]["start_files"] == ["checkpoints/a.pt"]
+
+    def repro(**changes) -> tuple[int, str]:
+        for key, value in changes.items():
+            section, name = key.split("__")
+            params[section][name] = value
+        (own / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        proc = subprocess.run([DVC, "repro"], cwd=own, env=tool_env(), capture_output=True, text=True)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    run([DVC, "add", "checkpoints"], own)  # the documented step: `cd own && dvc add checkpoints && dvc repro`
+    code, out = repro()
+    assert code != 0 and "val_size=5000 must be smaller than the 40 training images" in out, out
+    assert "Traceback" not in out
+    code, out = repro(data__val_size=8)  # 32 training images left
+    said = re.search(r"(curve|fge)\.batch_size 128 is larger than the 32 training images", out)
+    assert code != 0 and said and "Traceback" not in out, out
+    code, out = repro(curve__batch_size=8, fge__batch_size=8)
+    assert code == 0, out
+    assert ran(out) | {"prepare"} == OWN_STAGES  # prepare ran (and succeeded) in the run before
+    info = json.loads((own / "metrics/fge.run.json").read_text())
+    assert info["snapshots_per_run"] == {"0": 4} and info["warnings"] == {}  # 4 iterations per epoch, cycle 2
+    assert json.loads((own / "metrics/curve.json").read_text())["curve"]["test_error"]["max"] <= 1
+    assert ran(run([DVC, "repro"], own)) == set()
