@@ -182,6 +182,32 @@ def set_rng_state(state: dict, *generators: torch.Generator) -> None:
         g.set_state(s)
 
 
+def global_rng_state() -> dict:
+    """This process's global random states alone (Python, torch CPU, CUDA if present): what is drawn per
+    sample (dropout), and differs between the processes of a data-parallel run."""
+    return {k: v for k, v in rng_state().items() if k != "generators"}
+
+
+def _take_own_rng(state: dict, rank: int, world: int) -> None:
+    """In every capture in ``state`` (a dict with an ``rng`` entry, at any depth), the global random states of
+    process ``rank``, from the ``rng_ranks`` saved beside it, in place of rank 0's; the generators (seeded
+    alike on every rank: batch order, augmentation, t) stay as saved."""
+    ranks = state["rng_ranks"]  # a state without them: StaleState (another code version)
+    if len(ranks) != world:
+        raise StaleState(f"it holds the random states of {len(ranks)} process(es), this run has {world}")
+    own = ranks[rank]
+
+    def visit(d: dict) -> None:
+        rng = d.get("rng")
+        if isinstance(rng, dict) and "generators" in rng:
+            d["rng"] = {"generators": rng["generators"], **own}
+        for v in d.values():
+            if isinstance(v, dict):
+                visit(v)
+
+    visit(state)
+
+
 def _tuples(x: Any) -> Any:
     """random.setstate wants tuples where a round trip through torch.save may give lists."""
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
@@ -229,8 +255,12 @@ class ResumeState:
         """The state of the last finished epoch, or None (nothing saved, or a file not to be trusted).
 
         In a data-parallel run, rank 0 reads it and every process gets rank 0's answer (the file need not be
-        on a file system the other machines see)."""
+        on a file system the other machines see), with its own global random states in place of rank 0's in
+        every capture (see :meth:`epoch_done`): :func:`restore` then puts each process back on its own
+        dropout stream."""
         state = self.runtime.broadcast(self._read() if self.runtime.is_main else None)
+        if state is not None and self.runtime.world_size > 1:
+            _take_own_rng(state, self.runtime.rank, self.runtime.world_size)
         self.resumed_after = int(state["epoch"]) if state is not None else 0
         return state
 
@@ -260,10 +290,16 @@ class ResumeState:
         return _Saved({k: _Saved(v) if type(v) is dict and "module" in v else v for k, v in state.items()})
 
     def epoch_done(self, epoch: int, state: dict) -> None:
-        """Save the state at the end of ``epoch`` (atomically, rank 0 only); then stop if asked to."""
+        """Save the state at the end of ``epoch`` (atomically, rank 0 only); then stop if asked to.
+
+        Every process calls it: it gathers each one's own global random states (:func:`global_rng_state`; in a
+        data-parallel run each rank draws its own dropout masks, runtime.seed_everything) and rank 0 saves
+        them all, as ``rng_ranks``, beside ``state``."""
+        ranks = self.runtime.all_gather(global_rng_state())  # a collective: before rank 0's own work
         if self.runtime.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
             saved = {"format": FORMAT, "key": self.key, "parts": self.parts, "epoch": epoch, **state}
+            saved["rng_ranks"] = ranks
             atomic_torch_save(saved, self.path)
         self.done_here += 1
         if self.stop_after is not None and self.done_here >= self.stop_after:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -203,13 +204,23 @@ class Runtime:
         """``module`` as the training loop calls it: itself in one process; DistributedDataParallel
         (gradients averaged over the processes at every step) in several. On CUDA, BatchNorm becomes
         SyncBatchNorm (statistics over the global batch); gloo on the CPU has no SyncBatchNorm, so there each
-        process normalises with the statistics of its own shard."""
+        process normalises with the statistics of its own shard.
+
+        Buffers are broadcast from rank 0 once, when the module is wrapped (with the parameters: every process
+        starts from rank 0's network, whatever its own seed drew), and never at a step (DESIGN decision 9). By
+        default DDP sends every buffer before every forward; a curve's endpoints ``start`` and ``end`` (2 × P
+        floats) never change, and the only buffers that do, BatchNorm's running statistics, need no step's
+        broadcast either: rank 0's are the ones written (a broadcast from rank 0 leaves them as they are, so
+        the numbers saved are what they were with it), under SyncBatchNorm every process computes the same ones
+        anyway, and a training forward reads none of them (it normalises with the batch's statistics; the
+        running ones are recalibrated before a point is measured, DESIGN decision 2). What the other ranks
+        keep in them (on gloo, the averages of their own shards) is never read: they only train."""
         if self.world_size == 1:
             return module
         if self.device.type == "cuda":
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every process (any picklable object; itself in one process)."""
@@ -218,6 +229,15 @@ class Runtime:
         box = [obj]
         dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
+
+    def all_gather(self, obj: Any) -> list:
+        """Every process's ``obj`` (any picklable object), in rank order, on every process ([obj] in one).
+        E.g. each rank's own random states, for rank 0 to save (:class:`modeconn.resume.ResumeState`)."""
+        if self.world_size == 1:
+            return [obj]
+        objs: list = [None] * self.world_size
+        dist.all_gather_object(objs, obj)  # NCCL: through the current device, which resolve set
+        return objs
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed over the processes, in place (itself in one process)."""
@@ -296,10 +316,33 @@ class Runtime:
 CPU = Runtime()  # float32, NCHW, one process: what library calls without a runtime use
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python and torch (CPU and CUDA). Same params on the same machine → same numbers."""
+def seed_everything(seed: int, rank: int | None = None) -> None:
+    """Seed Python and torch (CPU and CUDA) for process ``rank`` (default: this process's rank in the process
+    group, 0 without one) with :func:`rank_seed`. Same params on the same machine → same numbers.
+
+    These global streams are what is drawn per sample (dropout masks), so each process of a data-parallel run
+    draws its own, as one process draws a different mask for every sample of the global batch. What must agree
+    across the processes never comes from them: the batch order and augmentation (``Loader.generator``) and
+    the t of a curve (``curve_loss``'s generator) come from generators seeded alike on every rank, and the
+    network a run starts from, though each rank's seed draws its own, is rank 0's once DDP wraps it
+    (:meth:`Runtime.wrap`)."""
+    if rank is None:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    seed = rank_seed(seed, rank)
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The global seed of process ``rank`` of a run seeded ``seed``: ``seed`` itself on rank 0, so that a
+    1-process run, and rank 0 of several, draws exactly what it drew before processes had seeds of their own;
+    on rank r > 0, 63 bits of SHA-256 of (seed, r). Not ``seed + r``: rank 1 of seed 0 would then draw the
+    masks of rank 0 of seed 1 (endpoints of consecutive seeds, with correlated dropout); nor any small
+    number, which could be the seed of another run (``derived_seed`` gives seed · 1000 + offset)."""
+    if rank == 0:
+        return seed
+    digest = hashlib.sha256(f"modeconn.rank_seed {seed} {rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch.manual_seed takes [0, 2^64); random.seed any int
 
 
 def derived_seed(seed: int, offset: int) -> int:

@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch.fx.passes.shape_prop import ShapeProp
 
 from modeconn.curves import Curve, curve_loss
 from modeconn.data import DATASETS, Loader, make_synthetic
 from modeconn.errors import ConfigError
 from modeconn.models import create_model
-from modeconn.runtime import CPU, Runtime
+from modeconn.runtime import CPU, Runtime, derived_seed, rank_seed, seed_everything
 from stages import eval_curve, fge, fit_curve, plane, prepare, sse, train_endpoint
 
 from .stage_utils import invoke, tiny_params, write_params
@@ -118,6 +120,66 @@ def test_cpu_runtime_is_a_no_op():
     assert CPU.autocast().__class__.__name__ == "nullcontext"
     model = create_model("mlp", 3, in_channels=1, input_size=12)
     assert CPU.prepare(model) is model
+
+
+def test_rank_0_keeps_the_seed_and_every_other_rank_draws_its_own_stream():
+    """A 1-process run (and rank 0 of several) draws exactly what ``torch.manual_seed(seed)`` draws, as before
+    processes had seeds of their own; rank r > 0 another stream, one no other (seed, rank) or derived seed
+    gives."""
+    streams = {}
+    for rank in (None, 0, 1, 2):
+        seed_everything(7, rank)
+        streams[rank] = (torch.rand(4), random.random())
+    torch.manual_seed(7)
+    random.seed(7)
+    assert torch.equal(streams[None][0], torch.rand(4)) and streams[None][1] == random.random()
+    assert torch.equal(streams[0][0], streams[None][0]) and streams[0][1] == streams[None][1]
+    for rank in (1, 2):
+        assert not torch.equal(streams[rank][0], streams[0][0]), f"rank {rank} draws rank 0's dropout masks"
+        assert streams[rank][1] != streams[0][1], f"rank {rank} draws rank 0's Python stream"
+    seeds = [rank_seed(seed, rank) for seed in range(20) for rank in range(8)]
+    assert len(set(seeds)) == len(seeds), "two (seed, rank) pairs share a stream"
+    others = {rank_seed(s, r) for s in range(20) for r in range(1, 8)}
+    assert not others & ({*range(100_000)} | {derived_seed(s, o) for s in range(20) for o in range(10)})
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_a_wrapped_curve_sends_its_endpoints_once_and_no_buffer_at_a_step(tmp_path, monkeypatch):
+    """DDP broadcasts parameters and buffers (the endpoints ``start`` and ``end``, BN statistics) from rank 0
+    when it wraps the curve, and nothing at a training step: the 2 × P floats of the endpoints never change.
+    A process group of one (gloo) runs DDP's own code path; the 2-process run is in test_distributed.py."""
+    a, b = conv_pair(width=4, fc_width=16, batch_norm=True)
+    curve = Curve(conv_pair(width=4, fc_width=16, batch_norm=True)[0], a.state_dict(), b.state_dict())
+    sent: list[list[int]] = []
+    broadcast = dist._broadcast_coalesced
+
+    def counted(group, tensors, *args):
+        sent.append([t.numel() for t in tensors])
+        return broadcast(group, tensors, *args)
+
+    monkeypatch.setattr(dist, "_broadcast_coalesced", counted)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        ddp = Runtime(world_size=2).wrap(curve)  # world_size > 1 only so that wrap wraps: the group has one process
+        assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+        p = curve.start.numel()
+        assert len(sent) == 1 and sent[0].count(p) >= 2, f"init broadcast {sent}: the endpoints not in it"
+        sent.clear()
+        optimizer = torch.optim.SGD([curve.bends], lr=0.01, momentum=0.9)
+        step = curve_loss(curve, 5e-4, torch.Generator().manual_seed(0), module=ddp)
+        for _ in range(3):
+            loss, _ = step(torch.randn(8, 1, 28, 28), torch.randint(0, 4, (8,)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert sent == [], f"DDP broadcast {len(sent)} time(s) during 3 steps: {[sum(s) for s in sent]} floats"
+        assert not ddp.will_sync_module_buffers()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_gather_in_one_process_is_the_object_itself():
+    assert CPU.all_gather({"a": 1}) == [{"a": 1}]
 
 
 MODELS = {
