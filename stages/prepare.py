@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from modeconn.data import prepare
+from modeconn.errors import ConfigError
 
 from .common import ParamsOpt, console, stage_app
 from .config import read_sections
@@ -25,17 +26,22 @@ def main(
 ) -> None:
     """Load the raw dataset named by data.name and write it as tensors to --out (params: data)."""
     (cfg,) = read_sections(params, "data")
-    prepared = prepare(
-        cfg.name,
-        Path(cfg.raw_dir),
-        out,
-        val_size=cfg.val_size,
-        seed=cfg.seed,
-        augment=cfg.augment,
-        download=cfg.download,
-        synthetic_kwargs=cfg.synthetic if cfg.name == "synthetic" else None,
-        imagefolder=cfg.imagefolder if cfg.name == "imagefolder" else None,
-    )
+    try:
+        prepared = prepare(
+            cfg.name,
+            Path(cfg.raw_dir),
+            out,
+            val_size=cfg.val_size,
+            seed=cfg.seed,
+            augment=cfg.augment,
+            download=cfg.download,
+            synthetic_kwargs=cfg.synthetic if cfg.name == "synthetic" else None,
+            imagefolder=cfg.imagefolder if cfg.name == "imagefolder" else None,
+        )
+    except ConfigError as exc:  # the library names its argument; the user edits data.val_size in this file
+        if str(exc).startswith("val_size"):
+            raise ConfigError(f"data.{exc} (in {params}): lower data.val_size") from None
+        raise
     val = 0 if prepared.val is None else prepared.val.y.numel()
     console.print(
         f"[bold]{prepared.info.name}[/]: {prepared.train.y.numel()} train, {val} validation, "

@@ -276,7 +276,10 @@ def write_validated(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        read_sections(tmp, *SECTIONS)
+        try:
+            read_sections(tmp, *SECTIONS)
+        except ConfigError as exc:  # name the file the user edits, not the temp file it is checked in
+            raise ConfigError(str(exc).replace(str(tmp), str(path))) from None
         if path.exists():
             os.chmod(tmp, path.stat().st_mode & 0o7777)
         os.replace(tmp, path)

@@ -157,7 +157,7 @@ def verdicts(cur: dict, pe: dict, fge: dict, sse: dict, cmp: dict) -> list[claim
     return out
 
 
-def claims_section(cur: dict, pe: dict, fge: dict, fge_run: dict, sse: dict, cmp: dict) -> list[str]:
+def claims_section(cur: dict, pe: dict, fge: dict, sse: dict, cmp: dict) -> list[str]:
     """The report's section that states, from this run's numbers, which of the paper's claims it shows."""
     L = [
         "## The paper's claims in this run",
@@ -172,15 +172,13 @@ def claims_section(cur: dict, pe: dict, fge: dict, fge_run: dict, sse: dict, cmp
     ]
     for v in verdicts(cur, pe, fge, sse, cmp):
         L.append(f"| {v.claim} | {v.evidence} | **{v.outcome}** |")
-    shots = [int(n) for n in seq(fge_run["snapshots_per_run"])]
-    if shots and max(shots) <= 1:
-        L += [
-            "",
-            f"Note: each FGE run took {max(shots)} snapshot(s) (cycle {fge_run['cycle']} epochs in "
-            f"{fge_run['epochs']} epochs), so FGE is no ensemble here and its rows equal SWA's; shorten "
-            "`fge.cycle` or lengthen `fge.epochs` for a comparison of FGE.",
-        ]
     return [*L, ""]
+
+
+def warnings_section(runs: dict[str, dict]) -> list[str]:
+    """The warnings the stages recorded in their run information (settings that did nothing useful), by stage."""
+    lines = [f"- `{stage}`: {w}" for stage, info in runs.items() for w in seq(info.get("warnings", {}))]
+    return ["## Warnings", "", "The stages of this run warned:", "", *lines, ""] if lines else []
 
 
 WIDTH_FILES = ("width.md", "width.png")  # written by experiments/width/dvc.yaml's summary stage
@@ -261,6 +259,11 @@ def build(metrics: Path, out: Path, seeds, width: Path | None = None) -> tuple[s
         f"- Plane: {pl_run['grid_points']} × {pl_run['grid_points']} grid, margin {pl_run['margin']} "
         f"({pl_run['seconds']:.0f} s, {pl_run['seconds_per_point']:.2f} s per point).",
         "",
+    ]
+    runs = {f"train_endpoint@{s}": r for s, r in end_runs.items()}
+    runs.update(fit_curve=fit, eval_curve=cur_run, path_ensembles=pe_run, plane=pl_run, fge=fge_run, sse=sse_run)
+    L += warnings_section({**runs, "compare": cmp_run})
+    L += [
         "## Endpoints",
         "",
         "| seed | val accuracy | val NLL | test accuracy | test NLL | train loss | seconds |",
@@ -433,7 +436,7 @@ def build(metrics: Path, out: Path, seeds, width: Path | None = None) -> tuple[s
         f"![Reliability diagrams at 1B]({rel(metrics / 'reliability.png')})",
         "",
     ]
-    L += claims_section(cur, pe, fge, fge_run, sse, cmp)
+    L += claims_section(cur, pe, fge, sse, cmp)
     L += width_section(width, rel)
     L += [
         "## Sources",

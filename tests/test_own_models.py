@@ -178,8 +178,11 @@ def test_image_folder_prepares_uint8_resized_and_cropped(tmp_path):
     assert p2.info.mean == (0.5, 0.5, 0.5) and p2.info.std == (0.2, 0.2, 0.2) and len(p2.train) == 6
 
 
+DATA_KEYS = {"raw_dir": "data/raw", "val_size": 0, "augment": "default", "seed": 0, "download": False}
+
+
 def _data_section(**imagefolder):
-    return {"data": {"name": "imagefolder", "imagefolder": imagefolder}}
+    return {"data": {**DATA_KEYS, "name": "imagefolder", "imagefolder": imagefolder}}
 
 
 def test_image_folder_config_errors(tmp_path):
@@ -210,11 +213,18 @@ def test_image_folder_config_errors(tmp_path):
 def test_prepare_stage_reads_an_image_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = write_image_folder(tmp_path / "imgs")
-    params = {"data": {"name": "imagefolder", "val_size": 0, "imagefolder": {"root": str(root), "size": 12}}}
+    params = {"data": {**DATA_KEYS, "name": "imagefolder", "imagefolder": {"root": str(root), "size": 12}}}
     Path("params.yaml").write_text(yaml.safe_dump(params))
     r = invoke(prepare_stage, "--out", "data/prepared")
     assert r.exit_code == 0, r.output
     assert "3 classes" in r.output and load_prepared(Path("data/prepared")).train.x.shape == (12, 3, 12, 12)
+    params["data"]["val_size"] = 500  # more than the 12 training images
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    r = invoke(prepare_stage, "--out", "data/big_val")
+    assert r.exit_code == 1 and "data.val_size=500 must be smaller than the 12 training images" in r.output
+    assert "params.yaml" in r.output and "Traceback" not in r.output and not Path("data/big_val").exists()
+    params["data"]["val_size"] = 0
+    Path("params.yaml").write_text(yaml.safe_dump(params))
     shutil.rmtree(root / "val" / "cat")
     r = invoke(prepare_stage, "--out", "data/other")
     assert r.exit_code == 1 and "data.imagefolder.root" in r.output and "cat" in r.output

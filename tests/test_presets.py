@@ -186,6 +186,7 @@ def test_an_invalid_result_is_not_written(params_file):
     before = params_file.read_bytes()
     r = apply("vgg16-cifar10", params_file)
     assert r.exit_code == 1 and "plane.colour" in r.output
+    assert str(params_file) in r.output.replace("\n", "") and ".tmp" not in r.output  # the user's file, named
     assert params_file.read_bytes() == before
     assert sorted(p.name for p in params_file.parent.iterdir()) == ["params.yaml"]
 

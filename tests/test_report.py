@@ -134,13 +134,13 @@ def test_the_verdicts_are_drawn_from_the_run_they_report(run, tmp_path, monkeypa
     assert "90.00%" in row and row.endswith("**not shown** |")
 
 
-def test_an_fge_of_one_snapshot_per_run_is_said_in_the_report(run, tmp_path, monkeypatch):
-    assert "no ensemble here" not in (run / "metrics/report.md").read_text()
+def test_the_warnings_of_the_stages_are_in_the_report(run, tmp_path, monkeypatch):
+    assert "## Warnings" not in (run / "metrics/report.md").read_text()  # the tiny run's settings are sound
 
-    def one_snapshot(metrics):
+    def one_snapshot(metrics):  # what fge records when fge.cycle leaves one snapshot per run
         info = json.loads((metrics / "fge.run.json").read_text())
-        info["snapshots_per_run"] = {k: 1 for k in info["snapshots_per_run"]}
+        info["warnings"] = {"0": "fge.cycle = 4 with fge.epochs = 2 takes 1 snapshot per run"}
         (metrics / "fge.run.json").write_text(json.dumps(info))
 
     text = _report_of(run, tmp_path, monkeypatch, one_snapshot)
-    assert "each FGE run took 1 snapshot(s)" in text and "no ensemble here" in text
+    assert "## Warnings" in text and "- `fge`: fge.cycle = 4 with fge.epochs = 2 takes 1 snapshot per run" in text

@@ -126,7 +126,7 @@ def normalised(split, info) -> torch.Tensor:
 
 def test_measurement_passes_are_unaugmented_even_when_training_augments():
     data = augmented_data()
-    cfg = EvalConfig(num_points=3, batch_size=32, bn_samples=0, train_samples=0)
+    cfg = EvalConfig(num_points=3, batch_size=32, bn_samples=0, train_samples=0, ensemble="probs", seed=0, align=True)
     for batches in (eval_batches(data, 32), measurement_batches(data, cfg, CPU)):
         for name in ("bn", "train", "test", "val"):
             loader = getattr(batches, name)
@@ -235,7 +235,7 @@ def test_budget_accounting_tells_the_variants_apart(tmp_path):
     ]
     for name, runs in (("fge", fge_runs), ("sse", sse_runs)):
         torch.save({"format": "modeconn.snapshots/1", "runs": runs, "labels": labels}, tmp_path / f"{name}.pt")
-    train = TrainConfig(seeds=(0, 1, 2), epochs=B, batch_size=8, lr=0.1)
+    train = TrainConfig(seeds=(0, 1, 2), epochs=B, batch_size=8, lr=0.1, momentum=0.9, wd=5e-4, save_epochs=())
     members, splits, singles = compare.gather(train, tmp_path / "ep", tmp_path / "fge.pt", tmp_path / "sse.pt")
     assert torch.equal(splits["test"], labels) and "val" not in splits  # the test files have no val predictions
     costs = {m: sorted(x.cost for x in members if x.method == m) for m in ("ind", "fge", "sse")}
@@ -246,7 +246,7 @@ def test_budget_accounting_tells_the_variants_apart(tmp_path):
     # Each FGE replicate at 1B is one run alone, its pretraining counted: all four snapshots fit in 6 epochs.
     assert [sorted(m.cost for m in rep) for rep in singles["fge"]] == [[4.5, 5, 5.5, 6]] * 3
 
-    result, _ = compare.compare(CompareConfig(budgets=(1, 2, 3)), train, members, splits, singles)
+    result, _ = compare.compare(CompareConfig(budgets=(1, 2, 3), ensemble="probs"), train, members, splits, singles)
     expect = {
         "1B": {"ind": 1, "fge": 4, "sse": 2},
         "2B": {"ind": 2, "fge": 8, "sse": 4},
