@@ -17,6 +17,7 @@ import yaml
 
 from modeconn.data import read_info
 from modeconn.metrics import width_point
+from modeconn.models import create_model
 from stages import eval_curve, fit_curve, prepare, train_endpoint, width
 
 from .stage_utils import ROOT, TINY, invoke
@@ -60,7 +61,7 @@ WIDTH = {"ks": [1, 2], "model": "convfc", "args": {"width": 2, "fc_width": 8, "b
 def width_params(**width_overrides) -> dict:
     params = {k: copy.deepcopy(TINY[k]) for k in ("data", "train", "curve", "eval")}
     params["train"]["save_epochs"] = []
-    params["width"] = {**copy.deepcopy(WIDTH), "scale": ["width", "fc_width"], **width_overrides}
+    params["width"] = {**copy.deepcopy(WIDTH), "scale": ["fc_width"], **width_overrides}
     params["subset"] = {"train_size": 160, "test_size": 64, "seed": 0}
     return params
 
@@ -71,8 +72,36 @@ def write(path: Path, params: dict) -> Path:
     return path
 
 
-def test_summary_stage_against_hand_computation(tmp_path):
-    params = write(tmp_path / "params.yaml", width_params(ks=[1, 2, 4]))
+def write_meta(folder: Path, num_classes: int = 10, channels: int = 1, size: int = 28) -> Path:
+    """A prepared folder's meta.json (all the summary reads of it: the shapes its networks are built for)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"name": "fashion_mnist", "num_classes": num_classes, "channels": channels, "size": size}
+    (folder / "meta.json").write_text(json.dumps({**meta, "mean": [0.3], "std": [0.35], "augment": "none"}))
+    return folder
+
+
+def convfc_counts(width: int, fc_width: int, num_classes: int = 10, channels: int = 1, size: int = 28) -> tuple:
+    """ConvFC's conv and FC parameter counts by hand: 5x5 convs c → w → 2w → 4w, then three pools of 3 with
+    stride 2 (28 → 13 → 6 → 2), then Linear layers 4w·s² → f → f → classes (weights and biases)."""
+    c = [channels, width, 2 * width, 4 * width]
+    conv = sum(25 * a * b + b for a, b in zip(c[:-1], c[1:]))
+    s = size
+    for _ in range(3):
+        s = (s - 3) // 2 + 1
+    f = [4 * width * s * s, fc_width, fc_width, num_classes]
+    return conv, sum(a * b + b for a, b in zip(f[:-1], f[1:]))
+
+
+@pytest.mark.parametrize(
+    "scale, row",
+    [
+        (["fc_width"], "| 4 | 2 | 32 | {conv:,} | {fc:,} | 0.1500 |"),  # K, width 2, fc_width 8K, counts, barrier
+        (["width", "fc_width"], "| 4 | 8 | 32 | {conv:,} | {fc:,} | 0.1500 |"),  # width 2K too
+    ],
+)
+def test_summary_stage_against_hand_computation(tmp_path, scale, row):
+    params = write(tmp_path / "params.yaml", width_params(ks=[1, 2, 4], scale=scale))
+    prepared = write_meta(tmp_path / "subset")
     runs = tmp_path / "runs"
     given = {1: (0.40, 0.35, 1.60, 1.9), 2: (0.30, 0.32, 0.80, 1.5), 4: (0.25, 0.24, 0.40, 1.2)}
     for k, (a, b, peak, ratio) in given.items():
@@ -83,6 +112,7 @@ def test_summary_stage_against_hand_computation(tmp_path):
         width,
         "summary",
         "--params", params,
+        "--prepared", prepared,
         "--runs", runs,
         "--metrics", out / "width.json",
         "--table", out / "width.csv",
@@ -104,17 +134,27 @@ def test_summary_stage_against_hand_computation(tmp_path):
     rows = list(csv.DictReader((out / "width.csv").open()))
     assert [int(r["k"]) for r in rows] == [1, 2, 4]
     assert float(rows[1]["train_loss_barrier"]) == pytest.approx(0.80 - 0.32)
+    width_at_4 = 8 if "width" in scale else 2
+    conv, fc = convfc_counts(width_at_4, 32)
     md = (out / "width.md").read_text()
-    assert "| 4 | 8 | 32 | 0.1500 |" in md, md  # K, width 2K, fc_width 8K, barrier
+    assert row.format(conv=conv, fc=fc) in md, md
+    assert "| K | width | fc_width | conv params | FC params |" in md, "every integer argument has a column"
+    said = "width, fc_width = K × (2, 8)." if "width" in scale else "fc_width = K × 8; width = 2 at every K."
+    assert f"convfc with {said}" in md, md
+    assert int(rows[2]["conv_params"]) == conv and int(rows[2]["fc_params"]) == fc
     assert (out / "width.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "width.run.json").read_text())["model"] == "convfc"
+    run = json.loads((out / "width.run.json").read_text())
+    assert run["model"] == "convfc" and list(run["scale"].values()) == scale  # lists are written as mappings
+    assert run["parameters"]["k4"] == {"conv_params": conv, "fc_params": fc}
+    assert "conv_params" not in result["k4"], "parameter counts describe the runs; they are not metrics"
 
 
 def test_summary_names_the_missing_run(tmp_path):
     params = write(tmp_path / "params.yaml", width_params())
     out = tmp_path / "metrics"
     r = invoke(
-        width, "summary", "--params", params, "--runs", tmp_path / "runs", "--metrics", out / "w.json",
+        width, "summary", "--params", params, "--prepared", write_meta(tmp_path / "subset"),
+        "--runs", tmp_path / "runs", "--metrics", out / "w.json",
         "--table", out / "w.csv", "--figure", out / "w.png", "--markdown", out / "w.md",
     )  # fmt: skip
     assert r.exit_code == 1
@@ -122,12 +162,13 @@ def test_summary_names_the_missing_run(tmp_path):
     assert not out.exists(), "nothing half-written"
 
 
-def test_configure_scales_the_named_args_and_copies_train(tmp_path):
-    params = write(tmp_path / "params.yaml", width_params(ks=[1, 3]))
+@pytest.mark.parametrize("scale, width_at_3", [(["fc_width"], 2), (["width", "fc_width"], 6)])
+def test_configure_scales_the_named_args_and_copies_train(tmp_path, scale, width_at_3):
+    params = write(tmp_path / "params.yaml", width_params(ks=[1, 3], scale=scale))
     r = invoke(width, "configure", "--k", 3, "--params", params, "--out", tmp_path / "k3.yaml")
     assert r.exit_code == 0, r.output
     doc = yaml.safe_load((tmp_path / "k3.yaml").read_text())
-    assert doc["model"] == {"name": "convfc", "args": {"width": 6, "fc_width": 24, "batch_norm": True}}
+    assert doc["model"] == {"name": "convfc", "args": {"width": width_at_3, "fc_width": 24, "batch_norm": True}}
     assert doc["train"] == width_params()["train"]
     bad = invoke(width, "configure", "--k", 5, "--params", params, "--out", tmp_path / "k5.yaml")
     assert bad.exit_code == 1 and "--k 5 is not one of width.ks [1, 3]" in bad.output
@@ -220,7 +261,7 @@ def test_whole_width_graph_on_a_tiny_config(tmp_path, monkeypatch):
     ws = tmp_path / "experiments" / "width"
     for k in (1, 2):
         spec = json.loads((ws / "runs" / f"k{k}" / "endpoints" / "seed_0.run.json").read_text())["model_args"]
-        assert (spec["width"], spec["fc_width"]) == (2 * k, 8 * k), "configure's widths reached the endpoints"
+        assert (spec["width"], spec["fc_width"]) == (2, 8 * k), "configure's widths reached the endpoints"
     result = json.loads((ws / "metrics" / "width.json").read_text())
     for k in (1, 2):
         rows = [r for r in csv.DictReader((ws / "runs" / f"k{k}" / "curve_eval.csv").open()) if r["path"] == "curve"]
@@ -230,6 +271,26 @@ def test_whole_width_graph_on_a_tiny_config(tmp_path, monkeypatch):
         cur = json.loads((ws / "runs" / f"k{k}" / "curve.json").read_text())
         assert result[f"k{k}"]["length_ratio"] == pytest.approx(cur["length"]["curve"] / cur["length"]["segment"])
     assert (ws / "metrics" / "width.png").is_file() and (ws / "metrics" / "width.md").is_file()
+
+
+def test_the_committed_default_scales_the_fully_connected_layers_only():
+    """Fig. 3 of the paper varies the sizes of the fully connected layers by K: at every K of
+    experiments/width/params.yaml the conv layers are those of K = 1 and the FC layers grow with K.
+    Scaling the convolutions too is an option (``scale: [width, fc_width]``), not the default."""
+    raw = yaml.safe_load((ROOT / "experiments" / "width" / "params.yaml").read_text())
+    cfg = width.WidthConfig(**{key: tuple(v) if isinstance(v, list) else v for key, v in raw["width"].items()})
+    assert cfg.scale == ("fc_width",), f"width.scale is {list(cfg.scale)}; the paper's Fig. 3 is [fc_width]"
+    assert cfg.model == "convfc", "the paper's 3-conv + 3-FC network"
+    nets = {k: create_model(cfg.model, 10, 1, 28, **cfg.args_at(k)) for k in sorted(cfg.ks)}
+    base = nets[min(cfg.ks)]
+    for k, net in nets.items():
+        convs = [(n, p.shape) for n, p in net.named_parameters() if n.startswith("conv_part")]
+        assert convs == [(n, p.shape) for n, p in base.named_parameters() if n.startswith("conv_part")], k
+    counts = [width.layer_parameters(net) for net in nets.values()]
+    assert len({c["conv_params"] for c in counts}) == 1, counts
+    fc = [c["fc_params"] for c in counts]
+    assert fc == sorted(set(fc)), f"FC parameters must grow with K: {fc}"
+    assert counts[0] == dict(zip(("conv_params", "fc_params"), convfc_counts(**cfg.args_at(min(cfg.ks)))))
 
 
 def test_report_embeds_the_width_summary_when_present(tmp_path):
