@@ -457,8 +457,9 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor) -> Permutati
                 )
             if tensor not in state:  # a plain attribute tensor: permuting it in the state dict cannot work
                 raise ModeconnError(
-                    f"align: model {name}: tensor {tensor!r} acts on a permutable channel space but is neither a "
-                    "parameter nor a registered buffer, so it cannot be permuted with the channels"
+                    f"align: model {name}: tensor {tensor!r} acts on a permutable channel space but is not in the "
+                    "state dict (a plain attribute or a non-persistent buffer), so it cannot be permuted with the "
+                    "channels"
                 )
             spec.axes.setdefault(tensor, []).append(Axis(tensor, dim, group, mult))
     return spec
@@ -483,10 +484,18 @@ def _attr(node: fx.Node, shape: tuple[int, ...], ins: list[_Attr]) -> _Attr:
     in_shape, (t,) = _shape(source), ins
     if elementwise and in_shape == shape:
         return t
+    if node.target is operator.getitem and not _plain_index(node.args[1]):
+        return _Attr(names, None)  # g[order], g[2:]: which entry lands where is not read off the shapes
     if reshape and [n for n in in_shape if n != 1] == [n for n in shape if n != 1]:
         kept = iter(d for d, n in zip(t.dims, in_shape) if n != 1)  # the source's dims that are not 1, in order
         return _Attr(t.names, tuple(next(kept) if n != 1 else None for n in shape))
     return _Attr(names, None)
+
+
+def _plain_index(index) -> bool:
+    """An index that only inserts dims or takes whole dims (``[:, None, None]``, ``[..., None]``): no entry moves."""
+    entries = index if isinstance(index, tuple) else (index,)
+    return all(e is None or e is Ellipsis or e == slice(None) for e in entries)
 
 
 def _passes(target) -> bool:

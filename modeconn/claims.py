@@ -44,6 +44,13 @@ def _pts(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _noise(noise: float | None) -> str:
+    """How a comparison's noise level reads in its evidence."""
+    if noise is None:
+        return " (no seed spread, one seed: the sign decides)"
+    return f" (seed spread {100 * noise:.2f} points)"
+
+
 def better(gain: float, noise: float | None) -> str:
     """The outcome of "A is better than B" where ``gain`` = how much better A is (negative: worse) and ``noise``
     the spread that a difference must exceed (None: unknown, the sign decides)."""
@@ -95,8 +102,7 @@ def curve_ensemble_beats_endpoints(curve_error: float, endpoints_error: float, n
     """Sec. 4: an ensemble of points along the curve beats the ensemble of its two endpoints."""
     return Verdict(
         "Sec. 4: an ensemble of the curve's points beats the two endpoints' ensemble",
-        f"test error {_pts(curve_error)} against {_pts(endpoints_error)}"
-        + (f" (seed spread {100 * noise:.2f} points)" if noise is not None else ""),
+        f"test error {_pts(curve_error)} against {_pts(endpoints_error)}{_noise(noise)}",
         better(endpoints_error - curve_error, noise),
     )
 
@@ -123,12 +129,14 @@ def curve_points_differ(
     )
 
 
-def fge_beats(fge_error: float, other_error: float, other: str, budget: str, noise: float | None = None) -> Verdict:
-    """Sec. 5, Table 1: FGE's ensemble has a lower test error than ``other``'s at the same budget."""
+def fge_beats(
+    fge_error: float, other_error: float, other: str, budget: str, noise: float | None = None, how: str = ""
+) -> Verdict:
+    """Sec. 5, Table 1: FGE's ensemble has a lower test error than ``other``'s at the same budget (``how``: what
+    the two errors are, e.g. means over replicates)."""
     return Verdict(
         f"Sec. 5, Table 1: FGE beats {other} at {budget}",
-        f"test error {_pts(fge_error)} against {_pts(other_error)}"
-        + (f" (seed spread {100 * noise:.2f} points)" if noise is not None else ""),
+        f"test error {_pts(fge_error)} against {_pts(other_error)}{f' ({how})' if how else ''}{_noise(noise)}",
         better(other_error - fge_error, noise),
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import inspect
 import json
 import logging
@@ -340,7 +341,8 @@ def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path,
     determines the run (DESIGN decision 10): its ``settings`` (config sections, named by their section; dicts of
     other values, named by their keys), the runtime, the content of its ``inputs`` files and of the weights file
     of a ``model`` section among the settings (``model.weights``), and the code: every ``.py`` file of the
-    ``modeconn`` and ``stages`` packages, read once per process.
+    ``modeconn`` and ``stages`` packages, read once per process, and the versions of torch, torchvision and
+    timm (:func:`package_versions`).
 
     Why all of the code rather than the modules the stage imports or the files its dvc.yaml deps list: both of
     those are narrower than what can change the run (modules imported lazily, mid-run; deps lists kept by hand,
@@ -366,7 +368,7 @@ def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path,
         if isinstance(s, ModelConfig) and s.weights is not None:  # the network starts from it: by content too
             files["model.weights"] = Path(s.weights)
     digests = {name: digest(p) if p.is_file() else "missing" for name, p in files.items()}  # the stage names it
-    code = code_digests(Path(modeconn.__file__).parent, Path(__file__).parent)
+    code = {**code_digests(Path(modeconn.__file__).parent, Path(__file__).parent), **package_versions()}
 
     def parts_for(processes: int) -> dict:
         where = {"device": runtime.device.type, "precision": runtime.precision, "channels_last": runtime.channels_last}
@@ -394,6 +396,18 @@ def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path,
                 )
     ws = runtime.world_size
     return ResumeState(folder_for(ws), key_for(ws), runtime=runtime, parts=parts_for(ws))
+
+
+def package_versions() -> dict[str, str]:
+    """The versions of the packages whose code builds and trains the networks (torch, torchvision, and timm
+    where installed), as entries of a resume key's code: a state saved under another torch is not continued."""
+    versions = {}
+    for name in ("torch", "torchvision", "timm"):
+        try:
+            versions[f"package {name}"] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def _named_settings(settings: tuple) -> dict:

@@ -113,7 +113,9 @@ def verdicts(cur: dict, pe: dict, fge: dict, sse: dict, cmp: dict) -> list[claim
     """The paper's claims that this run can test, each against this run's own numbers (modeconn.claims).
 
     Noise: the sample std over seeds of one network's test accuracy (Ind at 1B), where the run has several
-    seeds; the 1B FGE/Ind comparison uses the means over seeds and the larger of the two stds."""
+    seeds (none with one seed: the sign decides, and the evidence says so). At 1B, where each seed has its own
+    FGE run, FGE is the mean over those runs: against Ind's mean (noise: the larger std), and against SSE's one
+    run (noise: FGE's std)."""
     c, s_, ens = cur["curve"], cur["segment"], cur["ensemble"]
     ends = (c["test_error"]["start"], c["test_error"]["end"])
     spread = cmp.get("1B_over_seeds", {})
@@ -133,25 +135,26 @@ def verdicts(cur: dict, pe: dict, fge: dict, sse: dict, cmp: dict) -> list[claim
         )
     )
     budgets = [b for b in ("1B", "2B", "3B") if isinstance(cmp.get(b), dict)]
+    replicates = all(spread.get(m, {}).get("n", 0) > 1 for m in ("fge", "ind"))
     for b in dict.fromkeys(budgets[:1] + budgets[-1:]):  # the smallest and the largest budget
         row = cmp[b]
         if not all(row.get(m, {}).get("members") for m in ("fge", "ind")):
             continue
-        if b == "1B" and spread.get("fge", {}).get("n", 0) > 1 and spread.get("ind", {}).get("n", 0) > 1:
+        sse_error = row["sse"]["test_error"] if row.get("sse", {}).get("members") else None
+        if b == "1B" and replicates:  # one FGE run and one network per seed: compare the means over seeds
             f, i = spread["fge"], spread["ind"]
-            out.append(
-                claims.fge_beats(
-                    1 - f["mean_accuracy"],
-                    1 - i["mean_accuracy"],
-                    f"Ind (mean over {i['n']} seeds)",
-                    b,
-                    max(f["std_accuracy"], i["std_accuracy"]),
-                )
-            )
+            fge_error, how = 1 - f["mean_accuracy"], f"FGE: mean over {f['n']} runs"
+            worst = max(f["std_accuracy"], i["std_accuracy"])
+            rivals = [("Ind", 1 - i["mean_accuracy"], f"{how}, Ind over {i['n']} seeds", worst)]
+            if sse_error is not None:
+                rivals.append(("SSE", sse_error, f"{how}, SSE one run", f["std_accuracy"]))
         else:
-            out.append(claims.fge_beats(row["fge"]["test_error"], row["ind"]["test_error"], "Ind", b, noise))
-        if row.get("sse", {}).get("members"):
-            out.append(claims.fge_beats(row["fge"]["test_error"], row["sse"]["test_error"], "SSE", b, noise))
+            fge_error = row["fge"]["test_error"]
+            rivals = [("Ind", row["ind"]["test_error"], "", noise)]
+            if sse_error is not None:
+                rivals.append(("SSE", sse_error, "", noise))
+        for other, error, how_, spread_of in rivals:
+            out.append(claims.fge_beats(fge_error, error, other, b, spread_of, how_))
     if fge.get("mean_distance") is not None and sse.get("mean_distance") is not None:
         out.append(claims.fge_snapshots_closer(fge["mean_distance"], sse["mean_distance"]))
     return out
@@ -164,7 +167,7 @@ def claims_section(cur: dict, pe: dict, fge: dict, sse: dict, cmp: dict) -> list
         "",
         "Each verdict is drawn from this run's own numbers above (`modeconn.claims`): *shown*, *not shown*, or "
         "*within noise* where the difference is smaller than the spread of one network's test accuracy over "
-        "the endpoint seeds. A path connects when its error barrier (worst error along t minus the worse "
+        "the endpoint seeds (with one seed there is none, and the sign decides). A path connects when its error barrier (worst error along t minus the worse "
         f"endpoint's) is at most {100 * claims.TOLERANCE:.0f} points.",
         "",
         "| claim (paper) | this run | verdict |",

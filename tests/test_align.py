@@ -271,10 +271,20 @@ class Untracked(nn.Module):
         self.way, self.fc1, self.fc2 = way, nn.Linear(4, 8), nn.Linear(8, 3)
         self.w = nn.Parameter(torch.randn(2, 8))
         self.plain = torch.randn(8)  # neither parameter nor buffer
+        self.register_buffer("scratch", torch.randn(8), persistent=False)  # a buffer, but not in the state dict
+        self.g = nn.Parameter(torch.randn(8))
+        self.order = list(range(7, -1, -1))
 
     def forward(self, x):
         h = self.fc1(x)
-        h = h + self.w.sum(0) if self.way == "reduced" else h * self.plain
+        if self.way == "reduced":
+            h = h + self.w.sum(0)
+        elif self.way == "indexed":  # g re-indexed: permuting g as if it were used as is would be wrong
+            h = h * self.g[self.order]
+        elif self.way == "sliced":
+            h = h * self.w[1:].squeeze(0)
+        else:
+            h = h * (self.plain if self.way == "plain" else self.scratch)
         return self.fc2(h)
 
 
@@ -282,7 +292,10 @@ class Untracked(nn.Module):
     ("way", "match"),
     [
         ("reduced", r"'w' reaches a permutable channel space through op function add"),
-        ("plain", r"tensor 'plain' acts on a permutable channel space but is neither a parameter"),
+        ("plain", r"tensor 'plain' acts on a permutable channel space but is not in the state dict"),
+        ("non-persistent", r"tensor 'scratch' acts on a permutable channel space but is not in the state dict"),
+        ("indexed", r"'g' reaches a permutable channel space through op"),
+        ("sliced", r"'w' reaches a permutable channel space through op"),
     ],
 )
 def test_a_tensor_on_permuted_channels_that_gets_no_axis_is_an_error_naming_it(way, match):

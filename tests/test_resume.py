@@ -274,3 +274,18 @@ def test_what_changed_names_settings_inputs_and_code():
     new = {**old, "code": {k: "b" for k in code}}
     assert what_changed(old, new) == ("other code (modeconn/m0.py, modeconn/m1.py, modeconn/m2.py and 2 more changed)")
     assert "does not record" in what_changed(None, old)
+
+
+def test_the_key_covers_the_torch_that_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODECONN_RESUME_DIR", str(tmp_path))
+    from modeconn.runtime import CPU
+    from stages.common import package_versions, resume_state
+
+    assert torch.__version__.startswith(package_versions()["package torch"])
+    state = resume_state("run", CPU, {"seed": 0})
+    assert state.parts["code"]["package torch"] == package_versions()["package torch"]
+    real = package_versions()
+    monkeypatch.setattr("stages.common.package_versions", lambda: {**real, "package torch": "0.0.1"})
+    other = resume_state("run", CPU, {"seed": 0})
+    assert other.key != state.key
+    assert what_changed(state.parts, other.parts) == "other code (package torch changed)"
