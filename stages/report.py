@@ -167,8 +167,9 @@ def claims_section(cur: dict, pe: dict, fge: dict, sse: dict, cmp: dict) -> list
         "",
         "Each verdict is drawn from this run's own numbers above (`modeconn.claims`): *shown*, *not shown*, or "
         "*within noise* where the difference is smaller than the spread of one network's test accuracy over "
-        "the endpoint seeds (with one seed there is none, and the sign decides). A path connects when its error barrier (worst error along t minus the worse "
-        f"endpoint's) is at most {100 * claims.TOLERANCE:.0f} points.",
+        "the endpoint seeds (with one seed there is none, and the sign decides). A path connects when its "
+        "error barrier (worst error along t minus the worse endpoint's) is at most "
+        f"{100 * claims.TOLERANCE:.0f} points.",
         "",
         "| claim (paper) | this run | verdict |",
         "|---|---|---|",
