@@ -218,6 +218,16 @@ def test_a_state_of_another_version_is_ignored_with_a_warning(tamper, base, tmp_
 # ------------------------------------------------------------------ the key covers code and weights (decision 10)
 
 
+def assert_started_over(ws, output: str, cause: str, not_causes: tuple[str, ...]) -> None:
+    """train_endpoint seed 0 trained from epoch 1 and said why in one line, naming ``cause`` and nothing else."""
+    assert json.loads((ws / "metrics/endpoints/seed_0.run.json").read_text())["resumed_after_epoch"] == 0
+    assert f"train_endpoint seed 0 1/{PARAMS['train']['epochs']}" in output  # epoch 1 trained again
+    why = [line for line in output.splitlines() if "resume state" in line]
+    assert len(why) == 1, output
+    assert cause in why[0] and "starting from scratch" in why[0], why[0]
+    assert not any(other in why[0].split("saved under")[1] for other in not_causes), why[0]
+
+
 def test_a_state_saved_under_other_code_starts_over_and_says_why(base, tmp_path):
     """Stopped after one epoch; then a library file the stage runs changes (as when DVC reruns a stage because its
     code changed): the rerun must not continue the old code's epochs, and names the changed file in one line."""
@@ -232,12 +242,7 @@ def test_a_state_saved_under_other_code_starts_over_and_says_why(base, tmp_path)
         f.write("# a change of the code that trains\n")
     rerun = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    assert json.loads((ws / "metrics/endpoints/seed_0.run.json").read_text())["resumed_after_epoch"] == 0
-    assert f"train_endpoint seed 0 1/{PARAMS['train']['epochs']}" in rerun.stderr  # epoch 1 trained again
-    why = [line for line in rerun.stderr.splitlines() if "resume state" in line]
-    assert len(why) == 1, rerun.stderr
-    assert "other code (modeconn/train.py changed)" in why[0] and "starting from scratch" in why[0], why[0]
-    assert "settings" not in why[0].split("saved under")[1] and "inputs" not in why[0].split("saved under")[1]
+    assert_started_over(ws, rerun.stderr, "other code (modeconn/train.py changed)", ("settings", "inputs"))
 
 
 def test_a_state_started_from_other_weights_starts_over_and_says_why(base, tmp_path, monkeypatch):
@@ -255,12 +260,7 @@ def test_a_state_started_from_other_weights_starts_over_and_says_why(base, tmp_p
     monkeypatch.delenv(STOP_ENV)
     r = invoke(train_endpoint, "--seed", 0, "--device", "cpu")
     assert r.exit_code == 0, r.output
-    assert json.loads((ws / "metrics/endpoints/seed_0.run.json").read_text())["resumed_after_epoch"] == 0
-    assert f"train_endpoint seed 0 1/{PARAMS['train']['epochs']}" in r.output  # epoch 1 trained again
-    why = [line for line in r.output.splitlines() if "resume state" in line]
-    assert len(why) == 1, r.output
-    assert "other inputs (model.weights changed)" in why[0] and "starting from scratch" in why[0], why[0]
-    assert "code" not in why[0].split("saved under")[1] and "settings" not in why[0].split("saved under")[1]
+    assert_started_over(ws, r.output, "other inputs (model.weights changed)", ("code", "settings"))
 
 
 def test_what_changed_names_settings_inputs_and_code():
