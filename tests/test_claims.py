@@ -40,6 +40,23 @@ def test_ensembles_temperature_length_and_distances():
 def test_fig4_needs_the_curve_below_both_the_segment_and_the_random_direction():
     assert claims.curve_points_differ([0.1, 0.09], [0.103, 0.103], [0.104, 0.11]).shown
     assert not claims.curve_points_differ([0.1, 0.09], [0.09, 0.09], [0.104, 0.11]).shown  # segment ties
+    # 0.8 points better than the segment, but the seed spread is 1 point: the run cannot tell
+    v = claims.curve_points_differ([0.1, 0.09], [0.103, 0.103], [0.104, 0.11], noise=0.01)
+    assert v.outcome == claims.WITHIN_NOISE and "seed spread 1.00 points" in v.evidence
+
+
+def test_errors_on_another_scale_or_none_at_all_are_a_clear_error_not_a_verdict():
+    with pytest.raises(ValueError, match=r"fractions in \[0, 1\]"):
+        claims.curve_connects([10, 12, 11], endpoint_errors=(10, 10.1))  # percent, not fractions
+    with pytest.raises(ValueError, match="no values"):
+        claims.curve_connects([], endpoint_errors=(0.1, 0.1))
+    with pytest.raises(ValueError, match="fractions"):
+        claims.fge_beats(9.86, 9.69, "Ind", "1B")
+
+
+def test_a_claim_the_run_cannot_test_says_why():
+    v = claims.not_tested("Sec. 5, Table 1: FGE beats Ind at 1B", "each FGE run took 1 snapshot(s)")
+    assert v.outcome == claims.NOT_TESTED and not v.shown and "1 snapshot" in v.evidence
 
 
 def test_fge_beats_names_the_rival_and_the_budget():

@@ -141,7 +141,24 @@ def test_the_warnings_of_the_stages_are_in_the_report(run, tmp_path, monkeypatch
     def one_snapshot(metrics):  # what fge records when fge.cycle leaves one snapshot per run
         info = json.loads((metrics / "fge.run.json").read_text())
         info["warnings"] = {"0": "fge.cycle = 4 with fge.epochs = 2 takes 1 snapshot per run"}
+        info["snapshots_per_run"] = {k: 1 for k in info["snapshots_per_run"]}
         (metrics / "fge.run.json").write_text(json.dumps(info))
 
     text = _report_of(run, tmp_path, monkeypatch, one_snapshot)
     assert "## Warnings" in text and "- `fge`: fge.cycle = 4 with fge.epochs = 2 takes 1 snapshot per run" in text
+    # and no verdict on FGE's ensembles, which are one network each here
+    for claim in ("Sec. 5, Table 1: FGE beats Ind at 1B", "Sec. 5: consecutive"):
+        row = _claim_row(text, claim)
+        assert row.endswith("**not tested** |") and "each FGE run took 1 snapshot(s)" in row, row
+
+
+def test_a_resumed_stage_is_named_in_what_ran(run, tmp_path, monkeypatch):
+    assert "Resumed after a stop" not in (run / "metrics/report.md").read_text()
+
+    def resumed(metrics):
+        info = json.loads((metrics / "endpoints/seed_0.run.json").read_text())
+        info["resumed_after_epoch"] = 1
+        (metrics / "endpoints/seed_0.run.json").write_text(json.dumps(info))
+
+    text = _report_of(run, tmp_path, monkeypatch, resumed)
+    assert "- Resumed after a stop: `train_endpoint@0` after epoch 1" in text

@@ -289,3 +289,21 @@ def test_the_key_covers_the_torch_that_runs(tmp_path, monkeypatch):
     other = resume_state("run", CPU, {"seed": 0})
     assert other.key != state.key
     assert what_changed(state.parts, other.parts) == "other code (package torch changed)"
+
+
+def test_the_key_covers_the_cpu_thread_count(tmp_path, monkeypatch):
+    """One thread and two round differently on a CPU: a state saved under one is not continued under the other."""
+    monkeypatch.setenv("MODECONN_RESUME_DIR", str(tmp_path))
+    from modeconn.runtime import CPU
+    from stages.common import resume_state
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = resume_state("run", CPU, {"seed": 0})
+        torch.set_num_threads(2)
+        two = resume_state("run", CPU, {"seed": 0})
+    finally:
+        torch.set_num_threads(before)
+    assert one.key != two.key
+    assert what_changed(one.parts, two.parts) == "other settings (runtime.threads changed)"
