@@ -61,6 +61,16 @@ def reliability(logprobs: torch.Tensor, y: torch.Tensor, bins: int = BINS) -> Re
         raise ValueError(f"bins must be ≥ 1, got {bins}")
     if logprobs.ndim != 2 or y.shape != logprobs.shape[:1]:
         raise ValueError(f"expected logprobs [N, K] and labels [N], got {tuple(logprobs.shape)} and {tuple(y.shape)}")
+    # Probabilities (or logits) in place of log-probabilities would give an impossible ECE, not an error.
+    if (logprobs > 1e-4).any():
+        raise ValueError(
+            f"logprobs has entries up to {logprobs.max().item():.4g} > 0, so these are not log-probabilities: "
+            "pass log-probabilities, e.g. torch.log_softmax(logits, 1)"
+        )
+    k = logprobs.shape[1]
+    if y.numel() and (y.min() < 0 or y.max() >= k):
+        lo, hi = y.min().item(), y.max().item()
+        raise ValueError(f"labels must be class indices in [0, {k}) for logprobs of {k} classes, got {lo}..{hi}")
     conf, pred = logprobs.detach().double().exp().max(1)  # (N,), (N,)
     correct = (pred == y.to(pred.device)).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)

@@ -305,7 +305,8 @@ class Runtime:
         if self.device.type == "cuda":
             name += f" ({torch.cuda.get_device_name(self.device)})"
         else:
-            name += f" ({torch.get_num_threads()} threads)"
+            n = torch.get_num_threads()
+            name += f" ({n} thread{'' if n == 1 else 's'})"
         return (
             f"runtime: device {name}, precision {self.precision}, memory format "
             f"{'channels_last' if self.channels_last else 'contiguous'}, {self.world_size} process(es); "

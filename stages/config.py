@@ -111,7 +111,8 @@ def section(params: dict, name: str, cls: type[T], source: str | Path = "params.
     """Validate ``params[name]`` (read from the file ``source``) into the frozen dataclass ``cls``.
 
     Unknown keys, missing keys and wrong types are ConfigErrors naming
-    ``name.key`` and ``source``; ``cls.__post_init__`` checks ranges the same way.
+    ``name.key`` and ``source``; ``cls.__post_init__`` checks ranges the same way (its messages name the key,
+    and ``source`` is appended here).
     Only the keys of :func:`optional_keys` may be left out.
     """
     raw = params.get(name)
@@ -124,16 +125,21 @@ def section(params: dict, name: str, cls: type[T], source: str | Path = "params.
         raise ConfigError(f"unknown key {name}.{unknown[0]} in {source}; {name} takes: {', '.join(fields)}")
     optional = optional_keys(cls)
     values = {}
-    for key in fields:
-        if key not in raw:
-            if key not in optional:
-                raise ConfigError(
-                    f"missing key {name}.{key} in {source}: every key of {name} must be set "
-                    f"(no default is assumed; {name} takes: {', '.join(fields)})"
-                )
-            continue
-        values[key] = _check_type(raw[key], hints[key], f"{name}.{key}")
-    return cls(**values)
+    try:  # one place names the file for every message, the types' and cls.__post_init__'s ranges alike
+        for key in fields:
+            if key not in raw:
+                if key not in optional:
+                    raise ConfigError(
+                        f"missing key {name}.{key} in {source}: every key of {name} must be set "
+                        f"(no default is assumed; {name} takes: {', '.join(fields)})"
+                    )
+                continue
+            values[key] = _check_type(raw[key], hints[key], f"{name}.{key}")
+        return cls(**values)
+    except ConfigError as exc:
+        if str(source) in str(exc):
+            raise
+        raise type(exc)(f"{exc} (in {source})") from None
 
 
 def require(cond: bool, message: str) -> None:

@@ -74,7 +74,14 @@ def evaluate(
         except ModeconnError as e:  # the library says what it cannot align; the way out is the pipeline's
             raise ModeconnError(f"{e}; set eval.align: false in {params} to skip the aligned segment") from e
         paths["aligned"] = runtime.prepare(Curve(from_spec(blob["spec"]), w1, w2_aligned, "bezier", 2))
-        log.info("aligned ŵ2 to ŵ1: %s", alignment)
+        log.info(
+            "alignment: %.0f%% of %d hidden units moved (%d permutation groups); ‖ŵ2 − ŵ1‖ %.2f → ‖π(ŵ2) − ŵ1‖ %.2f",
+            100 * alignment["moved_fraction"],
+            alignment["hidden_units"],
+            alignment["permutation_groups"],
+            alignment["distance_before"],
+            alignment["distance_after"],
+        )
     ts = torch.linspace(0, 1, cfg.num_points).tolist()
     test_y, val_y = data.test.y.cpu(), data.val.y.cpu() if data.val is not None else None
     rows, stored, lengths = [], {}, {}

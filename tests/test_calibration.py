@@ -82,6 +82,27 @@ def test_bad_input_is_a_clear_error():
         calibration.ece(HAND, HAND_Y[:2])
 
 
+def test_probabilities_or_logits_in_place_of_log_probabilities_are_an_error():
+    """Probabilities used to give an impossible ECE (> 1) without a word; logits likewise."""
+    probs = HAND.exp()
+    for wrong in (probs, torch.randn(4, 3) + 3):
+        with pytest.raises(ValueError, match=r"not log-probabilities.*torch\.log_softmax\(logits, 1\)"):
+            calibration.ece(wrong, HAND_Y)
+        with pytest.raises(ValueError, match="not log-probabilities"):
+            calibration.reliability(wrong, HAND_Y)
+    # float rounding just above 0 (e.g. log of an averaged ensemble) is still log-probabilities
+    near = torch.tensor([[1e-6, -20.0, -20.0], [-20.0, 5e-5, -20.0]])
+    assert calibration.ece(near, torch.tensor([0, 1])) == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_labels_outside_the_classes_are_an_error(bad):
+    y = HAND_Y.clone()
+    y[1] = bad
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\)"):
+        calibration.ece(HAND, y)
+
+
 def test_reliability_diagrams_write_a_png(tmp_path):
     rel = calibration.reliability(HAND, HAND_Y)
     path = tmp_path / "reliability.png"

@@ -104,6 +104,29 @@ def test_every_error_names_the_file_it_read(tmp_path):
         config.read_sections(path, "sse")
 
 
+@pytest.mark.parametrize(
+    "name, change, says",
+    [
+        ("fge", {"fge__cycle": "abc"}, "fge.cycle must be a number, got 'abc'"),  # a type, from _check_type
+        ("train", {"train__save_epochs": [9]}, "train.save_epochs: 9 is outside 1..train.epochs"),  # a range
+    ],
+    ids=["type", "range"],
+)
+def test_type_and_range_errors_name_the_file_too(tmp_path, name, change, says):
+    """As missing and unknown keys do: the user learns which of several params files holds the bad value."""
+    source = "own/params.yaml"
+    with pytest.raises(ConfigError) as info:
+        section(tiny_params(**change), name, SECTIONS[name], source)
+    msg = str(info.value)
+    assert says in msg and source in msg, msg
+    path = tmp_path / "exp.yaml"  # through read_sections, as the stages read it
+    path.write_text(yaml.safe_dump(tiny_params(**change), sort_keys=False))
+    with pytest.raises(ConfigError) as info:
+        config.read_sections(path, name)
+    msg = str(info.value)
+    assert says in msg and msg.count(str(path)) == 1, msg
+
+
 def test_an_unknown_section_is_named_with_the_known_ones(tmp_path):
     params = tiny_params()
     params["fgee"] = params.pop("fge")  # a misspelt section used to be ignored
