@@ -29,7 +29,7 @@ from modeconn.train import make_sgd, predict
 from .stage_utils import DVC, ROOT, TINY, init_repo, tool_env
 from .test_pipeline import ran, run
 
-OWN_STAGES = {"prepare", "fit_curve", "eval_curve", "fge"}
+OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge"}
 
 
 def _stages(path: Path) -> dict:

@@ -43,6 +43,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
     out = run(dvc + ["repro"], repo)
     stages = ran(out)
     assert stages == {
+        "params",
         "prepare",
         "train_endpoint@0",
         "train_endpoint@1",
@@ -110,6 +111,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
     stages = ran(run(dvc + ["exp", "run", "-S", "train.lr=0.04"], repo))
     assert "prepare" not in stages
     assert stages == {
+        "params",  # checks the whole file first; its marker is unchanged, so it reruns nothing by itself
         "train_endpoint@0",
         "train_endpoint@1",
         "fit_curve",
@@ -123,11 +125,11 @@ def test_repro_then_only_changed_stages_rerun(repo):
 
     # The FGE cycle: only fge and compare (and the report that shows them).
     stages = ran(run(dvc + ["exp", "run", "-S", "fge.cycle=4"], repo))
-    assert stages == {"fge", "compare", "report"}
+    assert stages == {"params", "fge", "compare", "report"}
 
     # The number of bends: only the curve stages and what draws them.
     stages = ran(run(dvc + ["exp", "run", "-S", "curve.num_bends=4"], repo))
-    assert stages == {"fit_curve", "eval_curve", "plane", "path_ensembles", "report"}
+    assert stages == {"params", "fit_curve", "eval_curve", "plane", "path_ensembles", "report"}
 
     diff = run(dvc + ["metrics", "diff"], repo)
     assert "metrics/compare.json" in diff or "metrics/curve.json" in diff

@@ -18,11 +18,11 @@ import yaml
 from modeconn.data import read_info
 from modeconn.metrics import width_point
 from modeconn.models import create_model
-from stages import eval_curve, fit_curve, prepare, train_endpoint, width
+from stages import eval_curve, fit_curve, prepare, train_endpoint, validate, width
 
 from .stage_utils import ROOT, TINY, invoke
 
-MODULES = {m.__name__: m for m in (prepare, width, train_endpoint, fit_curve, eval_curve)}
+MODULES = {m.__name__: m for m in (validate, prepare, width, train_endpoint, fit_curve, eval_curve)}
 TRAINING = ("stages.train_endpoint", "stages.fit_curve", "stages.eval_curve")
 
 
@@ -251,7 +251,7 @@ def test_whole_width_graph_on_a_tiny_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "experiments" / "width" / "params.yaml", params)
     steps = expand(dvc, params)
-    assert [n for n, _ in steps][-1] == "summary" and len(steps) == 1 + 1 + 2 + 4 + 2 + 2 + 1
+    assert [n for n, _ in steps][-1] == "summary" and len(steps) == 1 + 1 + 1 + 2 + 4 + 2 + 2 + 1
     for name, cmd in steps:
         python, dash_m, module, *args = shlex.split(cmd)
         assert (python, dash_m) == ("python", "-m"), cmd
