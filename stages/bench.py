@@ -133,7 +133,7 @@ class Settings:
     params: Path = Path("params.yaml")
     device: str = "auto"
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 on CUDA)
-    channels_last: str = "auto"  # 1 | 0 | auto (on for CUDA)
+    channels_last: str = "auto"  # 1 | 0 | auto (on, CPU and CUDA alike)
     batches: int = 100  # timed training batches per run
     repeats: int = 3  # interleaved rounds; a figure is the median over them
     workers: int = 2  # a DataLoader worker count tried besides USUAL_WORKERS

@@ -374,3 +374,14 @@ def test_the_runtime_keeps_the_heap_for_reuse_unless_told_not_to():
         [sys.executable, "-c", HEAP_PROBE], env={**os.environ, "MODECONN_HEAP": "maybe"}, capture_output=True, text=True
     )
     assert bad.returncode != 0 and "MODECONN_HEAP = 'maybe': use auto, 1 or 0" in bad.stderr
+
+
+def test_the_runtime_line_counts_threads_in_words():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert "(1 thread)" in Runtime.resolve("cpu").describe()
+        torch.set_num_threads(2)
+        assert "(2 threads)" in Runtime.resolve("cpu").describe()
+    finally:
+        torch.set_num_threads(before)
