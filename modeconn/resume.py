@@ -151,7 +151,7 @@ def _differing(old: dict, new: dict) -> list[str]:
 _ABSENT = object()
 
 
-def _saved_parts(path: Path) -> Any:
+def saved_parts(path: Path) -> Any:
     """The ``parts`` recorded in the state file ``path`` (None where it has none or cannot be read)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -246,7 +246,7 @@ class ResumeState:
         changed (from the ``parts`` recorded in it)."""
         for other in self.folder.glob("*.pt"):
             if other != self.path:
-                why = what_changed(_saved_parts(other), self.parts) if self.parts is not None else "another key"
+                why = what_changed(saved_parts(other), self.parts) if self.parts is not None else "another key"
                 then = "removing it" if self.path.is_file() else "starting from scratch"
                 log.warning("resume state %s was saved under %s; %s", other, why, then)
                 other.unlink(missing_ok=True)

@@ -47,6 +47,7 @@ from modeconn.resume import (
     discard_loaded,
     fingerprint,
     rng_state,
+    saved_parts,
     set_rng_state,
 )
 from modeconn.runtime import Runtime
@@ -385,7 +386,9 @@ def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path,
     if runtime.is_main:
         counts = [1] + sorted(int(d.name.split("_")[1]) for d in root.glob("processes_*") if d.name[10:].isdigit())
         for n in counts:
-            if n != runtime.world_size and (folder_for(n) / f"{key_for(n)}.pt").is_file():
+            if n != runtime.world_size and any(
+                same_run_but_threads(saved_parts(f), parts_for(n)) for f in folder_for(n).glob("*.pt")
+            ):
                 log.warning(
                     "a resume state of %s saved by %d process(es) is in %s (kept, not used): this run has %d; "
                     "rerun with %s=%d to continue it",
@@ -398,6 +401,20 @@ def resume_state(run: str, runtime: Runtime, *settings: Any, inputs: tuple[Path,
                 )
     ws = runtime.world_size
     return ResumeState(folder_for(ws), key_for(ws), runtime=runtime, parts=parts_for(ws))
+
+
+def same_run_but_threads(saved: Any, parts: dict) -> bool:
+    """Whether a state's recorded ``parts`` are ``parts`` up to the CPU thread count: the same run saved by
+    another process count, whose processes ran with their own thread count (torchrun gives each one thread)."""
+
+    def plain(p: dict) -> str:
+        runtime = {k: v for k, v in p["settings"]["runtime"].items() if k != "threads"}
+        return json.dumps({**p, "settings": {**p["settings"], "runtime": runtime}}, sort_keys=True, default=str)
+
+    try:
+        return plain(saved) == plain(parts)
+    except (KeyError, TypeError, AttributeError):  # no parts recorded (an older state), or another layout
+        return False
 
 
 def package_versions() -> dict[str, str]:

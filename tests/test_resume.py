@@ -307,3 +307,13 @@ def test_the_key_covers_the_cpu_thread_count(tmp_path, monkeypatch):
         torch.set_num_threads(before)
     assert one.key != two.key
     assert what_changed(one.parts, two.parts) == "other settings (runtime.threads changed)"
+
+
+def test_another_process_counts_state_is_recognised_whatever_its_threads():
+    from stages.common import same_run_but_threads
+
+    parts = {"settings": {"seed": 0, "runtime": {"device": "cpu", "threads": 2, "processes": 2}}, "code": {"a": "1"}}
+    one_thread = {**parts, "settings": {**parts["settings"], "runtime": {**parts["settings"]["runtime"], "threads": 1}}}
+    assert same_run_but_threads(one_thread, parts)
+    assert not same_run_but_threads({**one_thread, "code": {"a": "2"}}, parts)
+    assert not same_run_but_threads(None, parts) and not same_run_but_threads({"format": 1}, parts)
