@@ -21,8 +21,7 @@ from pathlib import Path
 
 import typer
 
-from modeconn.data import check_image_folder, make_synthetic
-from modeconn.data.imagefolder import _files
+from modeconn.data import make_synthetic, train_image_count
 from modeconn.errors import ConfigError
 from modeconn.io import atomic_write_text
 
@@ -43,9 +42,7 @@ def training_images(params: dict, path: Path, prepared: Path | None) -> int | No
     if data.name == "synthetic":
         total = data.synthetic.get("n_train", inspect.signature(make_synthetic).parameters["n_train"].default)
     elif data.name == "imagefolder":
-        root, per_class = Path(data.imagefolder["root"]), data.imagefolder.get("max_per_class", 0)
-        classes, _ = check_image_folder(root)
-        total = sum(len(_files(root / "train" / c, per_class)) for c in classes)
+        total = train_image_count(data.imagefolder["root"], data.imagefolder.get("max_per_class", 0))
     else:  # the dataset's training split as prepare found it (its size does not depend on the params)
         try:
             meta = json.loads((prepared / "meta.json").read_text()) if prepared is not None else None

@@ -8,7 +8,7 @@ loader with its batched augmentation (:mod:`.loader`)::
     Loader(split, info, B, ...)  -> (x float32 [B, C, H, W] normalised, y int64 [B])
 """
 
-from .imagefolder import check_image_folder, load_image_folder
+from .imagefolder import check_image_folder, load_image_folder, train_image_count
 from .loader import CROP_PADDING, EVAL_BATCH, EvalBatches, Loader, eval_batches, random_crop, random_flip
 from .prepared import Prepared, channel_stats, load_prepared, prepare, read_info, resolve_augment
 from .raw import (
@@ -26,4 +26,4 @@ from .raw import (
 __all__ = ["AUGMENTATIONS", "CROP_PADDING", "DATASETS", "EVAL_BATCH", "SYSTEM_DIRS", "DatasetInfo", "EvalBatches",
            "Loader", "Prepared", "Split", "channel_stats", "check_image_folder", "check_split", "eval_batches",
            "load_image_folder", "load_prepared", "load_raw", "make_synthetic", "prepare", "random_crop",
-           "random_flip", "read_idx", "read_info", "resolve_augment"]
+           "random_flip", "read_idx", "read_info", "resolve_augment", "train_image_count"]

@@ -59,6 +59,13 @@ def check_image_folder(root: Path | str) -> tuple[list[str], Path]:
     return classes, test
 
 
+def train_image_count(root: Path | str, max_per_class: int = 0) -> int:
+    """How many training images :func:`load_image_folder` reads from ``root`` (before any validation split),
+    without reading them: the files of each class folder of ``train/``, ``max_per_class`` at most."""
+    classes, _ = check_image_folder(root)
+    return sum(len(_files(Path(root) / "train" / c, max_per_class)) for c in classes)
+
+
 def _files(folder: Path, max_per_class: int) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
     return files[:max_per_class] if max_per_class else files
