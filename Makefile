@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: help run test fast lint format bench data clean-venv width
+.PHONY: help run test check fast lint format bench data clean-venv width
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,8 +36,10 @@ width: $(STAMP) data  ## install, then run the width experiment (its own pipelin
 test: $(STAMP) lint  ## install, lint (ruff), then run the test suite (pytest)
 	$(BIN)/python -m pytest -q
 
-fast: $(STAMP) lint  ## the edit loop: lint, then the tests not marked slow (no dvc repro, torchrun or bench runs)
+check: $(STAMP) lint  ## the edit loop: lint, then the tests not marked slow (no dvc repro, torchrun or bench runs)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+fast: check  ## the same as check
 
 lint: $(STAMP)  ## ruff: lint and format check (configured in pyproject.toml)
 	$(BIN)/ruff check .
