@@ -105,8 +105,8 @@ from modeconn.runtime import Runtime, seed_everything
 from modeconn.train import cross_entropy_step, make_sgd, predict, train_epoch
 
 from . import peers
-from .common import ChannelsLastOpt, DeviceOpt, PrecisionOpt
-from .config import DataConfig, ModelConfig, read_sections
+from .kit.cli import ChannelsLastOpt, DeviceOpt, PrecisionOpt
+from .kit.config import DataConfig, ModelConfig, read_sections
 
 BATCH = 128  # training batch, as in params.yaml's train and curve sections
 WARMUP = 3  # batches before any training measurement

@@ -32,8 +32,8 @@ from modeconn.runtime import Runtime, seed_everything
 from modeconn.train import cross_entropy_step, make_sgd, train_epoch
 
 from .bench import build, load_data
-from .common import ChannelsLastOpt, DeviceOpt, PrecisionOpt
-from .config import read_sections
+from .kit.cli import ChannelsLastOpt, DeviceOpt, PrecisionOpt
+from .kit.config import read_sections
 
 MARK = "BENCH_DDP "  # the line a worker prints its figures on
 WARMUP = 3

@@ -29,8 +29,10 @@ from modeconn.errors import CheckpointError
 from modeconn.io import atomic_write_text, load_file
 from modeconn.plots import accuracy_vs_epochs, reliability_diagrams
 
-from .common import ENDPOINTS, ParamsOpt, console, stage_app, write_csv, write_metrics
-from .config import CompareConfig, TrainConfig, read_sections
+from .kit.cli import ParamsOpt, console, stage_app
+from .kit.config import CompareConfig, TrainConfig, read_sections
+from .kit.layout import ENDPOINTS
+from .kit.records import write_csv, write_metrics
 
 METHODS = ("ind", "sse", "fge", "swa")
 NAMES = {

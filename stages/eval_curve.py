@@ -34,22 +34,11 @@ from modeconn.plots import along_t
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.weights import flat
 
-from .common import (
-    PARAMS,
-    ParamsOpt,
-    PreparedOpt,
-    console,
-    log,
-    measurement_batches,
-    prepared_data,
-    progress,
-    stage_app,
-    write_csv,
-    write_metrics,
-)
-from .config import EvalConfig, read_sections
-
-CURVE_HINT = "Run `dvc repro fit_curve` to create it."
+from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
+from .kit.config import EvalConfig, read_sections
+from .kit.inputs import measurement_batches, prepared_data
+from .kit.layout import CURVE_HINT, PARAMS
+from .kit.records import write_csv, write_metrics
 
 
 def evaluate(

@@ -37,26 +37,12 @@ from modeconn.io import atomic_dir, atomic_torch_save, build_from_checkpoint
 from modeconn.runtime import CPU, Runtime, derived_seed, seed_everything
 from modeconn.train import make_sgd
 
-from .common import (
-    ENDPOINTS,
-    ParamsOpt,
-    PreparedOpt,
-    console,
-    endpoint_checkpoint,
-    log,
-    prepared_data,
-    prepared_files,
-    progress,
-    resume_state,
-    stage_app,
-    test_loader,
-    train_loader,
-    user_checkpoints,
-    val_split,
-    write_csv,
-    write_metrics,
-)
-from .config import check_batch_size, read_sections
+from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
+from .kit.config import check_batch_size, read_sections
+from .kit.inputs import endpoint_checkpoint, prepared_data, test_loader, train_loader, user_checkpoints, val_split
+from .kit.layout import ENDPOINTS, prepared_files
+from .kit.records import write_csv, write_metrics
+from .kit.resume_key import resume_state
 
 
 def start_checkpoint_path(endpoints: Path, seed: int, epoch: int) -> Path:

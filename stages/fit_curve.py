@@ -24,24 +24,12 @@ from modeconn.resume import capture, restore
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.train import make_sgd, train_epoch
 
-from .common import (
-    ENDPOINTS,
-    ParamsOpt,
-    PreparedOpt,
-    console,
-    endpoint_checkpoint,
-    log,
-    prepared_data,
-    prepared_files,
-    progress,
-    resume_state,
-    stage_app,
-    train_loader,
-    user_checkpoints,
-    write_csv,
-    write_metrics,
-)
-from .config import CurveConfig, check_batch_size, read_sections
+from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
+from .kit.config import CurveConfig, check_batch_size, read_sections
+from .kit.inputs import endpoint_checkpoint, prepared_data, train_loader, user_checkpoints
+from .kit.layout import ENDPOINTS, prepared_files
+from .kit.records import write_csv, write_metrics
+from .kit.resume_key import resume_state
 
 
 def same_architecture(ckpts: list[dict], names: tuple[str, str], hint: str) -> tuple[dict, list[dict]]:

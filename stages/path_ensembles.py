@@ -30,20 +30,11 @@ from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.train import predict
 from modeconn.weights import flat, unflatten
 
-from .common import (
-    ParamsOpt,
-    PreparedOpt,
-    console,
-    log,
-    measurement_batches,
-    prepared_data,
-    progress,
-    stage_app,
-    write_csv,
-    write_metrics,
-)
-from .config import PathEnsemblesConfig, read_sections
-from .eval_curve import CURVE_HINT
+from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
+from .kit.config import PathEnsemblesConfig, read_sections
+from .kit.inputs import measurement_batches, prepared_data
+from .kit.layout import CURVE_HINT
+from .kit.records import write_csv, write_metrics
 
 PATHS = ("curve", "segment", "random")
 SUMMARY_T = (0.1, 0.2, 0.3, 0.4, 0.5)

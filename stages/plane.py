@@ -38,19 +38,11 @@ from modeconn.plots import plane_contours
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.weights import flat
 
-from .common import (
-    ParamsOpt,
-    PreparedOpt,
-    console,
-    log,
-    measurement_batches,
-    prepared_data,
-    progress,
-    stage_app,
-    write_metrics,
-)
-from .config import PlaneConfig, read_sections
-from .eval_curve import CURVE_HINT
+from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
+from .kit.config import PlaneConfig, read_sections
+from .kit.inputs import measurement_batches, prepared_data
+from .kit.layout import CURVE_HINT
+from .kit.records import write_metrics
 
 POINTS = ("w1", "w2", "bend")
 

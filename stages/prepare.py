@@ -16,8 +16,8 @@ import typer
 from modeconn.data import prepare
 from modeconn.errors import ConfigError
 
-from .common import ParamsOpt, console, stage_app
-from .config import read_sections
+from .kit.cli import ParamsOpt, console, stage_app
+from .kit.config import read_sections
 
 
 def main(

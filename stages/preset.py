@@ -34,8 +34,9 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from modeconn.errors import ConfigError
 
-from .common import PARAMS, user_errors
-from .config import SECTIONS, read_sections
+from .kit.cli import user_errors
+from .kit.config import SECTIONS, read_sections
+from .kit.layout import PARAMS
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 HEADER = "# Preset applied:"  # first line of a params file written by `apply`

@@ -21,8 +21,9 @@ from modeconn import claims
 from modeconn.errors import CheckpointError
 from modeconn.io import atomic_write_text
 
-from .common import ParamsOpt, console, read_json, run_info_path, seq, stage_app, write_json
-from .config import read_sections
+from .kit.cli import ParamsOpt, console, stage_app
+from .kit.config import read_sections
+from .kit.records import read_json, run_info_path, seq, write_json
 
 METRICS = Path("metrics")
 

@@ -19,24 +19,13 @@ from modeconn.fge import RunPlan, runs_summary, sse_schedule, train_runs
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.train import make_sgd
 
-from .common import (
-    ParamsOpt,
-    PreparedOpt,
-    console,
-    log,
-    prepared_data,
-    prepared_files,
-    progress,
-    resume_state,
-    stage_app,
-    test_loader,
-    train_loader,
-    val_split,
-    write_csv,
-    write_metrics,
-)
-from .config import check_batch_size, read_sections
 from .fge import save_runs
+from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
+from .kit.config import check_batch_size, read_sections
+from .kit.inputs import prepared_data, test_loader, train_loader, val_split
+from .kit.layout import prepared_files
+from .kit.records import write_csv, write_metrics
+from .kit.resume_key import resume_state
 
 
 def main(

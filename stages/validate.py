@@ -25,12 +25,12 @@ from modeconn.data import make_synthetic, train_image_count
 from modeconn.errors import ConfigError
 from modeconn.io import atomic_write_text
 
-from .common import ParamsOpt, console, stage_app
-from .config import SECTIONS, check_batch_size, read_params, require, section
+from .kit.cli import ParamsOpt, console, stage_app
+from .kit.config import SECTIONS, check_batch_size, read_params, require, section
 from .width import SubsetConfig, WidthConfig
 
 MARKER = "params validated: every other stage depends on this file; its text never changes\n"
-# The sections of the width experiment's params file (stages.width reads them) beside those of stages.config.
+# The sections of the width experiment's params file (stages.width reads them) beside those of stages.kit.config.
 ALL_SECTIONS: dict[str, type] = {**SECTIONS, "subset": SubsetConfig, "width": WidthConfig}
 TRAINING = ("train", "curve", "fge", "sse")  # the sections with a batch_size drawn from the training images
 

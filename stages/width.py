@@ -34,8 +34,9 @@ from modeconn.metrics import width_point
 from modeconn.models import MODELS, create_model
 from modeconn.plots import width_effect
 
-from .common import ParamsOpt, console, read_json, stage_app, write_csv, write_metrics
-from .config import read_params, require, section
+from .kit.cli import ParamsOpt, console, stage_app
+from .kit.config import read_params, require, section
+from .kit.records import read_json, write_csv, write_metrics
 
 KOpt = typer.Option(..., "--k", help="The width factor K (one of width.ks).")
 

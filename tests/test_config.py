@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from modeconn.errors import ConfigError
-from stages import config
-from stages.config import CompareConfig, CurveConfig, EvalConfig, FgeConfig, SseConfig, TrainConfig, section
+from stages.kit import config
+from stages.kit.config import CompareConfig, CurveConfig, EvalConfig, FgeConfig, SseConfig, TrainConfig, section
 
 from .stage_utils import ROOT, TINY, tiny_params
 

@@ -34,7 +34,8 @@ from modeconn.data import DATASETS, Loader, make_synthetic
 from modeconn.errors import ConfigError, ModeconnError
 from modeconn.resume import ResumeState, StaleState, capture, global_rng_state, restore, set_rng_state
 from modeconn.runtime import Runtime, seed_everything
-from stages import common, prepare, train_endpoint
+from stages import prepare, train_endpoint
+from stages.kit import cli, launch, resume_key
 
 from .stage_utils import ROOT, assert_same, invoke, tiny_params, write_params
 
@@ -73,7 +74,7 @@ def stage_args(name: str, out: str) -> list[str]:
     ]
 
 
-STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if p.stem not in ("__init__", "common", "config"))
+STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__")
 
 
 def stage_options(name: str) -> list[str]:
@@ -116,17 +117,17 @@ def test_a_batch_that_does_not_split_over_the_processes_is_a_clear_error():
 def test_the_fault_drill_takes_a_rank_and_an_iteration(monkeypatch):
     rank1 = Runtime(world_size=2, rank=1)
     for value, step0, step1 in (("", None, None), ("1", None, 0), ("1:5", None, 5), ("0:2", 2, None)):
-        monkeypatch.setenv(common.FAULT_ENV, value)
-        assert common.fault_step(Runtime(world_size=2, rank=0)) == step0, value
-        assert common.fault_step(rank1) == step1, value
+        monkeypatch.setenv(launch.FAULT_ENV, value)
+        assert launch.fault_step(Runtime(world_size=2, rank=0)) == step0, value
+        assert launch.fault_step(rank1) == step1, value
     for bad in ("one", "1:x", "1:", "-1"):
-        monkeypatch.setenv(common.FAULT_ENV, bad)
+        monkeypatch.setenv(launch.FAULT_ENV, bad)
         if bad == "1:":  # an empty iteration is the start
-            assert common.fault_step(rank1) == 0
+            assert launch.fault_step(rank1) == 0
             continue
-        with pytest.raises(ConfigError, match=common.FAULT_ENV):
-            common.fault_step(rank1)
-    batches = common._FaultyBatches(list(range(3)), rank=1, step=5)  # raises at the 5th batch drawn: epoch 2
+        with pytest.raises(ConfigError, match=launch.FAULT_ENV):
+            launch.fault_step(rank1)
+    batches = launch.FaultyBatches(list(range(3)), rank=1, step=5)  # raises at the 5th batch drawn: epoch 2
     assert list(batches) == [0, 1, 2] and len(batches) == 3
     with pytest.raises(ModeconnError, match="fault injected on rank 1 at training step 5"):
         list(batches)
@@ -134,29 +135,29 @@ def test_the_fault_drill_takes_a_rank_and_an_iteration(monkeypatch):
 
 def test_the_launcher_names_the_rank_of_torchruns_root_cause():
     text = "rank 0 ...\nRoot Cause (first observed failure):\n[0]:\n  rank      : 1 (local_rank: 1)\n"
-    assert common.failed_rank(text + "  exitcode  : -9 (pid: 42)\n") == ": rank 1 was killed by SIGKILL first"
-    assert common.failed_rank(text + "  exitcode  : 1 (pid: 42)\n") == ": rank 1 exited with code 1 first"
-    assert common.failed_rank("no summary") == ""
+    assert launch.failed_rank(text + "  exitcode  : -9 (pid: 42)\n") == ": rank 1 was killed by SIGKILL first"
+    assert launch.failed_rank(text + "  exitcode  : 1 (pid: 42)\n") == ": rank 1 exited with code 1 first"
+    assert launch.failed_rank("no summary") == ""
 
 
 def test_a_resume_state_of_another_process_count_is_kept_and_named(tmp_path, monkeypatch):
     monkeypatch.setenv("MODECONN_RESUME_DIR", str(tmp_path))
     monkeypatch.setattr(Runtime, "all_gather", lambda self, obj: [obj] * self.world_size)  # no process group here
-    common.setup_logging()
-    one = common.resume_state("fit_curve", Runtime(), {"lr": 0.1})
+    cli.setup_logging()
+    one = resume_key.resume_state("fit_curve", Runtime(), {"lr": 0.1})
     one.epoch_done(3, {"x": 1})
-    two = common.resume_state("fit_curve", Runtime(world_size=2, rank=0), {"lr": 0.1})
+    two = resume_key.resume_state("fit_curve", Runtime(world_size=2, rank=0), {"lr": 0.1})
     assert two.path.parent == tmp_path / "fit_curve" / "processes_2" and two.key != one.key
     assert one.path.is_file()  # kept where a 1-process rerun finds it
     two.epoch_done(1, {"x": 2})
     records = []
-    monkeypatch.setattr(common.log, "warning", lambda *a: records.append(a[0] % a[1:]))
-    again = common.resume_state("fit_curve", Runtime(), {"lr": 0.1})
+    monkeypatch.setattr(resume_key.log, "warning", lambda *a: records.append(a[0] % a[1:]))
+    again = resume_key.resume_state("fit_curve", Runtime(), {"lr": 0.1})
     assert again.key == one.key and again.load()["epoch"] == 3
     assert len(records) == 1 and "saved by 2 process(es)" in records[0] and "MODECONN_NPROC=2" in records[0]
     assert two.path.is_file()
     records.clear()
-    common.resume_state("fit_curve", Runtime(), {"lr": 0.2})  # other settings: nothing to name
+    resume_key.resume_state("fit_curve", Runtime(), {"lr": 0.2})  # other settings: nothing to name
     assert records == []
 
 

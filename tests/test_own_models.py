@@ -20,8 +20,8 @@ from modeconn.io import load_checkpoint, save_checkpoint
 from modeconn.models import create_model, from_spec, load_weights, model_spec, read_weights
 from stages import fge, fit_curve
 from stages import prepare as prepare_stage
-from stages.common import seq
-from stages.config import DataConfig, FgeConfig, ModelConfig, section
+from stages.kit.config import DataConfig, FgeConfig, ModelConfig, section
+from stages.kit.records import seq
 
 from .stage_utils import TINY, invoke
 

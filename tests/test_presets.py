@@ -25,8 +25,8 @@ from stages import (
     sse,
     train_endpoint,
 )
-from stages.common import PREEMPTED_EXIT
-from stages.config import SECTIONS, read_sections
+from stages.kit.config import SECTIONS, read_sections
+from stages.kit.launch import PREEMPTED_EXIT
 
 from .stage_utils import ROOT, invoke
 

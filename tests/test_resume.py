@@ -20,7 +20,7 @@ import torch
 from modeconn.io import load_checkpoint
 from modeconn.resume import STOP_ENV, what_changed
 from stages import fge, fit_curve, prepare, sse, train_endpoint
-from stages.common import PREEMPTED_EXIT
+from stages.kit.launch import PREEMPTED_EXIT
 
 from .stage_utils import ROOT, assert_same, copy_project, invoke, tiny_params, write_params
 
@@ -279,13 +279,13 @@ def test_what_changed_names_settings_inputs_and_code():
 def test_the_key_covers_the_torch_that_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MODECONN_RESUME_DIR", str(tmp_path))
     from modeconn.runtime import CPU
-    from stages.common import package_versions, resume_state
+    from stages.kit.resume_key import package_versions, resume_state
 
     assert torch.__version__.startswith(package_versions()["package torch"])
     state = resume_state("run", CPU, {"seed": 0})
     assert state.parts["code"]["package torch"] == package_versions()["package torch"]
     real = package_versions()
-    monkeypatch.setattr("stages.common.package_versions", lambda: {**real, "package torch": "0.0.1"})
+    monkeypatch.setattr("stages.kit.resume_key.package_versions", lambda: {**real, "package torch": "0.0.1"})
     other = resume_state("run", CPU, {"seed": 0})
     assert other.key != state.key
     assert what_changed(state.parts, other.parts) == "other code (package torch changed)"
@@ -295,7 +295,7 @@ def test_the_key_covers_the_cpu_thread_count(tmp_path, monkeypatch):
     """One thread and two round differently on a CPU: a state saved under one is not continued under the other."""
     monkeypatch.setenv("MODECONN_RESUME_DIR", str(tmp_path))
     from modeconn.runtime import CPU
-    from stages.common import resume_state
+    from stages.kit.resume_key import resume_state
 
     before = torch.get_num_threads()
     try:
@@ -310,7 +310,7 @@ def test_the_key_covers_the_cpu_thread_count(tmp_path, monkeypatch):
 
 
 def test_another_process_counts_state_is_recognised_whatever_its_threads():
-    from stages.common import same_run_but_threads
+    from stages.kit.resume_key import same_run_but_threads
 
     parts = {"settings": {"seed": 0, "runtime": {"device": "cpu", "threads": 2, "processes": 2}}, "code": {"a": "1"}}
     one_thread = {**parts, "settings": {**parts["settings"], "runtime": {**parts["settings"]["runtime"], "threads": 1}}}

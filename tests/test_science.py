@@ -30,8 +30,8 @@ from modeconn.models import create_model
 from modeconn.paths import measure
 from modeconn.runtime import CPU
 from stages import compare, eval_curve, fit_curve, prepare, train_endpoint
-from stages.common import measurement_batches
-from stages.config import CompareConfig, EvalConfig, TrainConfig
+from stages.kit.config import CompareConfig, EvalConfig, TrainConfig
+from stages.kit.inputs import measurement_batches
 
 from .stage_utils import invoke, tiny_params, write_params
 

@@ -1,0 +1,123 @@
+"""How many processes a training stage runs, how it starts them under torchrun, and the failure drill.
+
+``$MODECONN_NPROC=N`` (a setting of the machine, not a param) runs each training stage as N processes;
+``$MODECONN_FAULT_RANK`` makes one of them fail on purpose, to check that a failure ends the run cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+
+from modeconn.data import Loader
+from modeconn.errors import ConfigError, ModeconnError
+from modeconn.runtime import Runtime
+
+NPROC_ENV = "MODECONN_NPROC"  # processes per training stage; a setting of the machine, not a param
+FAULT_ENV = "MODECONN_FAULT_RANK"  # a drill: R (rank R raises at start) or R:I (at its I-th training step)
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on purpose after saving its state; rerun to continue
+
+log = logging.getLogger("modeconn")  # the stages' logger (stages.kit.cli sets up its output)
+
+
+def processes() -> int:
+    """$MODECONN_NPROC: processes per training stage (1: no torchrun)."""
+    value = os.environ.get(NPROC_ENV, "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{NPROC_ENV}={value!r}: set it to the number of processes per training stage (1, 2, …)")
+    return int(value)
+
+
+def fault_step(runtime: Runtime) -> int | None:
+    """$MODECONN_FAULT_RANK, a failure drill for this process: 0 (raise at start), I (raise at its I-th
+    training step, inside the training loop while the other ranks wait in the gradient all-reduce), or None
+    (not this rank, or no drill). The value is ``R`` or ``R:I``."""
+    value = os.environ.get(FAULT_ENV, "")
+    if not value:
+        return None
+    rank, _, step = value.partition(":")
+    if not rank.isdigit() or (step and not step.isdigit()):
+        raise ConfigError(f"{FAULT_ENV}={value!r}: use RANK (fail at start) or RANK:ITERATION, e.g. 1 or 1:5")
+    return int(step or 0) if int(rank) == runtime.rank else None
+
+
+class FaultyBatches:
+    """A training loader that raises at this process's ``step``-th batch (counted over epochs): the drill of
+    $MODECONN_FAULT_RANK=R:I. Everything else is the loader's."""
+
+    def __init__(self, loader: Loader, rank: int, step: int):
+        self._loader, self._rank, self._step, self._drawn = loader, rank, step, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self._loader:
+            self._drawn += 1
+            if self._drawn == self._step:
+                raise ModeconnError(
+                    f"fault injected on rank {self._rank} at training step {self._step} ({FAULT_ENV}), as a drill"
+                )
+            yield batch
+
+
+def launch(module: str, nproc: int) -> int:
+    """Run this command again under ``torchrun --standalone --nproc-per-node nproc``; its exit code.
+
+    torchrun starts the processes, joins them, and ends them all when one fails (raises, or is killed). Its
+    output passes through; on a failure the last line names the rank that failed first and how (torchrun's
+    "Root Cause" record), so that the one line a log reader looks at says which process to read above."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        module,
+        *sys.argv[1:],
+    ]
+    log.info("starting %d processes: %s", nproc, " ".join(cmd[1:]))
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
+    seen: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # until torchrun and every rank have closed it
+        sys.stderr.write(line)
+        seen.append(line)
+    code = proc.wait()
+    if code:
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]error:[/] the {nproc}-process run of {module} failed{failed_rank(''.join(seen))} "
+            f"(torchrun exit code {code}); the failing rank's message is above. Nothing was written.",
+            highlight=False,
+        )
+    return code
+
+
+def failed_rank(torchrun_output: str) -> str:
+    """ ", rank R exited with code C" (or "was killed by SIGKILL") from torchrun's Root Cause record; "" if none."""
+    _, found, cause = torchrun_output.rpartition("Root Cause")
+    rank = re.search(r"rank\s*:\s*(\d+)", cause) if found else None
+    if rank is None:
+        return ""
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", cause)
+    exit_code = int(code.group(1)) if code else None
+    if exit_code is not None and exit_code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            how = f"was killed by signal {-exit_code}"
+    else:
+        how = f"exited with code {exit_code}" if exit_code is not None else "failed"
+    return f": rank {rank.group(1)} {how} first"
