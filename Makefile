@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package where apt exists and the files are missing
-# (data/raw/ and a torchvision download are the other sources, see README).
+# (data/raw/ and a torchvision download are the other sources, see docs/pipeline.md).
 data:  ## install Fashion-MNIST from Debian's package when it is missing
 	@if [ ! -d $(FMNIST) ] && ! ls data/raw/*ubyte* >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
