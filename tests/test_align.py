@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from modeconn import models
 from modeconn.align import (
     align_endpoints,
     apply_permutation,
@@ -22,7 +21,7 @@ from modeconn.align import (
 )
 from modeconn.errors import ModeconnError
 from modeconn.metrics import loss_barrier
-from modeconn.models import create_model
+from modeconn.models import create_model, from_spec, vgg
 from stages import eval_curve, plane
 
 from .stage_utils import invoke, tiny_params, write_params
@@ -48,8 +47,8 @@ IDS = [f"{n}-{'-'.join(f'{k}{v}' for k, v in o.items())}-{c}x{s}" for n, o, (c, 
 @pytest.fixture
 def narrow_vgg(monkeypatch):
     """VGG at 1/16 of its widths (the registry's VGG code and graph, small enough for a CPU test)."""
-    for depth, stages in list(models._VGG_CONFIGS.items()):
-        monkeypatch.setitem(models._VGG_CONFIGS, depth, [[max(c // 16, 2) for c in s] for s in stages])
+    for depth, stages in list(vgg.CONFIGS.items()):
+        monkeypatch.setitem(vgg.CONFIGS, depth, [[max(c // 16, 2) for c in s] for s in stages])
 
 
 def randomised(name: str, options: dict, channels: int, size: int, seed: int) -> nn.Module:
@@ -208,7 +207,7 @@ def assert_preserved(model: nn.Module, x: torch.Tensor, label: str, seed: int = 
 
 
 class Shift(nn.Module):
-    """The reproduction of issue 18: a learned shift joins fc1's permuted outputs by an addition."""
+    """A learned shift joins fc1's permuted outputs by an addition (a parameter met by arithmetic)."""
 
     def __init__(self):
         super().__init__()
@@ -365,7 +364,7 @@ def test_a_model_alignment_refuses_stops_eval_curve_with_the_way_out(workspace, 
     blob = torch.load(workspace / "data/curve/curve.pt", weights_only=True)
     spec = {**blob["spec"], "name": "timm/vit_tiny_patch16_224"}
     spec["args"] = {"img_size": 28, "patch_size": 7, "depth": 1, "embed_dim": 8, "num_heads": 2}
-    template = models.from_spec(spec)
+    template = from_spec(spec)
     torch.manual_seed(0)
     blob["spec"] = spec
     blob["control_points"] = {
@@ -455,7 +454,7 @@ def test_eval_curve_on_a_permuted_copy_has_a_flat_aligned_segment(workspace, tmp
     with the curve's conv weights laid out channels_last, as on a GPU)."""
     monkeypatch.chdir(workspace)
     blob = torch.load(workspace / "data/curve/curve.pt", weights_only=True)
-    template = models.from_spec(blob["spec"])
+    template = from_spec(blob["spec"])
     start = {k: v[0] for k, v in blob["control_points"].items()}
     spec = permutation_spec(template, torch.zeros(2, 1, 28, 28))
     end = apply_permutation(spec, start, random_permutations(spec, seed=5))

@@ -1,4 +1,4 @@
-"""Issue 9 through the stage commands: FGE continues the endpoint checkpoint's optimizer, and the runtime
+"""Through the stage commands: FGE continues the endpoint checkpoint's optimizer, and the runtime
 settings taken from MODECONN_PRECISION / MODECONN_CHANNELS_LAST, stated in the stage's first log line."""
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def test_convfc_batch_norm_option():
 
 
 def test_vgg_bn_has_bn_after_every_conv():
-    # The paper code's VGG16BN drops layers (dnn-mode-connectivity issue #2); ours must not.
+    # The paper code's VGG16BN drops layers (a known bug of dnn-mode-connectivity); ours must not.
     model = create_model("vgg16_bn", NUM_CLASSES)
     layers = list(model.features)
     convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]

@@ -1,11 +1,4 @@
-"""Permutation alignment of two networks by weight matching (Ainsworth, Hayase & Srinivasa, 2023, "Git Re-Basin").
-
-Hidden units can be permuted without changing the function a network computes: permuting the output
-channels of a layer, the entries of everything that acts channel-wise on them (BatchNorm weights, biases,
-running statistics) and the input channels of every layer that reads them, leaves the logits as they
-were. Two independently trained networks ŵ1, ŵ2 may lie in one basin once ŵ2 is permuted into line with
-ŵ1; the segment (1 − t) ŵ1 + t π(ŵ2) is the *aligned segment*, the natural rival of the paper's curves
-(Garipov et al. 2018, Sec. 3): is the barrier of the plain segment still there after alignment?
+"""Reading the permutation groups of a network off its traced graph: :func:`permutation_spec`.
 
 Which weights share a permutation is read from the model's traced graph (``torch.fx.symbolic_trace``),
 never written per architecture. Every tensor flowing through the graph carries a *channel space* (its
@@ -18,71 +11,23 @@ space. A parameter or buffer that meets a permutable space in elementwise arithm
 per-channel layer scale γ of shape (C,), (C, 1, 1) or (1, C, 1, 1)) is permuted on the dim that broadcasts
 onto the channels. A graph op that touches a permutable space and is not understood, or a tensor that
 reaches one and cannot be given its axis, is a clear error naming it: never a silent pass.
-
-Weight matching (the paper's Algorithm 1): maximise Σ_ℓ ⟨W_ℓ^(1), π(W_ℓ^(2))⟩ over the permutations by
-coordinate descent: visit the permutations in random order; for one permutation P, with the others
-fixed, the objective is linear in P, Σ_ij C_ij P_ij with C = Σ over every parameter axis in P's space of
-W^(1) · (W^(2) with its other axes permuted)^T, solved exactly by ``scipy.optimize.linear_sum_assignment``;
-stop after a sweep in which no permutation improves the objective.
-
-    >>> spec = permutation_spec(model, torch.zeros(2, 3, 32, 32))
-    >>> perms = weight_matching(spec, state_1, state_2)
-    >>> aligned_2 = apply_permutation(spec, state_2, perms)  # the same function as state_2
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import ModeconnError
+from modeconn.errors import ModeconnError
 
-__all__ = [
-    "Axis",
-    "PermutationSpec",
-    "align_endpoints",
-    "apply_permutation",
-    "permutation_spec",
-    "random_permutations",
-    "weight_matching",
-]
+from .permute import Axis, PermutationSpec
 
-
-@dataclass(frozen=True)
-class Axis:
-    """Dimension ``dim`` of tensor ``name`` is permuted by ``group``, in blocks of ``mult`` consecutive entries
-    (a Linear reading a flattened (C, H, W) map has ``mult = H·W``)."""
-
-    name: str
-    dim: int
-    group: str
-    mult: int = 1
-
-
-@dataclass
-class PermutationSpec:
-    """The permutation groups of a network: ``sizes[g]`` units each, and the axes of the state dict they move.
-
-    ``parameters`` names the entries that weight matching compares (the model's parameters; buffers such as
-    BatchNorm running statistics are permuted with them but not compared).
-    """
-
-    sizes: dict[str, int] = field(default_factory=dict)
-    axes: dict[str, list[Axis]] = field(default_factory=dict)  # tensor name -> its permuted axes
-    parameters: tuple[str, ...] = ()
-
-    def group_axes(self, group: str) -> list[Axis]:
-        return [a for axes in self.axes.values() for a in axes if a.group == group]
-
-
-# -----------------------------------------------------------------------------
-# Reading the permutation groups off the traced graph
+__all__ = ["permutation_spec"]
 
 
 class _Spaces:
@@ -542,133 +487,3 @@ def _flatten(node, first: _Value, shape, permutable: bool, unsupported, what: st
     if permutable:
         raise unsupported(node, what + f" from {in_shape} to {shape}")
     return _Value(first.space, first.mult, len(shape))
-
-
-# -----------------------------------------------------------------------------
-# Permuting and matching
-
-
-def _permute(x: torch.Tensor, axis: Axis, perm: torch.Tensor) -> torch.Tensor:
-    """``x`` with the units of ``axis`` reordered: unit i of the result is unit perm[i] of ``x``."""
-    n = perm.numel()
-    blocks = x.unflatten(axis.dim, (n, axis.mult))  # (..., n, mult, ...)
-    return blocks.index_select(axis.dim, perm.to(x.device)).flatten(axis.dim, axis.dim + 1)
-
-
-def apply_permutation(
-    spec: PermutationSpec, state: dict[str, torch.Tensor], perms: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """``state`` (parameters and/or buffers) with every axis of ``spec`` permuted by ``perms[group]`` (new dict).
-
-    ``perms[g][i]`` is the unit of ``state`` that goes to position i; the result computes the same function.
-    Entries of ``state`` that ``spec`` does not name (or groups missing from ``perms``) are kept as they are.
-    """
-    out = {}
-    for name, x in state.items():
-        for axis in spec.axes.get(name, ()):
-            if axis.group in perms:
-                x = _permute(x, axis, perms[axis.group])
-        out[name] = x
-    return out
-
-
-def random_permutations(spec: PermutationSpec, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A uniformly random permutation per group (from its own seeded generator)."""
-    g = torch.Generator().manual_seed(seed)
-    return {group: torch.randperm(n, generator=g) for group, n in spec.sizes.items()}
-
-
-def _similarity(spec: PermutationSpec, group: str, a: dict, b: dict, perms: dict[str, torch.Tensor]) -> torch.Tensor:
-    """C [n, n] with C_ij = Σ over the parameter axes of ``group`` of ⟨unit i of a, unit j of b⟩, b's other axes
-    permuted by ``perms`` (the objective of weight matching is Σ_i C_{i, P(i)} with the others fixed)."""
-    n = spec.sizes[group]
-    c = torch.zeros(n, n, dtype=torch.float64)
-    for name in spec.parameters:
-        for axis in spec.axes.get(name, ()):
-            if axis.group != group:
-                continue
-            wb = b[name]
-            for other in spec.axes[name]:
-                if other is not axis:
-                    wb = _permute(wb, other, perms[other.group])
-            wa = a[name].unflatten(axis.dim, (n, axis.mult)).movedim(axis.dim, 0).reshape(n, -1)
-            wb = wb.unflatten(axis.dim, (n, axis.mult)).movedim(axis.dim, 0).reshape(n, -1)
-            c += wa @ wb.T
-    return c
-
-
-def weight_matching(
-    spec: PermutationSpec,
-    state_a: dict[str, torch.Tensor],
-    state_b: dict[str, torch.Tensor],
-    seed: int = 0,
-    max_sweeps: int = 100,
-) -> dict[str, torch.Tensor]:
-    """Permutations ``perms`` such that ``apply_permutation(spec, state_b, perms)`` is close to ``state_a``.
-
-    Ainsworth et al. 2023, Algorithm 1: coordinate descent over the groups in random order (seeded), each
-    step an exact linear assignment, until a sweep improves nothing (at most ``max_sweeps``). One departure:
-    the first sweep goes in graph order (input to logits), so that each group is first matched when the
-    group feeding it already is; from the identity in random order, coordinate descent can settle in a
-    local optimum even for an exactly permuted copy (a wide classifier whose neighbours are both still
-    wrong). Only the parameters of ``spec`` are compared, in float64 on the CPU.
-    """
-    missing = [n for n in spec.parameters if n not in state_a or n not in state_b]
-    if missing:
-        raise ModeconnError(f"align: weight matching needs parameter {missing[0]!r} in both weight dicts")
-    a = {n: state_a[n].detach().double().cpu() for n in spec.parameters}
-    b = {n: state_b[n].detach().double().cpu() for n in spec.parameters}
-    perms = {g: torch.arange(n) for g, n in spec.sizes.items()}
-    groups = list(spec.sizes)
-    g = torch.Generator().manual_seed(seed)
-    for sweep in range(max_sweeps):
-        improved = False
-        order = range(len(groups)) if sweep == 0 else torch.randperm(len(groups), generator=g).tolist()
-        for i in order:
-            group = groups[i]
-            c = _similarity(spec, group, a, b, perms)
-            rows, cols = linear_sum_assignment(c.numpy(), maximize=True)
-            new = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
-            idx = torch.arange(len(new))
-            old_score, new_score = c[idx, perms[group]].sum().item(), c[idx, new].sum().item()
-            if new_score > old_score + 1e-12 * max(1.0, abs(old_score)):
-                perms[group] = new
-                improved = True
-        if not improved:
-            break
-    return perms
-
-
-def align_endpoints(
-    template: nn.Module,
-    w1: dict[str, torch.Tensor],
-    w2: dict[str, torch.Tensor],
-    example_input: torch.Tensor,
-    seed: int = 0,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
-    """ŵ2 permuted into line with ŵ1 by weight matching: (π(ŵ2), the permutations, numbers about them).
-
-    ``w1``, ``w2`` are parameter dicts of ``template`` (e.g. a curve's endpoints); the numbers are the
-    distances ‖ŵ2 − ŵ1‖ and ‖π(ŵ2) − ŵ1‖, the number of permutation groups and the fraction of hidden units
-    that moved. The aligned segment is (1 − t) ŵ1 + t π(ŵ2), the same network as ŵ2 at t = 1.
-    """
-    spec = permutation_spec(template, example_input)
-    perms = weight_matching(spec, w1, w2, seed=seed)
-    aligned = apply_permutation(spec, w2, perms)
-    names = list(spec.parameters)
-
-    def dist(a: dict, b: dict) -> float:
-        return float(
-            sum(((a[n].detach().double().cpu() - b[n].detach().double().cpu()) ** 2).sum() for n in names) ** 0.5
-        )
-
-    units = sum(spec.sizes.values())
-    moved = sum(int((p != torch.arange(p.numel())).sum()) for p in perms.values())
-    info = {
-        "distance_before": dist(w1, w2),
-        "distance_after": dist(w1, aligned),
-        "permutation_groups": len(spec.sizes),
-        "hidden_units": units,
-        "moved_fraction": moved / units if units else 0.0,
-    }
-    return aligned, perms, info
