@@ -328,6 +328,35 @@ def test_load_prepared_errors(tmp_path):
         load_prepared(out)
 
 
+def test_subset_prepared_draws_seeded_rows_in_order_and_keeps_the_rest(tmp_path):
+    kwargs = {"n_train": 40, "n_test": 20, "num_classes": 3, "size": 8}
+    full = prepare("synthetic", tmp_path, tmp_path / "full", val_size=6, synthetic_kwargs=kwargs)
+    meta = data.subset_prepared(tmp_path / "full", tmp_path / "sub", train_size=10, test_size=0, seed=3)
+    sub = load_prepared(tmp_path / "sub")
+    g = torch.Generator().manual_seed(3)
+    keep = torch.randperm(34, generator=g)[:10].sort().values  # the rows of the 34 train images, in order
+    assert torch.equal(sub.train.x, full.train.x[keep]) and torch.equal(sub.train.y, full.train.y[keep])
+    assert torch.equal(sub.test.x, full.test.x) and torch.equal(sub.val.x, full.val.x)  # 0 = all; val as is
+    assert sub.info == full.info, "normalisation and augmentation stay as prepared"
+    assert (meta["n_train"], meta["n_val"], meta["n_test"]) == (10, 6, 20)
+    assert meta["subset"] == {"train_size": 10, "test_size": 0, "seed": 3}
+    assert json.loads((tmp_path / "sub" / "meta.json").read_text()) == meta
+    with pytest.raises(ConfigError, match=r"^test_size = 21 exceeds the 20 test images in "):
+        data.subset_prepared(tmp_path / "full", tmp_path / "big", train_size=0, test_size=21)
+    assert not (tmp_path / "big").exists()
+
+
+def test_train_images_without_preparing(tmp_path):
+    assert data.train_images("synthetic", synthetic_kwargs={"n_train": 33}) == 33
+    default = len(make_synthetic()[0])
+    assert data.train_images("synthetic") == default and data.train_images("synthetic", synthetic_kwargs={}) == default
+    assert data.train_images("fashion_mnist") is None  # a named dataset before prepare has made it
+    write_mnist_like(tmp_path / "raw", n_train=8)
+    prepare("fashion_mnist", tmp_path / "raw", tmp_path / "out", val_size=3, download=False, system_dirs=())
+    assert data.train_images("fashion_mnist", prepared=tmp_path / "out") == 8  # before the validation split
+    assert data.train_images("mnist", prepared=tmp_path / "out") is None  # the folder holds another dataset
+
+
 def test_prepared_to():
     train, test = synthetic()
     p = data.Prepared(DATASETS["synthetic"], train, test, None).to("cpu")

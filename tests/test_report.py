@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
+from modeconn import claims
+from modeconn import report as library
+from modeconn.report import Embedded, Results
 from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
 
 from .stage_utils import build_workspace, invoke, tiny_params, write_params
@@ -21,6 +26,85 @@ FIGURES = (
     "path_ensembles.png",
     "reliability.png",
 )
+
+
+def results(**changes) -> Results:
+    """A run's records with only the keys that the headline and the verdicts read."""
+    seeds = {0: {"test_accuracy": 0.90}, 1: {"test_accuracy": 0.92}}
+    curve = {
+        "curve": {"test_error": {"max": 0.11, "start": 0.10, "end": 0.095}},
+        "segment": {"test_error": {"max": 0.50}},
+        "length": {"ratio": 1.3},
+        "ensemble": {"curve": {"accuracy": 0.91, "nll": 0.30}, "endpoints": {"accuracy": 0.90, "nll": 0.31}},
+    }
+    compare = {
+        "1B": {
+            "ind": {"members": 1, "test_error": 0.10},
+            "fge": {"members": 4, "test_error": 0.095},
+            "sse": {"members": 2, "test_error": 0.11},
+        },
+        "1B_over_seeds": {
+            "ind": {"n": 2, "mean_accuracy": 0.90, "std_accuracy": 0.002},
+            "fge": {"n": 2, "mean_accuracy": 0.905, "std_accuracy": 0.001},
+        },
+    }
+    fields = {f.name: {} for f in dataclasses.fields(Results)}
+    fields.update(
+        endpoints=seeds,
+        curve=curve,
+        path_ensembles={"by_t": {"t=0.50": {"curve_error": 0.09, "segment_error": 0.10, "random_error": 0.11}}},
+        fge={"mean_distance": 1.0},
+        fge_run={"snapshots_per_run": {"0": 4, "1": 4}, "cycle": 1, "epochs": 4},
+        sse={"mean_distance": 3.0},
+        compare=compare,
+        compare_table="",
+    )
+    return Results(**{**fields, **changes})
+
+
+def test_headline_numbers():
+    head = library.headline(results())
+    assert head["endpoint_accuracy"] == pytest.approx({"mean": 0.91, "std": statistics.stdev([0.90, 0.92])})
+    assert (head["curve_max_test_error"], head["segment_max_test_error"], head["length_ratio"]) == (0.11, 0.5, 1.3)
+    assert head["test_error_1B"] == {"ind": 0.10, "fge": 0.095, "sse": 0.11} and head["val_error_1B"] == {}
+
+
+def test_verdicts_at_1B_compare_the_means_over_seeds():
+    verdicts = {v.claim: v for v in library.verdicts(results())}
+    assert all(v.outcome == claims.SHOWN for v in verdicts.values()), verdicts
+    ind = verdicts["Sec. 5, Table 1: FGE beats Ind at 1B"]
+    assert "9.50% against 10.00% (FGE: mean over 2 runs, Ind over 2 seeds) (seed spread 0.20 points)" in ind.evidence
+    assert (
+        "(FGE: mean over 2 runs, SSE one run) (seed spread 0.10 points)"
+        in verdicts["Sec. 5, Table 1: FGE beats SSE at 1B"].evidence
+    )
+    assert "Sec. 4: temperature scaling improves the curve ensemble (test NLL)" not in verdicts  # no scaled ensemble
+
+
+def test_fge_runs_of_one_snapshot_are_not_tested():
+    one = results(fge_run={"snapshots_per_run": [1, 1], "cycle": 4, "epochs": 2})  # a list or a mapping by position
+    untested = [v for v in library.verdicts(one) if v.outcome == claims.NOT_TESTED]
+    assert [v.claim for v in untested] == [
+        "Sec. 5, Table 1: FGE beats Ind at 1B",
+        "Sec. 5, Table 1: FGE beats SSE at 1B",
+        "Sec. 5: consecutive FGE snapshots lie closer together than SSE's",
+    ]
+    assert (
+        untested[0].evidence
+        == "each FGE run took 1 snapshot(s) (fge.cycle 4 in fge.epochs 2): no FGE ensemble to compare"
+    )
+
+
+def test_sections_of_links_warnings_width_and_sources():
+    assert library.links("[a](x.json) ![b](y.png) [c](x.json) [no link] (z)") == ["x.json", "y.png"]
+    runs = {"fge": {"warnings": {"0": "one snapshot"}}, "sse": {}, "compare": {"warnings": ["w1", "w2"]}}
+    assert library.warnings_section(runs)[4:7] == ["- `fge`: one snapshot", "- `compare`: w1", "- `compare`: w2"]
+    assert library.warnings_section({"sse": {}}) == []
+    assert library.width_section(None) == []
+    width = "\n".join(library.width_section(Embedded("| K |\n|---|\n", "w/width.md", "w/width.png")))
+    assert "## Width of the network (Sec. 4, Fig. 3)" in width and "| K |\n|---|\n\n![" in width
+    assert library.links(width) == ["w/width.md", "w/width.png"]
+    assert library.sources_section([("a.json", "m/a.json", "fge")])[-1] == "- [a.json](m/a.json) (stage `fge`)"
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import yaml
 from modeconn.data import read_info
 from modeconn.metrics import width_point
 from modeconn.models import create_model
+from modeconn.width import COUNTS, Widths, summarize
 from stages import eval_curve, fit_curve, prepare, train_endpoint, validate, width
 
 from .stage_utils import ROOT, TINY, invoke
@@ -53,6 +54,33 @@ def test_width_point_against_hand_computation():
     # A curve never worse than its ends has barrier 0, not negative of the gap between the ends.
     flat = width_point(1, summaries(start=0.2, end=0.4, peak=0.4, nll_shift=0.0, ratio=1.0))
     assert flat["train_loss_barrier"] == 0.0
+
+
+def test_widths_scale_the_named_arguments_only():
+    fc = Widths("convfc", {"width": 2, "fc_width": 8, "batch_norm": True}, ("fc_width",))
+    assert fc.args_at(3) == {"width": 2, "fc_width": 24, "batch_norm": True}
+    assert fc.fixed == ("width",), "an integer argument K leaves; booleans are no widths"
+    assert fc.describe() == "fc_width = K × 8; width = 2 at every K"
+    both = Widths("convfc", {"width": 2, "fc_width": 8, "batch_norm": True}, ("width", "fc_width"))
+    assert both.args_at(3) == {"width": 6, "fc_width": 24, "batch_norm": True} and both.fixed == ()
+    assert both.describe() == "width, fc_width = K × (2, 8)"
+
+
+def test_summarize_against_hand_computation():
+    widths = Widths("convfc", {"width": 2, "fc_width": 8, "batch_norm": True}, ("fc_width",))
+    given = {4: (0.25, 0.24, 0.40, 1.2), 1: (0.40, 0.35, 1.60, 1.9)}  # any order: rows come sorted by K
+    summary = summarize(widths, {k: summaries(*v[:3], 0.05, v[3]) for k, v in given.items()}, 10, 1, 28)
+    assert [r["k"] for r in summary.rows] == [1, 4]
+    for r in summary.rows:
+        a, b, peak, ratio = given[r["k"]]
+        counts = dict(zip(COUNTS, convfc_counts(2, 8 * r["k"])))  # K scales the FC layers only
+        assert r == {**width_point(r["k"], summaries(a, b, peak, 0.05, ratio)), "max_test_error": 0.2, **counts}
+        assert summary.metrics[f"k{r['k']}"] == {k: v for k, v in r.items() if k not in ("k", *COUNTS)}
+        assert summary.parameters[f"k{r['k']}"] == counts
+    assert summary.metrics["change"] == pytest.approx({"train_loss_barrier": 0.15 - 1.2, "length_ratio": 1.2 - 1.9})
+    conv, fc = convfc_counts(2, 32)
+    assert f"| 4 | 2 | 32 | {conv:,} | {fc:,} | 0.1500 | 0.1400 | 0.2500 | 20.00% | 1.200 |" in summary.markdown
+    assert summary.markdown.startswith("Width experiment (Sec. 4, Fig. 3): convfc with fc_width = K × 8; width = 2")
 
 
 WIDTH = {"ks": [1, 2], "model": "convfc", "args": {"width": 2, "fc_width": 8, "batch_norm": True}}

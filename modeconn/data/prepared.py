@@ -2,6 +2,8 @@
 
 prepare(name, raw_dir, out)   load_raw (or an image folder) + a seeded validation split + per-channel
                               mean/std -> out/data.pt, out/meta.json (written atomically)
+train_images(name, ...)       how many training images prepare gives, without preparing
+subset_prepared(src, out, …)  a seeded subset of a prepared folder's train and test splits, in its format
 read_info(out)                -> DatasetInfo, from out/meta.json only (no tensors read)
 load_prepared(out, device)    -> Prepared, its tensors on ``device``
 """
@@ -9,6 +11,7 @@ load_prepared(out, device)    -> Prepared, its tensors on ``device``
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -18,10 +21,10 @@ from pathlib import Path
 import torch
 
 from modeconn.errors import ConfigError, DataError
-from modeconn.io import atomic_dir
+from modeconn.io import atomic_dir, load_file
 
-from .imagefolder import load_image_folder
-from .raw import AUGMENTATIONS, DATASETS, DatasetInfo, Split, _check_name, _load_raw, check_split
+from .imagefolder import load_image_folder, train_image_count
+from .raw import AUGMENTATIONS, DATASETS, DatasetInfo, Split, _check_name, _load_raw, check_split, make_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,55 @@ def prepare(
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     log.info("%s: wrote %s (%d train, %d val, %d test)", name, out_dir, meta["n_train"], meta["n_val"], meta["n_test"])
     return prepared
+
+
+def train_images(
+    name: str, *, synthetic_kwargs: dict | None = None, imagefolder: dict | None = None, prepared: Path | None = None
+) -> int | None:
+    """How many training images (before the validation split) :func:`prepare` gives for ``name``, without
+    preparing: synthetic data and an image folder from their options, a named dataset from the folder
+    ``prepared`` that :func:`prepare` wrote (its size does not depend on the options); None where that folder
+    is not there or holds another dataset."""
+    if name == "synthetic":
+        default = inspect.signature(make_synthetic).parameters["n_train"].default
+        return (synthetic_kwargs or {}).get("n_train", default)
+    if name == "imagefolder":
+        return train_image_count(imagefolder["root"], imagefolder.get("max_per_class", 0))
+    try:
+        meta = json.loads((Path(prepared) / "meta.json").read_text()) if prepared is not None else None
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("name") != name:
+        return None
+    return int(meta["n_train"]) + int(meta["n_val"])
+
+
+def subset_prepared(
+    prepared: Path, out: Path, *, train_size: int, test_size: int, seed: int = 0, hint: str = ""
+) -> dict:
+    """A seeded subset of the train and test splits of the folder ``prepared`` (made by :func:`prepare`),
+    written to ``out`` in the same format; returns its metadata.
+
+    ``train_size`` and ``test_size`` images (0 = all) are drawn without replacement from one generator seeded
+    with ``seed`` (train first), kept in their order; the validation split, the normalisation statistics (of
+    the whole training split) and the augmentation stay as prepared. ``hint`` ends a missing-file error."""
+    prepared = Path(prepared)
+    tensors = load_file(prepared / "data.pt", "prepared data", hint)
+    meta = json.loads((prepared / "meta.json").read_text())
+    g = torch.Generator().manual_seed(seed)
+    for split, size in (("train", train_size), ("test", test_size)):
+        n = int(tensors[f"{split}_y"].numel())
+        if size > n:
+            raise ConfigError(f"{split}_size = {size} exceeds the {n} {split} images in {prepared}")
+        if size:
+            keep = torch.randperm(n, generator=g)[:size].sort().values
+            tensors[f"{split}_x"], tensors[f"{split}_y"] = tensors[f"{split}_x"][keep], tensors[f"{split}_y"][keep]
+        meta[f"n_{split}"] = int(tensors[f"{split}_y"].numel())
+    meta["subset"] = {"train_size": train_size, "test_size": test_size, "seed": seed}
+    with atomic_dir(out) as tmp:
+        torch.save(tensors, tmp / "data.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 def _read_meta(meta_file: Path, fix: str) -> tuple[dict, DatasetInfo]:
