@@ -1,4 +1,24 @@
-"""Shared fixtures: tiny synthetic data and small models, all made in the test process."""
+"""Shared fixtures, and how the tests are laid out.
+
+Three tiers, cheapest first:
+
+- Library tests (most modules): modeconn's calls on tensors, modules and loaders made in the test
+  (``tiny_data``, ``loader_of``): no workspace, no params file, seconds each.
+- Stage tests: a stage command through Typer's CliRunner (``stage_utils.invoke``) on the tiny config. They read
+  the one ``tiny_workspace`` of the session, the whole pipeline run once in dvc.yaml's order; a test may rerun
+  a stage there with the same params (it writes the same files), and writes anything else (other params,
+  other outputs) in its own ``tmp_path``, reading the workspace's files through ``--prepared``, ``--curve``, ...
+- End-to-end tests, marked ``slow``: ``dvc repro`` in a temporary git repository, torchrun, the presets, the
+  bench, a real ``kill -9``. ``make check`` (lint + ``pytest -m "not slow"``, a few minutes) leaves them out;
+  ``make test`` runs everything. A test that takes more than about 15 s belongs here unless it is the only
+  stage test of its feature.
+
+The tiny config is ``tiny.tiny_params(**changes)``: the repository's params.yaml, shrunk by one fixed set of
+overrides (synthetic data, B = 2 epochs, batch 32, 3 points of t, ...), then the test's own changes
+(``curve__num_bends=5``). Tests read some of the shrinking's values (240 − 48 training images, two FGE snapshots
+per run, ...): change one in ``tiny.SHRINK`` together with them. ``gpu`` tests are skipped (and reported) where
+CUDA is absent.
+"""
 
 from __future__ import annotations
 
@@ -23,20 +43,20 @@ def tiny_data():
 
 
 @pytest.fixture(scope="session")
-def curve_eval_workspace(tmp_path_factory):
-    """prepare, two endpoints, a curve and its evaluation on the tiny config, built once for the session
-    (tests read it; those that run a stage in it run it with the same params, so it stays as built)."""
-    from stages import eval_curve, fit_curve, prepare, train_endpoint
+def tiny_workspace(tmp_path_factory):
+    """Every stage of dvc.yaml, in its order, on ``tiny_params()``, run once for the session: prepared data,
+    endpoints of seeds 0 and 1, the curve and its evaluation, FGE, SSE, the plane, the path ensembles, compare
+    and the report. Tests read it; one that runs a stage in it runs it with the same params."""
+    from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
 
     from .stage_utils import build_workspace
 
-    root = tmp_path_factory.mktemp("curve_eval_ws")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    build_workspace(
-        root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,), (eval_curve,)]
-    )
-    mp.undo()
+    root = tmp_path_factory.mktemp("tiny_workspace")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        steps = [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,)]
+        steps += [(eval_curve,), (fge,), (sse,), (plane,), (path_ensembles,), (compare,), (report,)]
+        build_workspace(root, steps)
     return root
 
 

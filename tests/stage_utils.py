@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import shutil
@@ -13,87 +12,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
+from .tiny import ROOT, tiny_params
+
 DVC = str(Path(sys.executable).parent / "dvc")
 
-TINY = {
-    "data": {
-        "name": "synthetic",
-        "raw_dir": "data/raw",
-        "val_size": 48,
-        "augment": "crop_flip",
-        "seed": 0,
-        "download": False,
-        "synthetic": {"n_train": 240, "n_test": 96, "num_classes": 4, "channels": 1, "size": 28, "seed": 0},
-    },
-    "model": {"name": "convfc", "args": {"width": 4, "fc_width": 16, "batch_norm": True}},
-    "train": {
-        "seeds": [0, 1],
-        "epochs": 2,
-        "batch_size": 32,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "wd": 0.0005,
-        "save_epochs": [1],
-    },
-    "curve": {
-        "endpoints": [0, 1],
-        "type": "bezier",
-        "num_bends": 3,
-        "epochs": 2,
-        "batch_size": 32,
-        "lr": 0.02,
-        "momentum": 0.9,
-        "wd": 0.0005,
-        "seed": 0,
-        "init": "linear",
-    },
-    "eval": {
-        "num_points": 3,
-        "batch_size": 64,
-        "bn_samples": 0,
-        "train_samples": 96,
-        "ensemble": "probs",
-        "seed": 0,
-        "align": True,
-    },
-    "fge": {
-        "start_seeds": [0, 1],
-        "start_epoch": 1,
-        "epochs": 1,
-        "cycle": 0.5,
-        "lr_1": 0.02,
-        "lr_2": 0.001,
-        "batch_size": 32,
-        "momentum": 0.9,
-        "wd": 0.0005,
-        "seed": 0,
-    },
-    "sse": {"epochs": 4, "cycles": 4, "lr": 0.05, "batch_size": 32, "momentum": 0.9, "wd": 0.0005, "seed": 0},
-    "compare": {"budgets": [1, 2], "ensemble": "probs"},
-    "plane": {
-        "grid_points": 3,
-        "margin": 0.2,
-        "batch_size": 64,
-        "bn_samples": 96,
-        "train_samples": 96,
-        "test_samples": 0,
-        "seed": 0,
-    },
-    "path_ensembles": {"ensemble": "probs", "batch_size": 64, "bn_samples": 0, "seed": 0},
-}
-
-
-def tiny_params(**overrides) -> dict:
-    """The tiny config with ``section__key=value`` (or whole ``section=...``) overrides."""
-    params = copy.deepcopy(TINY)
-    for key, value in overrides.items():
-        if "__" not in key:
-            params[key] = value
-            continue
-        section, name = key.split("__", 1)
-        params[section][name] = value
-    return params
+# Only until the last test module reads tiny_params() instead.
+TINY = tiny_params()
 
 
 def write_params(folder: Path, params: dict) -> Path:

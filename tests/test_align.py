@@ -413,9 +413,9 @@ def test_loss_barrier_against_closed_forms():
 
 
 @pytest.fixture
-def workspace(curve_eval_workspace):
-    """prepare, two endpoints and a curve on the tiny config, then eval_curve (read-only for the tests)."""
-    return curve_eval_workspace
+def workspace(tiny_workspace):
+    """The session's tiny workspace (conftest): the whole pipeline on the tiny config."""
+    return tiny_workspace
 
 
 def test_eval_curve_writes_the_aligned_segment_and_three_barriers(workspace, monkeypatch):

@@ -11,7 +11,7 @@ import yaml
 from modeconn.errors import ConfigError
 from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
 
-from .stage_utils import build_workspace, invoke, tiny_params, write_params
+from .stage_utils import invoke, tiny_params, write_params
 
 ALL = [prepare, train_endpoint, fit_curve, eval_curve, fge, sse, compare, plane, path_ensembles, report]
 
@@ -25,15 +25,10 @@ def test_help_explains_every_option(module):
         assert "--device" in result.output
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """A workspace after prepare, two endpoints and a curve (shared by the tests below, read-only)."""
-    root = tmp_path_factory.mktemp("ws")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    build_workspace(root, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,)])
-    yield root
-    mp.undo()
+@pytest.fixture
+def workspace(tiny_workspace):
+    """The session's tiny workspace (conftest): the whole pipeline on the tiny config."""
+    return tiny_workspace
 
 
 def test_pipeline_stages_write_their_outputs(workspace, monkeypatch):

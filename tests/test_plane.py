@@ -95,9 +95,9 @@ def test_a_quadratic_bezier_lies_in_the_plane_longer_curves_do_not():
 
 
 @pytest.fixture
-def curve_workspace(curve_eval_workspace):
-    """prepare, two endpoints, a curve and its evaluation on the tiny config (read-only for the tests)."""
-    return curve_eval_workspace
+def curve_workspace(tiny_workspace):
+    """The session's tiny workspace (conftest): the whole pipeline on the tiny config."""
+    return tiny_workspace
 
 
 @pytest.mark.parametrize("module", [plane, path_ensembles], ids=lambda m: m.__name__)
