@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .init import init_weights
+from .initialisation import init_weights
 from .registry import register, require
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from modeconn.errors import ConfigError
 
-from .init import init_weights
+from .initialisation import init_weights
 from .registry import register, require
 
 

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .init import init_weights
+from .initialisation import init_weights
 from .registry import register, require
 
 CONFIGS = {
