@@ -14,9 +14,9 @@ import pytest
 from modeconn import claims
 from modeconn import report as library
 from modeconn.report import Embedded, Results
-from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
+from stages import report
 
-from .stage_utils import build_workspace, invoke, tiny_params, write_params
+from .stage_utils import invoke, tiny_params, write_params
 
 FIGURES = (
     "curve_along_t.png",
@@ -107,30 +107,12 @@ def test_sections_of_links_warnings_width_and_sources():
     assert library.sources_section([("a.json", "m/a.json", "fge")])[-1] == "- [a.json](m/a.json) (stage `fge`)"
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Every stage of the pipeline on the tiny config, in the order of dvc.yaml."""
-    root = tmp_path_factory.mktemp("report_ws")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    build_workspace(
-        root,
-        [
-            (prepare,),
-            (train_endpoint, "--seed", 0),
-            (train_endpoint, "--seed", 1),
-            (fit_curve,),
-            (eval_curve,),
-            (fge,),
-            (sse,),
-            (plane,),
-            (path_ensembles,),
-            (compare,),
-            (report,),
-        ],
-    )
-    yield root
-    mp.undo()
+@pytest.fixture
+def run(tiny_workspace, monkeypatch):
+    """The session's tiny workspace (conftest: every stage of the pipeline on the tiny config), as the working
+    directory."""
+    monkeypatch.chdir(tiny_workspace)
+    return tiny_workspace
 
 
 def test_report_links_every_source_and_each_link_exists(run):
