@@ -1,7 +1,8 @@
 """params.yaml: read it, and validate each section into a frozen dataclass whose errors name the bad key.
 
 One dataclass per section (``data``, ``model``, ``train``, ``curve``, ``eval``,
-``fge``, ``sse``, ``compare``, ``plane``, ``path_ensembles``); a stage reads
+``fge``, ``sse``, ``compare``, ``plane``, ``path_ensembles``, and the width
+experiment's ``subset`` and ``width``); a stage reads
 only the sections dvc.yaml lists for it. Unknown sections, unknown keys,
 missing keys, wrong types and out-of-range values are ConfigErrors that say
 ``section.key``, the params file and what is allowed. Every key must be set:
@@ -24,7 +25,7 @@ from modeconn.curves import check_curve_args
 from modeconn.data import AUGMENTATIONS, DATASETS, DatasetInfo, check_image_folder
 from modeconn.data.prepared import IMAGEFOLDER_KEYS
 from modeconn.errors import ConfigError
-from modeconn.models import from_spec, load_weights, model_spec, read_weights
+from modeconn.models import MODELS, from_spec, load_weights, model_spec, read_weights
 
 
 def read_params(path: Path) -> dict:
@@ -472,8 +473,43 @@ SECTIONS: dict[str, type] = {
 }
 
 
-# Sections other commands read from their own params files (stages.width: experiments/width/params.yaml).
-OTHER_SECTIONS = ("subset", "width")
+@dataclasses.dataclass(frozen=True)
+class SubsetConfig:
+    """``subset``: how many training and test images the width experiment uses (0 = all), drawn from ``seed``."""
+
+    train_size: int
+    test_size: int
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.train_size >= 0, f"subset.train_size must be 0 (all) or positive, got {self.train_size}")
+        require(self.test_size >= 0, f"subset.test_size must be 0 (all) or positive, got {self.test_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WidthConfig:
+    """``width``: the factors K, the model and its base arguments, and which arguments K multiplies."""
+
+    ks: tuple[int, ...]
+    model: str
+    args: dict
+    scale: tuple[str, ...]
+
+    def __post_init__(self):
+        require(len(self.ks) >= 2, f"width.ks must list at least two width factors, got {list(self.ks)}")
+        require(all(k >= 1 for k in self.ks), f"width.ks must be positive integers, got {list(self.ks)}")
+        require(len(set(self.ks)) == len(self.ks), f"width.ks has a factor twice: {list(self.ks)}")
+        require(self.model in MODELS, f"width.model {self.model!r} is not a known model")
+        for key in self.scale:
+            require(
+                isinstance(self.args.get(key), int) and not isinstance(self.args.get(key), bool),
+                f"width.scale names {key!r}, which must be an integer argument in width.args (got "
+                f"{self.args.get(key)!r})",
+            )
+
+
+# Sections of the width experiment's own params file (experiments/width/params.yaml, stages.width).
+OTHER_SECTIONS: dict[str, type] = {"subset": SubsetConfig, "width": WidthConfig}
 KNOWN_SECTIONS = (*SECTIONS, *OTHER_SECTIONS)
 
 
@@ -481,4 +517,4 @@ def read_sections(path: Path, *names: str) -> tuple:
     """The sections ``names`` of the params file at ``path``, each validated into its dataclass (errors name
     ``path``)."""
     params = read_params(path)
-    return tuple(section(params, name, SECTIONS[name], path) for name in names)
+    return tuple(section(params, name, {**SECTIONS, **OTHER_SECTIONS}[name], path) for name in names)
