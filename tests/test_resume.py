@@ -126,6 +126,7 @@ def test_a_corrupt_state_is_ignored_and_state_of_other_params_is_removed(base, t
     assert torch.load(new, weights_only=True)["epoch"] == 1  # started from scratch
 
 
+@pytest.mark.slow  # two 40-epoch training subprocesses, one killed and rerun: about a minute
 def test_kill_9_then_rerun_trains_only_the_missing_epochs(tmp_path):
     """A real SIGKILL of a training subprocess in the middle of its run; the rerun continues from the last
     saved epoch (fewer epochs trained) and its checkpoint equals that of an uninterrupted run bit for bit."""
