@@ -2,7 +2,7 @@
 
 A network family is scaled by K: the model arguments that ``scale`` names are multiplied by K, the others
 stay (the paper's Fig. 3 scales the fully connected layers of its 3-conv + 3-FC network only). For each K two
-endpoints are trained and joined by a curve; from each curve's evaluation (:func:`modeconn.metrics.width_point`)
+endpoints are trained and joined by a curve; from each curve's evaluation (:func:`width_point`)
 
     barrier(K) = max_t L(φ_K(t)) − max(L(ŵ1), L(ŵ2)),   ratio(K) = ‖φ_K‖ / ‖ŵ2 − ŵ1‖,
 
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .metrics import width_point
 from .models import create_model
 
 COUNTS = ("conv_params", "fc_params")  # describe the networks: in the table and the run information, not metrics
@@ -66,9 +65,38 @@ def layer_parameters(model: nn.Module) -> dict[str, int]:
     return {"conv_params": count((nn.Conv1d, nn.Conv2d, nn.Conv3d)), "fc_params": count((nn.Linear,))}
 
 
+def width_point(k: float, curve: dict) -> dict[str, float]:
+    """One point of the experiment from the summaries of a curve's evaluation.
+
+    ``curve`` holds :func:`modeconn.path.path_summaries` of the curve (``train_loss``, ``train_nll``,
+    ``test_error``) under ``"curve"`` and :func:`modeconn.path.length_ratio` under ``"length"`` (what
+    :func:`modeconn.path.curve_metrics` returns). The barrier is the worst train loss along the curve minus the
+    larger of the two endpoints' train losses, ``max_t L(φ(t)) − max(L(ŵ1), L(ŵ2))`` (0 when the curve is never
+    worse than its ends); the same with the NLL alone (no 0.5·wd·‖w‖² term); and the length ratio
+    ‖curve‖ / ‖ŵ2 − ŵ1‖.
+    """
+    c, length = curve["curve"], curve["length"]
+
+    def barrier(measure: str) -> float:
+        s = c[measure]
+        return s["max"] - max(s["start"], s["end"])
+
+    return {
+        "k": k,
+        "train_loss_barrier": barrier("train_loss"),
+        "train_nll_barrier": barrier("train_nll"),
+        "test_error_barrier": barrier("test_error"),
+        "max_train_loss": c["train_loss"]["max"],
+        "endpoint_train_loss": max(c["train_loss"]["start"], c["train_loss"]["end"]),
+        "length_ratio": length["ratio"],
+        "curve_length": length["curve"],
+        "segment_length": length["segment"],
+    }
+
+
 @dataclass(frozen=True)
 class WidthSummary:
-    """The experiment against K: ``rows`` one per K in increasing order (:func:`~modeconn.metrics.width_point`,
+    """The experiment against K: ``rows`` one per K in increasing order (:func:`width_point`,
     the curve's worst test error, the parameter counts), ``metrics`` the numbers to compare (scalars by
     ``k<K>``, and ``change`` from the smallest K to the largest), ``parameters`` the counts by ``k<K>``, and
     ``markdown`` the table."""
@@ -105,7 +133,7 @@ def table(rows: list[dict], widths: Widths) -> str:
 
 def summarize(widths: Widths, curves: Mapping[int, dict], num_classes: int, channels: int, size: int) -> WidthSummary:
     """The width experiment from each K's curve evaluation (``curves``: K → the summaries along t that
-    :func:`~modeconn.metrics.width_point` reads, and ``curve.test_error.max``); the networks are built for
+    :func:`width_point` reads, and ``curve.test_error.max``); the networks are built for
     ``num_classes`` classes of ``channels`` × ``size`` × ``size`` images, only to count their parameters."""
     rows = []
     for k in sorted(curves):

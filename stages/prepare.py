@@ -18,11 +18,12 @@ from modeconn.errors import ConfigError
 
 from .kit.cli import ParamsOpt, console, stage_app
 from .kit.config import read_sections
+from .kit.layout import PREPARED
 
 
 def main(
     params: Path = ParamsOpt,
-    out: Path = typer.Option(Path("data/prepared"), "--out", help="Output folder (data.pt + meta.json)."),
+    out: Path = typer.Option(PREPARED, "--out", help="Output folder (data.pt + meta.json)."),
 ) -> None:
     """Load the raw dataset named by data.name and write it as tensors to --out (params: data)."""
     (cfg,) = read_sections(params, "data")

@@ -15,23 +15,19 @@ prepare: synthetic data and image folders from the params alone, a named dataset
 
 from __future__ import annotations
 
-import inspect
-import json
 from pathlib import Path
 
 import typer
 
-from modeconn.data import make_synthetic, train_image_count
+from modeconn.data import train_images
 from modeconn.errors import ConfigError
 from modeconn.io import atomic_write_text
 
 from .kit.cli import ParamsOpt, console, stage_app
-from .kit.config import SECTIONS, check_batch_size, read_params, require, section
-from .width import SubsetConfig, WidthConfig
+from .kit.config import OTHER_SECTIONS, SECTIONS, SubsetConfig, check_batch_size, read_params, require, section
 
 MARKER = "params validated: every other stage depends on this file; its text never changes\n"
-# The sections of the width experiment's params file (stages.width reads them) beside those of stages.kit.config.
-ALL_SECTIONS: dict[str, type] = {**SECTIONS, "subset": SubsetConfig, "width": WidthConfig}
+ALL_SECTIONS: dict[str, type] = {**SECTIONS, **OTHER_SECTIONS}  # the width experiment's sections too
 TRAINING = ("train", "curve", "fge", "sse")  # the sections with a batch_size drawn from the training images
 
 
@@ -39,18 +35,9 @@ def training_images(params: dict, path: Path, prepared: Path | None) -> int | No
     """The training images (after the validation split and subset.train_size) the training stages will read,
     or None where the params alone do not tell (a named dataset not prepared yet)."""
     data = section(params, "data", SECTIONS["data"], path)
-    if data.name == "synthetic":
-        total = data.synthetic.get("n_train", inspect.signature(make_synthetic).parameters["n_train"].default)
-    elif data.name == "imagefolder":
-        total = train_image_count(data.imagefolder["root"], data.imagefolder.get("max_per_class", 0))
-    else:  # the dataset's training split as prepare found it (its size does not depend on the params)
-        try:
-            meta = json.loads((prepared / "meta.json").read_text()) if prepared is not None else None
-        except (OSError, ValueError):
-            meta = None
-        if not isinstance(meta, dict) or meta.get("name") != data.name:
-            return None
-        total = int(meta["n_train"]) + int(meta["n_val"])
+    total = train_images(data.name, synthetic_kwargs=data.synthetic, imagefolder=data.imagefolder, prepared=prepared)
+    if total is None:
+        return None
     require(
         data.val_size < total,
         f"data.val_size={data.val_size} must be smaller than the {total} training images of {data.name} "

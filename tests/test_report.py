@@ -15,6 +15,7 @@ from modeconn import claims
 from modeconn import report as library
 from modeconn.report import Embedded, Results
 from stages import report
+from stages.kit.layout import report_sources
 
 from .stage_utils import invoke, tiny_params, write_params
 
@@ -118,11 +119,11 @@ def run(tiny_workspace, monkeypatch):
 def test_report_links_every_source_and_each_link_exists(run):
     md = run / "metrics/report.md"
     text = md.read_text()
-    targets = report.links(text)
+    targets = library.links(text)
     assert targets, "the report links nothing"
     for target in targets:
         assert not Path(target).is_absolute() and (md.parent / target).is_file(), f"broken link {target}"
-    sources = report.sources(Path("metrics"), tiny_params()["train"]["seeds"])
+    sources = report_sources(Path("metrics"), tiny_params()["train"]["seeds"])
     linked = {(md.parent / t).resolve() for t in targets}
     for path, stage in sources.items():
         assert (run / path).resolve() in linked, f"{path} (from {stage}) is read but not listed"

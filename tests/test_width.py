@@ -6,9 +6,9 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,10 +16,11 @@ import torch
 import yaml
 
 from modeconn.data import read_info
-from modeconn.metrics import width_point
 from modeconn.models import create_model
-from modeconn.width import COUNTS, Widths, summarize
+from modeconn.report import links
+from modeconn.width import COUNTS, Widths, layer_parameters, summarize, width_point
 from stages import eval_curve, fit_curve, prepare, train_endpoint, validate, width
+from stages.kit.config import read_sections
 
 from .stage_utils import ROOT, TINY, invoke
 
@@ -305,43 +306,46 @@ def test_the_committed_default_scales_the_fully_connected_layers_only():
     """Fig. 3 of the paper varies the sizes of the fully connected layers by K: at every K of
     experiments/width/params.yaml the conv layers are those of K = 1 and the FC layers grow with K.
     Scaling the convolutions too is an option (``scale: [width, fc_width]``), not the default."""
-    raw = yaml.safe_load((ROOT / "experiments" / "width" / "params.yaml").read_text())
-    cfg = width.WidthConfig(**{key: tuple(v) if isinstance(v, list) else v for key, v in raw["width"].items()})
+    (cfg,) = read_sections(ROOT / "experiments" / "width" / "params.yaml", "width")
     assert cfg.scale == ("fc_width",), f"width.scale is {list(cfg.scale)}; the paper's Fig. 3 is [fc_width]"
     assert cfg.model == "convfc", "the paper's 3-conv + 3-FC network"
-    nets = {k: create_model(cfg.model, 10, 1, 28, **cfg.args_at(k)) for k in sorted(cfg.ks)}
+    widths = Widths(cfg.model, cfg.args, cfg.scale)
+    nets = {k: create_model(cfg.model, 10, 1, 28, **widths.args_at(k)) for k in sorted(cfg.ks)}
     base = nets[min(cfg.ks)]
     for k, net in nets.items():
         convs = [(n, p.shape) for n, p in net.named_parameters() if n.startswith("conv_part")]
         assert convs == [(n, p.shape) for n, p in base.named_parameters() if n.startswith("conv_part")], k
-    counts = [width.layer_parameters(net) for net in nets.values()]
+    counts = [layer_parameters(net) for net in nets.values()]
     assert len({c["conv_params"] for c in counts}) == 1, counts
     fc = [c["fc_params"] for c in counts]
     assert fc == sorted(set(fc)), f"FC parameters must grow with K: {fc}"
-    assert counts[0] == dict(zip(("conv_params", "fc_params"), convfc_counts(**cfg.args_at(min(cfg.ks)))))
+    assert counts[0] == dict(zip(("conv_params", "fc_params"), convfc_counts(**widths.args_at(min(cfg.ks)))))
 
 
 def test_report_embeds_the_width_summary_when_present(tmp_path):
+    """The report stage embeds the width experiment's table and figure where both are there (the committed
+    run's metrics stand in for a run of the main pipeline)."""
     from stages import report
 
-    out = tmp_path / "metrics" / "report.md"
-    folder = tmp_path / "experiments" / "width" / "metrics"
+    metrics, folder = tmp_path / "metrics", tmp_path / "experiments" / "width" / "metrics"
+    shutil.copytree(ROOT / "metrics", metrics)
+    seeds = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["seeds"]
 
-    def rel(path):
-        return Path(os.path.relpath(path, out.parent)).as_posix()
+    def width_part(width: Path | None) -> str:
+        text, _ = report.build(metrics, metrics / "report.md", seeds, width)
+        start = text.find("## Width of the network (Sec. 4, Fig. 3)")
+        return "" if start < 0 else text[start : text.index("## Sources")]
 
-    out.parent.mkdir(parents=True)
-    assert report.width_section(folder, rel) == [] and report.width_section(None, rel) == []
+    assert width_part(None) == "" and width_part(folder) == ""
     folder.mkdir(parents=True)
     (folder / "width.md").write_text("| K | barrier |\n|---|---|\n| 1 | 0.5 |\n")
-    assert report.width_section(folder, rel) == [], "both width.md and width.png are needed"
+    assert width_part(folder) == "", "both width.md and width.png are needed"
     (folder / "width.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    text = "\n".join(report.width_section(folder, rel))
-    assert "## Width of the network (Sec. 4, Fig. 3)" in text and "own pipeline" in text
-    assert "| 1 | 0.5 |" in text
+    text = width_part(folder)
+    assert "own pipeline" in text and "| 1 | 0.5 |" in text
     assert "](../experiments/width/metrics/width.png)" in text
-    for target in report.links(text):
-        assert (out.parent / target).is_file(), target
+    for target in links(text):
+        assert (metrics / target).is_file(), target
     cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]["cmd"]
     assert "--width experiments/width/metrics" in cmd, "the main pipeline's report embeds the width experiment"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .records import run_info_path
+
 PARAMS = Path("params.yaml")
 RESUME_DIR = Path(".modeconn/resume")  # saved training states, outside every DVC output
 
@@ -41,3 +43,35 @@ def endpoint_model(endpoints: Path, seed: int) -> Path:
 def endpoint_metrics(metrics: Path, seed: int) -> Path:
     """The metrics JSON of seed ``seed``'s endpoint in the folder ``metrics`` (:data:`ENDPOINT_METRICS`)."""
     return Path(metrics) / f"seed_{seed}.json"
+
+
+METRICS = Path("metrics")  # every stage's metrics JSON and run information, the tables, the figures, the report
+# The files of the metrics folder that the report reads and links to → the stage that writes each.
+REPORT_SOURCES = {
+    "curve_train.json": "fit_curve",
+    "curve.json": "eval_curve",
+    "curve_along_t.png": "eval_curve",
+    "path_ensembles.json": "path_ensembles",
+    "path_ensembles.png": "path_ensembles",
+    "plane.json": "plane",
+    "plane_train_loss.png": "plane",
+    "plane_test_error.png": "plane",
+    "fge.json": "fge",
+    "sse.json": "sse",
+    "compare.json": "compare",
+    "compare.md": "compare",
+    "compare.png": "compare",
+    "reliability.png": "compare",
+}
+WIDTH_SUMMARY = ("width.md", "width.png")  # experiments/width/dvc.yaml's summary stage, in its metrics folder
+
+
+def report_sources(metrics: Path, seeds) -> dict[Path, str]:
+    """Every file the report reads (and links to) in the folder ``metrics`` → the stage that writes it: the
+    endpoints' metrics, then :data:`REPORT_SOURCES`, then the run information of each metrics JSON."""
+    files = {endpoint_metrics(Path(metrics) / "endpoints", s): f"train_endpoint@{s}" for s in seeds}
+    files.update({Path(metrics) / name: stage for name, stage in REPORT_SOURCES.items()})
+    for path, stage in list(files.items()):
+        if path.suffix == ".json":
+            files[run_info_path(path)] = stage
+    return files
