@@ -1,7 +1,8 @@
-"""The own/ pipeline (your own model, data and checkpoints): its stages list the code, params and outputs of the
-root pipeline's same stages; `dvc repro` in own/ on a tiny image folder joins two checkpoints of the user's own
-(a plain state dict and a modeconn checkpoint) and runs FGE from one, then reruns nothing. And FGE's start
-network: each run's network measured before any FGE step (modeconn.fge.start_scores / start_summary)."""
+"""The own/ pipeline (your own model, data and checkpoints), shipped as a template (own/dvc.template.yaml) that a
+user copies to own/dvc.yaml: its stages list the code, params and outputs of the root pipeline's same stages;
+`dvc repro` in own/ on a tiny image folder joins two checkpoints of the user's own (a plain state dict and a
+modeconn checkpoint), runs FGE from one and writes the headline, then reruns nothing. And FGE's start
+network: each run's network measured before any FGE step (modeconn.snapshots.start_scores / start_summary)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ from torch import nn
 
 from modeconn import ensemble, schedules
 from modeconn.data import Loader, load_prepared
-from modeconn.fge import RunPlan, cycle_iterations, fge_schedule, start_scores, start_summary, train_runs
+from modeconn.fge import cycle_iterations, fge_schedule
 from modeconn.io import save_checkpoint
 from modeconn.models import from_spec, model_spec
+from modeconn.snapshots import RunPlan, start_scores, start_summary, train_runs
 from modeconn.train import make_sgd, predict
 
 from .stage_utils import DVC, ROOT, TINY, init_repo, tool_env
 from .test_pipeline import ran, run
 
-OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge"}
+OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge", "headline"}
+TEMPLATE = "dvc.template.yaml"  # in own/; the user's copy is own/dvc.yaml
 
 
 def _stages(path: Path) -> dict:
@@ -47,10 +50,10 @@ def test_own_stages_list_what_the_root_stages_list():
     """Each own/ stage reads the code the root's same stage reads (paths from own/), the user's checkpoints
     instead of data/endpoints, the image folder (prepare), and ``model`` beside the root's params where a plain
     state dict is loaded into it; its outputs, metrics and plots are the root's."""
-    root, own = _stages(ROOT / "dvc.yaml"), _stages(ROOT / "own" / "dvc.yaml")
+    root, own = _stages(ROOT / "dvc.yaml"), _stages(ROOT / "own" / TEMPLATE)
     assert set(own) == OWN_STAGES
     local = ("data/", "metrics/")
-    for name in OWN_STAGES:
+    for name in OWN_STAGES - {"headline"}:  # the root's headline is the report's
         r, o = root[name], own[name]
         want = [d if d.startswith(local) else f"../{d}" for d in r["deps"]]
         want = ["checkpoints" if d == "data/endpoints" else d for d in want]
@@ -141,7 +144,7 @@ def _image_folder(root: Path) -> None:
 
 def _drop_stale(own: Path) -> None:
     """Anything a run in the working tree left in own/ (outputs, the lock, the user's checkpoints and their .dvc)."""
-    for stale in ("data", "metrics", "dvc.lock", "checkpoints", "checkpoints.dvc", ".gitignore"):
+    for stale in ("data", "metrics", "dvc.yaml", "dvc.lock", "checkpoints", "checkpoints.dvc", ".gitignore"):
         path = own / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
@@ -172,6 +175,7 @@ def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
     _drop_stale(repo / "own")
     shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
     own = repo / "own"
+    shutil.copy(own / TEMPLATE, own / "dvc.yaml")
     (own / "checkpoints").mkdir()
     (own / "params.yaml").write_text(yaml.safe_dump(_own_params(), sort_keys=False))
     _image_folder(own / "data/raw/mine")
@@ -216,6 +220,10 @@ def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
     assert metrics["start_accuracy"] == pytest.approx(ensemble.accuracy(lp, y))
     assert metrics["start_nll"] == pytest.approx(ensemble.nll(lp, y), rel=1e-5)
     assert "start_val_accuracy" in metrics and "swa_accuracy" in metrics
+    headline = json.loads((own / "metrics/headline.json").read_text())  # the numbers `dvc exp show` lists
+    assert headline["fge"]["start_accuracy"] == metrics["start_accuracy"]
+    curve_max = json.loads((own / "metrics/curve.json").read_text())["curve"]["test_error"]["max"]
+    assert headline["curve_max_test_error"] == curve_max
     info = json.loads((own / "metrics/fge.run.json").read_text())
     assert info["start"]["0"]["accuracy"] == metrics["start_accuracy"]
 
@@ -227,11 +235,21 @@ def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
     assert {"fit_curve", "fge"} <= again and "prepare" not in again
 
 
+def _own_steps_doc() -> str:
+    """Where the own/ steps are documented: README's section "Your own model, data and checkpoints" and
+    docs/own.md (where it exists)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Your own model, data and checkpoints") :]
+    page = ROOT / "docs/own.md"
+    return section[: section.index("\n## ")] + (page.read_text() if page.is_file() else "")
+
+
 @pytest.mark.slow
 def test_the_readmes_steps_on_two_classes_of_twenty_images(tmp_path):
-    """README "Your own model, data and checkpoints", step by step, on 2 classes × 20 images and own/params.yaml as
-    shipped (only the model changed, to a small one of the user's): `dvc add checkpoints` works (own/checkpoints
-    is not in git); the defaults made for big data stop with errors that name the key (data.val_size, then the
+    """The documented own/ steps (README "Your own model, data and checkpoints", docs/own.md), step by step,
+    on 2 classes × 20 images and own/params.yaml as shipped (only the model changed, to a small one of the
+    user's): the template copied to own/dvc.yaml; `dvc add checkpoints` works (own/checkpoints is not in git);
+    the defaults made for big data stop with errors that name the key (data.val_size, then the
     batch sizes), no traceback; with the small-data values own/params.yaml's comments give, `dvc repro` runs."""
     repo = tmp_path / "repo"
     for name in ("modeconn", "stages"):
@@ -271,15 +289,16 @@ def test_the_readmes_steps_on_two_classes_of_twenty_images(tmp_path):
         proc = subprocess.run([DVC, "repro"], cwd=own, env=tool_env(), capture_output=True, text=True)
         return proc.returncode, proc.stdout + proc.stderr
 
-    readme = (ROOT / "README.md").read_text()
-    steps = readme[readme.index("## Your own model, data and checkpoints") :]
-    steps = steps[steps.index("```bash\n") + 8 : steps.index("\n```", steps.index("```bash\n"))]
-    add = re.search(r"^cd own && dvc add ([^&\n]+) && dvc repro$", steps, re.MULTILINE)
+    readme = _own_steps_doc()
+    steps = "\n".join(re.findall(r"```bash\n(.*?)\n```", readme, re.DOTALL))
+    add = re.search(r"^cd own && cp (\S+) (\S+) && dvc add ([^&\n]+) && dvc repro$", steps, re.MULTILINE)
     commit = re.search(r"^git add (.+)$", steps, re.MULTILINE)
     assert add and commit, (
-        f"README's own/ steps are no longer `cd own && dvc add … && dvc repro`, `git add …`:\n{steps}"
+        f"The documented own/ steps are no longer `cd own && cp … && dvc add … && dvc repro`, `git add …`:\n{steps}"
     )
-    run([DVC, "add", *add[1].split()], own)  # the documented step: checkpoints and images, both deps of own/
+    assert not (own / "dvc.yaml").exists() and add[1] == TEMPLATE and add[2] == "dvc.yaml", add[0]
+    run(["cp", add[1], add[2]], own)  # the documented steps: the template becomes the user's pipeline,
+    run([DVC, "add", *add[3].split()], own)  # checkpoints and images, both deps of own/, cached
     code, out = repro()
     assert code != 0 and "val_size=5000 must be smaller than the 40 training images" in out, out
     assert "Traceback" not in out
@@ -294,11 +313,11 @@ def test_the_readmes_steps_on_two_classes_of_twenty_images(tmp_path):
     assert json.loads((own / "metrics/curve.json").read_text())["curve"]["test_error"]["max"] <= 1
     assert ran(run([DVC, "repro"], own)) == set()
 
-    # The README's `git add` list leaves nothing of the run untracked (but params.yaml, which the user edited);
-    # `dvc commit -f` as the README says: the failed runs above took prepare's output out of data/.gitignore.
+    # The documented `git add` list leaves nothing of the run untracked (but params.yaml, which the user edited);
+    # `dvc commit -f` as the steps say: the failed runs above took prepare's output out of data/.gitignore.
     assert "`dvc commit -f`" in readme
     run([DVC, "commit", "-f"], own)
     run(["git", "add", *commit[1].split()], own)
     status = run(["git", "status", "--porcelain", "--untracked-files=all", "."], own).splitlines()
     left = [line for line in status if line[1] != " " and not line.endswith("own/params.yaml")]
-    assert not left, f"README's `git add {commit[1]}` leaves these out:\n" + "\n".join(left)
+    assert not left, f"The documented `git add {commit[1]}` leaves these out:\n" + "\n".join(left)

@@ -99,7 +99,7 @@ def test_every_pipeline_runs_it_first_on_its_whole_params_file():
     on its marker, so DVC runs it first and stops at its error."""
     for pipeline, params_file, marker in (
         ("dvc.yaml", "params.yaml", "data/params.ok"),
-        ("own/dvc.yaml", "params.yaml", "data/params.ok"),
+        ("own/dvc.template.yaml", "params.yaml", "data/params.ok"),
         ("experiments/width/dvc.yaml", "experiments/width/params.yaml", "experiments/width/data/params.ok"),
     ):
         stages = yaml.safe_load((ROOT / pipeline).read_text())["stages"]
