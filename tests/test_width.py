@@ -19,12 +19,12 @@ from modeconn.data import read_info
 from modeconn.models import create_model
 from modeconn.report import links
 from modeconn.width import COUNTS, Widths, layer_parameters, summarize, width_point
-from stages import eval_curve, fit_curve, prepare, train_endpoint, validate, width
+from stages import eval_curve, fit_curve, headline, prepare, train_endpoint, validate, width
 from stages.kit.config import read_sections
 
 from .stage_utils import ROOT, TINY, invoke
 
-MODULES = {m.__name__: m for m in (validate, prepare, width, train_endpoint, fit_curve, eval_curve)}
+MODULES = {m.__name__: m for m in (validate, prepare, width, train_endpoint, fit_curve, eval_curve, headline)}
 TRAINING = ("stages.train_endpoint", "stages.fit_curve", "stages.eval_curve")
 
 
@@ -280,7 +280,7 @@ def test_whole_width_graph_on_a_tiny_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "experiments" / "width" / "params.yaml", params)
     steps = expand(dvc, params)
-    assert [n for n, _ in steps][-1] == "summary" and len(steps) == 1 + 1 + 1 + 2 + 4 + 2 + 2 + 1
+    assert [n for n, _ in steps][-2:] == ["summary", "headline"] and len(steps) == 1 + 1 + 1 + 2 + 4 + 2 + 2 + 1 + 1
     for name, cmd in steps:
         python, dash_m, module, *args = shlex.split(cmd)
         assert (python, dash_m) == ("python", "-m"), cmd
