@@ -13,19 +13,33 @@ this plane; longer curves leave it, and :func:`distance` says by how much.
 
 The grid follows the official code: ``grid_points`` × ``grid_points`` points
 covering the three points with a margin of ``margin`` × their extent on each
-side (official default 21 × 21, margin 0.2). Everything here works on flat
-vectors (see :mod:`modeconn.weights`) and is pure; measuring the network
-at a grid point is :func:`modeconn.paths.measure`.
+side (official default 21 × 21, margin 0.2). The geometry works on flat
+vectors (see :mod:`modeconn.weights`) and is pure. :func:`measure_plane` takes
+a curve's plane through ŵ1, ŵ2 and its middle bend θ (control point
+(n − 1) // 2), projects the curve and the segment onto it, and measures the
+network at ŵ1, ŵ2, θ and every grid point (:func:`modeconn.points.measure`:
+BatchNorm recalibrated at each). An aligned segment ŵ1 → π(ŵ2)
+(:mod:`modeconn.align`) is in general not in the plane: its orthogonal
+projection is drawn, and its distance from the plane reported.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
+from .curves import Curve
+from .data import EvalBatches
 from .errors import ModeconnError
-from .weights import unflatten
+from .points import MEASURES, measure
+from .runtime import CPU, Runtime
+from .weights import flat, unflatten
+
+POINTS = ("w1", "w2", "bend")
 
 
 class Basis(NamedTuple):
@@ -111,3 +125,140 @@ def to_weights(
 ) -> dict[str, torch.Tensor]:
     """w(α, β) as a weight dict with the names, shapes, dtypes and devices of ``like`` (in its order)."""
     return unflatten(point(origin, u, v, a, b), like)
+
+
+@dataclass
+class PlaneResult:
+    """The plane of a curve measured on a grid: the basis, the axes, the grid of each measure, the three
+    points, and the curve, its segment (and an aligned segment) projected onto the plane at the t grid."""
+
+    basis: Basis
+    alpha: torch.Tensor  # (G,)
+    beta: torch.Tensor  # (G,)
+    grids: dict[str, torch.Tensor]  # measure of MEASURES → (G, G), indexed [α, β]
+    points: dict[str, dict[str, float]]  # w1, w2, bend → alpha, beta and the measures there
+    t: torch.Tensor  # (P,) float64
+    curve: torch.Tensor  # (P, 2) (α, β) of φ(t)
+    segment: torch.Tensor  # (P, 2) (α, β) of (1 − t) ŵ1 + t ŵ2
+    curve_off_plane: torch.Tensor  # (P,) distance of φ(t) from the plane
+    bend_index: int
+    num_bends: int
+    kind: str
+    aligned: torch.Tensor | None = None  # (P, 2) (α, β) of the aligned segment's projection
+    aligned_off_plane: torch.Tensor | None = None  # (P,) its distance from the plane, t · dist(π(ŵ2))
+    aligned_distance: float | None = None  # ‖π(ŵ2) − ŵ1‖
+
+    def as_dict(self) -> dict:
+        """The grid and the projections as a dict of tensors and numbers (format ``modeconn.plane/1``)."""
+        aligned = {"aligned": self.aligned, "aligned_off_plane": self.aligned_off_plane}
+        return {
+            "format": "modeconn.plane/1",
+            "alpha": self.alpha,
+            "beta": self.beta,
+            **self.grids,
+            "points": POINTS,
+            "coords": self.basis.coords,
+            "t": self.t,
+            "curve": self.curve,
+            "segment": self.segment,
+            "curve_off_plane": self.curve_off_plane,
+            "bend_index": self.bend_index,
+            "num_bends": self.num_bends,
+            "kind": self.kind,
+            **(aligned if self.aligned is not None else {}),
+        }
+
+    def summary(self) -> dict:
+        """Each measure's range over the grid, the three points, how far the curve (and the aligned segment,
+        whose projection is drawn, not the path) leaves the plane, and ‖ŵ2 − ŵ1‖."""
+        scale = self.basis.coords[1, 0].item()  # ‖ŵ2 − ŵ1‖
+        off = self.curve_off_plane.max().item()
+        out = {
+            "grid": {m: {"min": g.min().item(), "max": g.max().item()} for m, g in self.grids.items()},
+            "points": self.points,
+            "curve_off_plane": {"max_distance": off, "max_relative": off / scale},
+            "endpoint_distance": scale,
+        }
+        if self.aligned is not None:
+            off = self.aligned_off_plane.max().item()
+            out["aligned_off_plane"] = {
+                "max_distance": off,
+                "max_relative": off / scale,
+                "endpoint_alpha": self.aligned[-1, 0].item(),
+                "endpoint_beta": self.aligned[-1, 1].item(),
+                "endpoint_distance": self.aligned_distance,
+            }
+        return out
+
+
+def measure_plane(
+    curve: Curve,
+    template: nn.Module,
+    ts: torch.Tensor,
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    grid_points: int = 21,
+    margin: float = 0.2,
+    wd: float = 0.0,
+    aligned_end: dict[str, torch.Tensor] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PlaneResult:
+    """The plane of ``curve`` (through ŵ1, ŵ2 and the bend (n − 1) // 2) measured on a ``grid_points`` ×
+    ``grid_points`` grid covering the three points and the curve projected at ``ts`` [P], with ``margin`` ×
+    their extent on each side.
+
+    ``template`` (the curve's architecture, on the runtime's device) is measured at ŵ1, ŵ2, θ and every grid
+    point on ``batches`` (train and test; BatchNorm recalibrated at each point; the train loss with
+    0.5·``wd``·‖w‖²). ``aligned_end``: π(ŵ2) as parameters, to project the aligned segment ŵ1 → π(ŵ2).
+    ``progress(message)`` is called after each point measured (G² + 3 calls).
+    """
+    ts = torch.as_tensor(ts, dtype=torch.float64)  # (P,)
+    points = curve.control_points()  # name -> (n, *shape)
+    n, bend = curve.num_bends, (curve.num_bends - 1) // 2
+    like = {k: v[0] for k, v in points.items()}
+    w1, w2, theta = (flat({k: v[i] for k, v in points.items()}) for i in (0, n - 1, bend))
+    b = basis(w1, w2, theta)
+    frame = (b.origin, b.u, b.v)
+    curve_xy, segment_xy, off_plane = [], [], []  # one point at a time: P × |net| may not fit in memory
+    for t in ts.tolist():
+        with torch.no_grad():
+            w = flat(curve.weights(t))
+        curve_xy.append(project(w, *frame))
+        off_plane.append(distance(w, *frame))
+        segment_xy.append(project((1 - t) * b.origin + t * w2.double(), *frame))
+    curve_xy, segment_xy, off_plane = torch.stack(curve_xy), torch.stack(segment_xy), torch.stack(off_plane)
+    # (P, 2), (P, 2), (P,)
+    alpha, beta = grid(torch.cat([b.coords, curve_xy]), grid_points, margin)
+    aligned = {}
+    if aligned_end is not None:  # (1 − t) ŵ1 + t π(ŵ2), ŵ1 the origin: projection and distance linear in t
+        end = flat(aligned_end)
+        xy, off = project(end, *frame), distance(end, *frame)  # (2,), ()
+        aligned = {
+            "aligned": ts[:, None] * xy,
+            "aligned_off_plane": ts * off,
+            "aligned_distance": (end.double() - w1.double()).norm().item(),
+        }
+
+    like = {k: v.to(runtime.device) for k, v in like.items()}
+    batches = batches._replace(val=None)
+
+    def at(a: float, bb: float) -> dict:
+        return measure(template, to_weights(b.origin, b.u, b.v, a, bb, like), batches, runtime).row(wd)
+
+    grids = {m: torch.full((grid_points, grid_points), float("nan"), dtype=torch.float64) for m in MEASURES}
+    at_points = {}
+    for name, (a, bb) in zip(POINTS, b.coords.tolist()):
+        at_points[name] = {"alpha": a, "beta": bb, **at(a, bb)}
+        if progress is not None:
+            progress(f"{name}: test err {at_points[name]['test_error']:.4f}")
+    for i, a in enumerate(alpha.tolist()):
+        for j, bb in enumerate(beta.tolist()):
+            r = at(a, bb)
+            for m in MEASURES:
+                grids[m][i, j] = r[m]
+            if progress is not None:
+                progress(f"α={a:.2f} β={bb:.2f} train loss {r['train_loss']:.3f} test err {r['test_error']:.3f}")
+    return PlaneResult(
+        b, alpha, beta, grids, at_points, ts, curve_xy, segment_xy, off_plane, bend, n, curve.kind, **aligned
+    )

@@ -20,7 +20,7 @@ from modeconn.align import (
     weight_matching,
 )
 from modeconn.errors import ModeconnError
-from modeconn.metrics import loss_barrier
+from modeconn.path import loss_barrier
 from modeconn.models import create_model, from_spec, vgg
 from stages import eval_curve, plane
 

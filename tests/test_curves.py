@@ -14,7 +14,7 @@ from modeconn.bn import recalibrate
 from modeconn.curves import Curve, bezier_coefficients, check_curve_args, curve_loss, polychain_coefficients, segment_of
 from modeconn.errors import CheckpointError, ConfigError
 from modeconn.models import create_model, list_models
-from modeconn.paths import forward_at
+from modeconn.points import forward_at
 from modeconn.runtime import CPU
 from modeconn.train import make_sgd, predict, train_epoch
 from modeconn.weights import flat, sq_norm

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from modeconn import ensemble
 from modeconn.budget import Member, at_budget, over_cost
-from modeconn.metrics import path_summary
+from modeconn.path import path_summary
 
 
 def lp(rows):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from modeconn.fge import Snapshot, runs_summary, snapshot_rows
-from modeconn.paths import PointResult, random_direction
+from modeconn.path_ensembles import random_direction
+from modeconn.points import PointResult
 from modeconn.runtime import derived_seed
 
 

@@ -13,6 +13,7 @@ from modeconn import plane as pl
 from modeconn.curves import Curve
 from modeconn.errors import ModeconnError
 from modeconn.models import create_model
+from modeconn.points import MEASURES
 from modeconn.weights import flat, unflatten
 from stages import path_ensembles, plane
 
@@ -113,7 +114,7 @@ def test_plane_stage(curve_workspace, monkeypatch):
     G = tiny_params()["plane"]["grid_points"]
     g = torch.load(curve_workspace / "data/plane/grid.pt", weights_only=True)
     assert g["alpha"].shape == g["beta"].shape == (G,)
-    for m in plane.MEASURES:
+    for m in MEASURES:
         assert g[m].shape == (G, G) and torch.isfinite(g[m]).all(), m
     assert ((g["test_error"] >= 0) & (g["test_error"] <= 1)).all()
     P = tiny_params()["eval"]["num_points"]

@@ -21,16 +21,16 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.optim.swa_utils import update_bn
 
 from modeconn import ensemble
-from modeconn.budget import at_budget
+from modeconn.budget import at_budget, budget_members, compare_budgets
 from modeconn.curves import Curve, curve_loss
 from modeconn.data import Prepared, eval_batches, make_synthetic
 from modeconn.data.loader import random_crop, random_flip
 from modeconn.data.raw import DATASETS
 from modeconn.models import create_model
-from modeconn.paths import measure
+from modeconn.points import measure
 from modeconn.runtime import CPU
-from stages import compare, eval_curve, fit_curve, prepare, train_endpoint
-from stages.kit.config import CompareConfig, EvalConfig, TrainConfig
+from stages import eval_curve, fit_curve, prepare, train_endpoint
+from stages.kit.config import EvalConfig
 from stages.kit.inputs import measurement_batches
 
 from .stage_utils import invoke, tiny_params, write_params
@@ -204,7 +204,7 @@ def test_temperature_is_the_nll_optimum_on_the_data_it_is_given():
 # ----------------------------------------------------------------------------- budgets
 
 
-def test_budget_accounting_tells_the_variants_apart(tmp_path):
+def test_budget_accounting_tells_the_variants_apart():
     """B = 6, three seeds; FGE: 3 runs from epoch 4, 2 epochs, snapshots every 0.5 epoch; SSE: one 18-epoch run
     with 6 cycles. Member costs by hand: pretraining counted per FGE run, nothing over budget."""
     B, g, n = 6, torch.Generator().manual_seed(0), 8
@@ -213,9 +213,7 @@ def test_budget_accounting_tells_the_variants_apart(tmp_path):
     def lp():
         return F.log_softmax(torch.randn(n, 3, generator=g), 1)
 
-    for s in (0, 1, 2):
-        (tmp_path / "ep" / f"seed_{s}").mkdir(parents=True)
-        torch.save({"logprobs": lp(), "labels": labels}, tmp_path / "ep" / f"seed_{s}" / "test_logprobs.pt")
+    independent = [(lp(), None) for _ in (0, 1, 2)]
     fge_runs = [
         {
             "seed": s,
@@ -233,11 +231,9 @@ def test_budget_accounting_tells_the_variants_apart(tmp_path):
             "snapshots": [{"epoch": 3 * j, "logprobs": lp()} for j in range(1, 7)],
         }
     ]
-    for name, runs in (("fge", fge_runs), ("sse", sse_runs)):
-        torch.save({"format": "modeconn.snapshots/1", "runs": runs, "labels": labels}, tmp_path / f"{name}.pt")
-    train = TrainConfig(seeds=(0, 1, 2), epochs=B, batch_size=8, lr=0.1, momentum=0.9, wd=5e-4, save_epochs=())
-    members, splits, singles = compare.gather(train, tmp_path / "ep", tmp_path / "fge.pt", tmp_path / "sse.pt")
-    assert torch.equal(splits["test"], labels) and "val" not in splits  # the test files have no val predictions
+    pool = budget_members(B, independent, fge_runs, sse_runs, labels, val_labels=torch.zeros(2, dtype=torch.long))
+    members, splits, singles = pool.members, pool.splits, pool.singles
+    assert torch.equal(splits["test"], labels) and "val" not in splits  # the members have no val predictions
     costs = {m: sorted(x.cost for x in members if x.method == m) for m in ("ind", "fge", "sse")}
     assert costs["ind"] == [6, 12, 18]
     # run r: r full runs of (4 + 2) epochs before it, then its own 4 epochs of pretraining, then the snapshot.
@@ -246,7 +242,7 @@ def test_budget_accounting_tells_the_variants_apart(tmp_path):
     # Each FGE replicate at 1B is one run alone, its pretraining counted: all four snapshots fit in 6 epochs.
     assert [sorted(m.cost for m in rep) for rep in singles["fge"]] == [[4.5, 5, 5.5, 6]] * 3
 
-    result, _ = compare.compare(CompareConfig(budgets=(1, 2, 3), ensemble="probs"), train, members, splits, singles)
+    result = compare_budgets(pool, B, budgets=(1, 2, 3), method="probs").tables
     expect = {
         "1B": {"ind": 1, "fge": 4, "sse": 2},
         "2B": {"ind": 2, "fge": 8, "sse": 4},
