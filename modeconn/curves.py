@@ -275,7 +275,9 @@ class Curve(nn.Module):
 
     @torch.no_grad()
     def state_at(self, t: float) -> dict[str, torch.Tensor]:
-        """An ordinary state dict of the template at φ_θ(t) (with the template's current buffers)."""
+        """An ordinary state dict of the template at φ_θ(t) (with the template's current buffers): to export the
+        point as a checkpoint. To measure it, pass the parameters :meth:`weights` to :mod:`modeconn.points` or
+        :mod:`modeconn.path` (BatchNorm is recalibrated there; a state dict's buffers are refused)."""
         state = {k: v.detach().clone() for k, v in self.template.state_dict().items()}
         state.update({k: v.detach().clone() for k, v in self.weights(t).items()})
         return state
