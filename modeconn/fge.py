@@ -1,59 +1,28 @@
-"""Fast Geometric Ensembling and Snapshot Ensembles (paper, Sec. 5).
+"""Fast Geometric Ensembling (paper, Sec. 5).
 
-Both are one training run that stops at chosen iterations to record a
-snapshot's test-set predictions:
-
-- FGE starts from a network pretrained with the standard schedule and cycles
-  the learning rate linearly between ``lr_1`` and ``lr_2`` (:func:`schedules.fge_lr`),
-  with a snapshot at each minimum (the middle of each cycle).
-- SSE (Huang et al. 2017) trains from scratch with cosine annealing and warm
-  restarts (:func:`schedules.sse_lr`), a snapshot at the end of each cycle.
-
-A snapshot records where it was taken (iteration, epoch), its test (and, when
-there is a validation split, validation) log-probabilities and its distance in weight space to the previous snapshot
-(the paper contrasts ≈7 for FGE with ≈40 for SSE on PreResNet-164).
-
-BatchNorm of a snapshot: its predictions are taken with the running statistics its own training left, not
-recalibrated. The official code does the same (it records predictions at the learning-rate minimum with no
-BN pass), and it is sound here: a snapshot is a point the run has just trained at, with a small learning
-rate, so the running averages track its weights; a recalibration pass over the training set per snapshot
-would also be extra epochs that the budgets (Sec. 5) would have to count. Points that no run trained at —
-curve points, grid points of the plane, SWA averages — are recalibrated (DESIGN decision 2).
-
-With ``swa_batches`` a run also keeps the running mean of its snapshots' weights and, when it ends,
-evaluates that average as one network, BatchNorm recalibrated (SWA, Izmailov et al. 2018; :mod:`modeconn.swa`).
-
-With ``evaluate_start`` each run's network is also measured as it starts, before any step (FGE: the pretrained
-network; paper, Sec. 6.4: ImageNet top-1 error 23.87% of the pretrained ResNet-50 → 23.31% after 5 FGE epochs),
-so that what FGE adds is read off one file (:func:`start_scores`, :func:`start_summary`).
+FGE starts from a network pretrained with the standard schedule (an endpoint's checkpoint at some epoch, its
+optimiser's momentum with it) and cycles the learning rate linearly between ``lr_1`` and ``lr_2`` over cycles
+of ``c`` iterations (:func:`modeconn.schedules.fge_lr`), with a snapshot at each minimum, the middle of each
+cycle (:mod:`modeconn.snapshots`). Each run also averages its snapshots' weights into one network (SWA,
+Izmailov et al. 2018; :mod:`modeconn.swa`), and measures the network it starts from before any step, so that
+what FGE adds is read off one result (paper, Sec. 6.4: ImageNet top-1 error 23.87% of the pretrained ResNet-50
+→ 23.31% after 5 FGE epochs). Runs are independent; a run from a checkpoint at epoch ``start_epoch`` costs
+``start_epoch + epochs`` epochs, pretraining included (Sec. 5's budgets).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from . import calibration, ensemble, schedules
-from .errors import ModeconnError
-from .resume import ResumeState, capture, restore
-from .runtime import CPU, Runtime
-from .swa import WeightAverage, averaged_model
-from .train import EpochStats, LossFn, cross_entropy_step, predict, train_epoch
-from .weights import flat
-
-
-@dataclass
-class Snapshot:
-    iteration: int
-    epoch: float  # epochs into this run
-    logprobs: torch.Tensor  # (N_test, K)
-    distance: float  # ‖w − w_prev‖ to the previous snapshot (nan for the first)
-    val_logprobs: torch.Tensor | None = None  # (N_val, K); None without a validation split
+from . import schedules
+from .io import build_from_checkpoint
+from .runtime import CPU, Runtime, derived_seed, seed_everything
+from .snapshots import RunPlan, runs_summary, start_summary
+from .swa import swa_summary
+from .train import Batches, make_sgd
 
 
 def cycle_iterations(cycle_epochs: float, iters_per_epoch: int) -> int:
@@ -68,332 +37,62 @@ def snapshot_count(cycle_iters: int, total_iters: int) -> int:
     return 0 if total_iters < half else (total_iters - half) // cycle_iters + 1
 
 
-class SnapshotCollector:
-    """The snapshots of one run as it trains: pass :meth:`on_step` to :func:`modeconn.train.train_epoch`.
-
-    After every iteration ``i`` with ``is_snapshot(i)`` it records the model's test (and, with ``val_batches``,
-    validation) log-probabilities and its distance to the previous snapshot. Its state (snapshots so far, the
-    last snapshot's weights) round-trips through :meth:`state_dict` for resuming a run.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        test_batches,
-        is_snapshot: Callable[[int], bool],
-        iters_per_epoch: int,
-        runtime: Runtime = CPU,
-        val_batches=None,
-        average: bool = False,
-    ):
-        self.model, self.test_batches, self.is_snapshot = model, test_batches, is_snapshot
-        self.iters_per_epoch, self.runtime, self.val_batches = iters_per_epoch, runtime, val_batches
-        self.snapshots: list[Snapshot] = []
-        self.prev: torch.Tensor | None = None  # (D,) flat weights of the last snapshot
-        self.average = WeightAverage() if average else None  # SWA: the running mean of the snapshots' weights
-
-    def on_step(self, i: int) -> None:
-        if not self.is_snapshot(i) or not self.runtime.is_main:  # in a data-parallel run rank 0 evaluates
-            return
-        self.model.eval()
-        logprobs, _ = predict(self.model, self.test_batches, self.runtime)
-        val_lp = predict(self.model, self.val_batches, self.runtime)[0] if self.val_batches is not None else None
-        self.model.train()
-        w = flat(dict(self.model.named_parameters()))
-        dist = (w - self.prev.to(w.device)).norm().item() if self.prev is not None else float("nan")
-        self.prev = w
-        if self.average is not None:
-            self.average.update(self.model)
-        self.snapshots.append(
-            Snapshot(iteration=i, epoch=i / self.iters_per_epoch, logprobs=logprobs, distance=dist, val_logprobs=val_lp)
-        )
-
-    def state_dict(self) -> dict:
-        average = self.average.state_dict() if self.average is not None else None
-        return {"snapshots": [vars(s) for s in self.snapshots], "prev": self.prev, "average": average}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.snapshots = [Snapshot(**s) for s in state["snapshots"]]
-        self.prev = state["prev"]
-        if self.average is not None:
-            if state.get("average") is None and self.snapshots:
-                raise ValueError(
-                    "the saved run has snapshots but no weight average (saved without SWA): "
-                    "delete the resume state to start the run again"
-                )
-            if state.get("average") is not None:
-                self.average.load_state_dict(state["average"])
-
-    def swa(self, bn_batches, runtime: Runtime | None = None) -> dict:
-        """The average of the snapshots so far as one network, BatchNorm recalibrated on ``bn_batches`` (the
-        un-augmented training set): how many snapshots it averages, the epoch of the last one, its test (and
-        validation) log-probabilities."""
-        runtime = runtime or self.runtime
-        if self.average is None:
-            raise ValueError("this collector keeps no weight average: create it with average=True")
-        net = averaged_model(self.model, self.average, bn_batches, runtime)
-        logprobs, _ = predict(net, self.test_batches, runtime)
-        val_lp = predict(net, self.val_batches, runtime)[0] if self.val_batches is not None else None
-        return {
-            "snapshots": self.average.n,
-            "epoch": self.snapshots[-1].epoch,
-            "logprobs": logprobs,
-            "val_logprobs": val_lp,
-        }
-
-
-def run_snapshots(
-    model: nn.Module,
-    loss_fn: LossFn,
-    optimizer: torch.optim.Optimizer,
-    train_batches,
-    test_batches,
-    epochs: int,
-    lr_at: Callable[[int], float],
-    is_snapshot: Callable[[int], bool],
-    runtime: Runtime = CPU,
-    on_epoch: Callable[[int, EpochStats], None] | None = None,
-    what: str = "training",
-) -> list[Snapshot]:
-    """Train for ``epochs``; after every iteration ``i`` with ``is_snapshot(i)``, record a snapshot."""
-    collector = SnapshotCollector(model, test_batches, is_snapshot, len(train_batches), runtime)
-    iteration = 1
-    for epoch in range(1, epochs + 1):
-        model.train()
-        stats, iteration = train_epoch(
-            loss_fn, optimizer, train_batches, lr_at, iteration, runtime, on_step=collector.on_step, what=what
-        )
-        if on_epoch is not None:
-            on_epoch(epoch, stats)
-    return collector.snapshots
-
-
 def fge_schedule(cycle_iters: int, lr_1: float, lr_2: float):
     """(lr_at, is_snapshot) of FGE for a cycle of ``cycle_iters`` iterations."""
     return (lambda i: schedules.fge_lr(i, cycle_iters, lr_1, lr_2), lambda i: schedules.fge_is_snapshot(i, cycle_iters))
 
 
-def sse_schedule(total_iters: int, cycles: int, lr: float):
-    """(lr_at, is_snapshot) of Snapshot Ensembles over ``total_iters`` in ``cycles`` cycles."""
-    return (
-        lambda i: schedules.sse_lr(i, total_iters, cycles, lr),
-        lambda i: schedules.sse_is_snapshot(i, total_iters, cycles),
-    )
+def start_optimizer(model: nn.Module, checkpoint: dict, lr_1: float, momentum: float, wd: float) -> torch.optim.SGD:
+    """SGD over ``model`` at ``lr_1``; where ``checkpoint`` keeps the pretraining's optimiser, its state
+    (momentum) is continued, as the paper's code does, with this run's rate, momentum and weight decay."""
+    optimizer = make_sgd(model.parameters(), lr_1, momentum, wd)
+    if "optimizer" in checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        for group in optimizer.param_groups:
+            group.update(lr=lr_1, momentum=momentum, weight_decay=wd)
+    return optimizer
 
 
-def snapshot_rows(
-    run: int,
+def plans(
+    checkpoints: Sequence[dict],
+    seeds: Sequence[int],
+    batches: Callable[[int], Batches],
+    *,
     seed: int,
-    snapshots: list[Snapshot],
-    labels: torch.Tensor,
-    offset: float,
-    method: str = "probs",
-    val_labels: torch.Tensor | None = None,
-) -> list[dict]:
-    """One row per snapshot of a run: its own test accuracy and NLL, and those of the run's ensemble so far;
-    with ``val_labels``, the same on the validation split (``val_`` columns).
-
-    ``offset`` is the epochs spent before the run (FGE: its pretraining), so ``cost`` = offset + epoch.
-    """
-    running = ensemble.running([s.logprobs for s in snapshots], labels, method)
-    rows = [
-        {
-            "run": run,
-            "seed": seed,
-            "snapshot": j + 1,
-            "epoch": s.epoch,
-            "cost": offset + s.epoch,
-            **ensemble.scores(s.logprobs, labels),
-            "ensemble_accuracy": ens["accuracy"],
-            "ensemble_nll": ens["nll"],
-            "distance": s.distance,
-        }
-        for j, (s, ens) in enumerate(zip(snapshots, running))
-    ]
-    if val_labels is not None:
-        val_running = ensemble.running([s.val_logprobs for s in snapshots], val_labels, method)
-        for row, s, ens in zip(rows, snapshots, val_running):
-            own = ensemble.scores(s.val_logprobs, val_labels)
-            row.update(
-                val_accuracy=own["accuracy"],
-                val_nll=own["nll"],
-                ensemble_val_accuracy=ens["accuracy"],
-                ensemble_val_nll=ens["nll"],
-            )
-    return rows
-
-
-def runs_summary(rows: list[dict]) -> dict:
-    """Over the rows of :func:`snapshot_rows` of one or more runs: the final ensembles (mean over runs),
-    the single snapshots, and the mean distance between consecutive snapshots."""
-    if not rows:
-        raise ModeconnError("no snapshots to summarise: the runs took none (no training batches, or no LR minimum)")
-    runs = sorted({r["run"] for r in rows})
-    per_run = [[r for r in rows if r["run"] == i] for i in runs]
-    finals = [rr[-1] for rr in per_run]
-    dists = [r["distance"] for r in rows if not math.isnan(r["distance"])]
-    summary = {
-        "runs": len(runs),
-        "snapshots_per_run": [len(rr) for rr in per_run],
-        "ensemble_accuracy": sum(f["ensemble_accuracy"] for f in finals) / len(finals),
-        "ensemble_nll": sum(f["ensemble_nll"] for f in finals) / len(finals),
-        "snapshot_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
-        "mean_distance": sum(dists) / len(dists) if dists else None,
-    }
-    if all("val_accuracy" in r for r in rows):
-        summary["ensemble_val_accuracy"] = sum(f["ensemble_val_accuracy"] for f in finals) / len(finals)
-        summary["ensemble_val_nll"] = sum(f["ensemble_val_nll"] for f in finals) / len(finals)
-        summary["snapshot_val_accuracy"] = sum(r["val_accuracy"] for r in rows) / len(rows)
-    return summary
-
-
-def swa_summary(records: list[dict], labels: torch.Tensor, val_labels: torch.Tensor | None = None) -> dict:
-    """Over the runs' SWA networks (records with ``swa``): mean test accuracy, NLL and ECE (and validation
-    accuracy and NLL); empty when no run has one."""
-    swas = [rec["swa"] for rec in records if rec.get("swa") is not None]
-    if not swas:
-        return {}
-    out = {
-        "swa_accuracy": sum(ensemble.accuracy(s["logprobs"], labels) for s in swas) / len(swas),
-        "swa_nll": sum(ensemble.nll(s["logprobs"], labels) for s in swas) / len(swas),
-        "swa_ece": sum(calibration.ece(s["logprobs"], labels) for s in swas) / len(swas),
-    }
-    if val_labels is not None and all(s["val_logprobs"] is not None for s in swas):
-        out["swa_val_accuracy"] = sum(ensemble.accuracy(s["val_logprobs"], val_labels) for s in swas) / len(swas)
-        out["swa_val_nll"] = sum(ensemble.nll(s["val_logprobs"], val_labels) for s in swas) / len(swas)
-    return out
-
-
-def start_scores(
-    model: nn.Module,
-    test_batches,
-    labels: torch.Tensor,
+    start_epoch: int,
+    cycle: float,
+    lr_1: float,
+    lr_2: float,
+    momentum: float,
+    wd: float,
     runtime: Runtime = CPU,
-    val_batches=None,
-    val_labels: torch.Tensor | None = None,
-) -> dict:
-    """The test accuracy, NLL and ECE (and validation accuracy and NLL) of ``model`` as it is now, in eval mode
-    (BatchNorm on its running statistics): what a run starts from. Leaves ``model`` in train mode."""
-    model.eval()
-    logprobs, _ = predict(model, test_batches, runtime)
-    out = {**ensemble.scores(logprobs, labels), "ece": calibration.ece(logprobs, labels)}
-    if val_batches is not None and val_labels is not None:
-        val = ensemble.scores(predict(model, val_batches, runtime)[0], val_labels)
-        out.update(val_accuracy=val["accuracy"], val_nll=val["nll"])
-    model.train()
-    return out
+) -> list[RunPlan]:
+    """One FGE run from each checkpoint (``{"spec", "state_dict"[, "optimizer"]}``, at epoch ``start_epoch`` of
+    its pretraining), run ``r`` named by ``seeds[r]``, for :func:`modeconn.snapshots.train_runs` (with
+    ``evaluate_start``: the network each run starts from; with ``swa_batches``: its snapshots averaged).
 
-
-def start_summary(records: list[dict]) -> dict:
-    """Over the runs' start networks (records with ``start``, see :func:`start_scores`): the mean of each score
-    as ``start_<score>`` (``start_accuracy``, ``start_nll``, ``start_ece``, ``start_val_accuracy``, ...);
-    empty when no run has one."""
-    starts = [rec["start"] for rec in records if rec.get("start") is not None]
-    if not starts:
-        return {}
-    keys = [k for k in starts[0] if all(k in s for s in starts)]
-    return {f"start_{k}": sum(s[k] for s in starts) / len(starts) for k in keys}
-
-
-@dataclass
-class RunPlan:
-    """One run of snapshots to train: ``make()`` builds it — (model, optimizer, train batches, lr_at, is_snapshot) —
-    with its own seeds set; ``start_epoch`` is what the run cost before it began (FGE's pretraining; 0 for SSE)."""
-
-    seed: int
-    start_epoch: int
-    make: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Any, Callable[[int], float], Callable[[int], bool]]]
-    record: dict = field(default_factory=dict)  # extra facts for the run's record (e.g. its cycle in iterations)
-
-
-def run_record(plan: RunPlan, epochs: int, snapshots: list[Snapshot]) -> dict:
-    """A finished run as ``compare`` reads it: where it started, what it cost, its snapshots."""
-    return {
-        "seed": plan.seed,
-        "start_epoch": plan.start_epoch,
-        "epochs": epochs,
-        "cost": plan.start_epoch + epochs,
-        **plan.record,
-        "snapshots": [vars(s) for s in snapshots],
-    }
-
-
-def train_runs(
-    plans: list[RunPlan],
-    epochs: int,
-    test_batches,
-    labels: torch.Tensor,
-    runtime: Runtime = CPU,
-    resume: ResumeState | None = None,
-    on_epoch: Callable[[int, EpochStats], None] | None = None,
-    what: str = "training",
-    val_batches=None,
-    val_labels: torch.Tensor | None = None,
-    swa_batches=None,
-    evaluate_start: bool = False,
-) -> tuple[list[dict], list[dict]]:
-    """Train the runs one after the other, ``epochs`` each, collecting snapshots; returns (records, rows).
-
-    With ``val_batches`` and ``val_labels`` each snapshot is also evaluated on the validation split.
-
-    With ``swa_batches`` (the un-augmented training set) each run keeps the running mean of its snapshots'
-    weights and, when it ends, its record gets ``swa``: that average evaluated as one network after BatchNorm
-    recalibration on ``swa_batches`` (:meth:`SnapshotCollector.swa`).
-
-    With ``evaluate_start`` each run's record gets ``start``: the :func:`start_scores` of its network as
-    ``make()`` built it, before the first step (on rank 0; None on the others).
-
-    With ``resume``, the whole state (finished runs, and the current run's weights, optimizer, schedule
-    position, random states and snapshots) is saved after every epoch, and a saved state is continued.
+    Run ``r`` seeds everything with ``derived_seed(seed, seeds[r])``, builds its network from the checkpoint and
+    trains on ``batches(run_seed)`` (a shuffling :class:`modeconn.data.Loader`) with a cycle of ``cycle`` epochs.
     """
-    saved = resume.load() if resume is not None else None
-    done = int(saved["epoch"]) if saved else 0
-    records, rows = (saved["runs"], saved["rows"]) if saved else ([], [])
-    for r, plan in enumerate(plans):
-        if (r + 1) * epochs <= done:
-            continue  # finished before the preemption
-        model, optimizer, train_batches, lr_at, is_snapshot = plan.make()
-        collector = SnapshotCollector(
-            model, test_batches, is_snapshot, len(train_batches), runtime, val_batches, average=swa_batches is not None
-        )
-        iteration, first, start = 1, r * epochs + 1, None
-        if saved and done > r * epochs:  # this run was interrupted: continue it
-            iteration = restore(saved["current"], model, optimizer, train_batches.generator)
-            collector.load_state_dict(saved["current"]["collector"])
-            first, start = done + 1, saved["current"].get("start")
-        elif evaluate_start and runtime.is_main:  # the network the run starts from, before any step
-            start = start_scores(model, test_batches, labels, runtime, val_batches, val_labels)
-        step = cross_entropy_step(runtime.wrap(model))  # data-parallel under torchrun
-        for g in range(first, (r + 1) * epochs + 1):
-            model.train()
-            stats, iteration = train_epoch(
-                step,
-                optimizer,
-                train_batches,
-                lr_at,
-                iteration,
-                runtime,
-                on_step=collector.on_step,
-                what=f"{what} (run {r}, seed {plan.seed})",
-            )
-            state: dict = {"runs": records, "rows": rows}
-            if g == (r + 1) * epochs:
-                rows += snapshot_rows(
-                    r, plan.seed, collector.snapshots, labels, float(plan.start_epoch), val_labels=val_labels
-                )
-                records.append(run_record(plan, epochs, collector.snapshots))
-                if evaluate_start:
-                    records[-1]["start"] = start
-                if swa_batches is not None and collector.snapshots:  # rank 0 (the others take no snapshots)
-                    records[-1]["swa"] = collector.swa(swa_batches)
-            else:
-                state["current"] = {
-                    **capture(model, optimizer, iteration, train_batches.generator),
-                    "collector": collector.state_dict(),
-                    "start": start,
-                }
-            if resume is not None:
-                resume.epoch_done(g, state)
-            if on_epoch is not None:
-                on_epoch(g, stats)
-    return records, rows
+
+    def plan(run_id: int, checkpoint: dict) -> RunPlan:
+        record = {"cycle_iterations": 0, "momentum_from_checkpoint": "optimizer" in checkpoint}
+
+        def make():
+            run_seed = derived_seed(seed, run_id)
+            seed_everything(run_seed)
+            model = runtime.prepare(build_from_checkpoint(checkpoint))
+            train_b = batches(run_seed)
+            record["cycle_iterations"] = cycle_iterations(cycle, len(train_b))
+            lr_at, is_snap = fge_schedule(record["cycle_iterations"], lr_1, lr_2)
+            return model, start_optimizer(model, checkpoint, lr_1, momentum, wd), train_b, lr_at, is_snap
+
+        return RunPlan(run_id, start_epoch, make, record)
+
+    return [plan(s, c) for s, c in zip(seeds, checkpoints, strict=True)]
+
+
+def summary(runs: list[dict], rows: list[dict], labels: torch.Tensor, val_labels: torch.Tensor | None = None) -> dict:
+    """FGE's numbers over its runs: the ensembles and snapshots (:func:`modeconn.snapshots.runs_summary`), the
+    start networks (``start_*``) and the SWA networks (``swa_*``)."""
+    return {**runs_summary(rows), **start_summary(runs), **swa_summary(runs, labels, val_labels)}

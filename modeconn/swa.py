@@ -15,6 +15,8 @@ Buffers that are not BN statistics (e.g. ``num_batches_tracked``) are the last s
 In a data-parallel run on CUDA the training model's BatchNorm layers are SyncBatchNorm, whose training-mode
 pass is a collective; the averaged copy is evaluated on rank 0 alone, so its layers are turned back into
 plain BatchNorm first (their statistics are recomputed anyway).
+
+:func:`swa_summary` gives the mean scores of several runs' averages (FGE's runs, :mod:`modeconn.fge`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import copy
 import torch
 from torch import nn
 
+from . import calibration, ensemble
 from .bn import recalibrate
 from .runtime import CPU, Runtime
 from .train import Batches
@@ -97,3 +100,20 @@ def averaged_model(model: nn.Module, average: WeightAverage, bn_batches: Batches
         p.copy_(average.mean[name])  # copy_ keeps p's device, dtype and memory format
     recalibrate(swa, bn_batches, runtime=runtime)
     return swa.eval()
+
+
+def swa_summary(records: list[dict], labels: torch.Tensor, val_labels: torch.Tensor | None = None) -> dict:
+    """Over the runs' SWA networks (records with ``swa``): mean test accuracy, NLL and ECE (and validation
+    accuracy and NLL); empty when no run has one."""
+    swas = [rec["swa"] for rec in records if rec.get("swa") is not None]
+    if not swas:
+        return {}
+    out = {
+        "swa_accuracy": sum(ensemble.accuracy(s["logprobs"], labels) for s in swas) / len(swas),
+        "swa_nll": sum(ensemble.nll(s["logprobs"], labels) for s in swas) / len(swas),
+        "swa_ece": sum(calibration.ece(s["logprobs"], labels) for s in swas) / len(swas),
+    }
+    if val_labels is not None and all(s["val_logprobs"] is not None for s in swas):
+        out["swa_val_accuracy"] = sum(ensemble.accuracy(s["val_logprobs"], val_labels) for s in swas) / len(swas)
+        out["swa_val_nll"] = sum(ensemble.nll(s["val_logprobs"], val_labels) for s in swas) / len(swas)
+    return out

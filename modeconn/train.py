@@ -1,8 +1,9 @@
-"""Training and evaluation loops.
+"""One training epoch and one evaluation pass.
 
-One loop serves every kind of training in the paper — endpoints, curves,
+:func:`train_epoch` serves every kind of training in the paper — endpoints, curves,
 FGE, SSE — because each supplies only a ``loss_fn(x, y) -> (loss, logits)``
-and a learning rate per iteration. Data comes from the in-memory
+and a learning rate per iteration; :mod:`modeconn.loop` runs the epochs of a
+run and resumes it. Data comes from the in-memory
 :class:`modeconn.data.Loader`; no per-sample Python runs here.
 
 Where and how the passes run (device, bf16 autocast, memory format) is the

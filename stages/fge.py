@@ -1,57 +1,41 @@
-"""Stage fge: Fast Geometric Ensembling from endpoint checkpoints (paper, Sec. 5).
+"""Stage fge: Fast Geometric Ensembling from endpoint checkpoints (paper, Sec. 5; :func:`modeconn.fge.plans`).
 
-For each seed of ``fge.start_seeds``, load that endpoint's checkpoint at epoch
-``fge.start_epoch`` of its standard-schedule run (``train.save_epochs`` must
-include it), then train ``fge.epochs`` more epochs with the cyclical LR between
-``fge.lr_1`` and ``fge.lr_2``, a snapshot at each LR minimum. Runs are
-independent; ``compare`` gathers them by budget (run r costs
-``start_epoch + epochs`` epochs, pretraining included). Each run also averages
-its snapshots' weights into one network (SWA, Izmailov et al. 2018), BatchNorm
-recalibrated on the un-augmented training set, stored under the run's ``swa``. The network each run starts
-from is measured too, before any FGE step (``start_accuracy``, ``start_nll``, … in the metrics, mean over runs;
-per run in the run information's ``start``): what FGE adds is read off one file (paper, ImageNet: top-1 error
-23.87% of the pretrained ResNet-50 → 23.31% after 5 FGE epochs).
+For each seed of ``fge.start_seeds``, start from that endpoint's checkpoint at epoch ``fge.start_epoch`` of its
+standard-schedule run (``train.save_epochs`` must include it; ``fge.start_files``: checkpoints of your own), then
+train ``fge.epochs`` more epochs with the cyclical LR between ``fge.lr_1`` and ``fge.lr_2``, a snapshot at each LR
+minimum. ``compare`` gathers the runs by budget (run r costs ``start_epoch + epochs`` epochs). Each run's
+snapshots are also averaged into one network (SWA, under the run's ``swa``), and the network each run starts
+from is measured before any FGE step (``start_accuracy``, … in the metrics, mean over runs; per run in the run
+information's ``start``).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
-import torch
 import typer
 
+from modeconn import fge
 from modeconn.data import eval_batches
 from modeconn.errors import CheckpointError
-from modeconn.fge import (
-    RunPlan,
-    cycle_iterations,
-    fge_schedule,
-    runs_summary,
-    snapshot_count,
-    start_summary,
-    swa_summary,
-    train_runs,
-)
-from modeconn.io import atomic_dir, atomic_torch_save, build_from_checkpoint
-from modeconn.runtime import CPU, Runtime, derived_seed, seed_everything
-from modeconn.train import make_sgd
+from modeconn.runtime import CPU, Runtime, seed_everything
+from modeconn.snapshots import save_snapshots, train_runs
 
 from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
 from .kit.config import check_batch_size, read_sections
 from .kit.inputs import endpoint_checkpoint, prepared_data, test_loader, train_loader, user_checkpoints, val_split
-from .kit.layout import ENDPOINTS, prepared_files
+from .kit.layout import ENDPOINTS, endpoint_dir, prepared_files
 from .kit.records import write_csv, write_metrics
 from .kit.resume_key import resume_state
 
 
 def start_checkpoint_path(endpoints: Path, seed: int, epoch: int) -> Path:
     """The checkpoint of endpoint ``seed`` at ``epoch``: epoch_<e>.pt, or model.pt if it is that epoch."""
-    folder = endpoints / f"seed_{seed}"
-    path = folder / f"epoch_{epoch}.pt"
+    path, final = endpoint_dir(endpoints, seed) / f"epoch_{epoch}.pt", endpoint_dir(endpoints, seed) / "model.pt"
     if path.is_file():
         return path
-    final = folder / "model.pt"
     if final.is_file() and endpoint_checkpoint(final).get("epoch") == epoch:
         return final
     raise CheckpointError(
@@ -62,10 +46,8 @@ def start_checkpoint_path(endpoints: Path, seed: int, epoch: int) -> Path:
 
 
 def settings_warnings(cfg, iters_per_epoch: int) -> list[str]:
-    """Settings the fge section accepts that do nothing useful here, one line each (logged, and stored in the run
-    information under ``warnings``): a run of fewer than two snapshots is no ensemble."""
-    cycle = cycle_iterations(cfg.cycle, iters_per_epoch)
-    count = snapshot_count(cycle, cfg.epochs * iters_per_epoch)
+    """Settings that do nothing useful, one line each (logged, and in the run information under ``warnings``)."""
+    count = fge.snapshot_count(fge.cycle_iterations(cfg.cycle, iters_per_epoch), cfg.epochs * iters_per_epoch)
     if count >= 2:
         return []
     return [
@@ -73,13 +55,6 @@ def settings_warnings(cfg, iters_per_epoch: int) -> list[str]:
         f"{count} snapshot per run: its FGE ensemble is one network, the same as its SWA average, and there is no "
         "distance between snapshots; use a cycle of at most 2/3 of fge.epochs (e.g. 0.5) or more fge.epochs"
     ]
-
-
-def save_runs(out: Path, runs: list[dict], labels: torch.Tensor, val_labels: torch.Tensor | None = None) -> None:
-    """The runs with their snapshots' test (and validation) log-probabilities, as ``compare`` reads them."""
-    blob = {"format": "modeconn.snapshots/1", "runs": runs, "labels": labels, "val_labels": val_labels}
-    with atomic_dir(out) as tmp:
-        atomic_torch_save(blob, tmp / "snapshots.pt")
 
 
 def main(
@@ -97,47 +72,19 @@ def main(
         seed_everything(cfg.seed)
         paths, seeds = [Path(f) for f in cfg.start_files], tuple(range(len(cfg.start_files)))
         ckpts = user_checkpoints(paths, params, prepared, "fge.start_files", new_head=True)
+        start = f"{', '.join(cfg.start_files)} (fge.start_files; {cfg.start_epoch} pretraining epochs counted)"
     else:
         paths, seeds = [start_checkpoint_path(endpoints, s, cfg.start_epoch) for s in cfg.start_seeds], cfg.start_seeds
         ckpts = [endpoint_checkpoint(p) for p in paths]  # fail early, before any training
+        start = f"epoch {cfg.start_epoch} of seeds {list(cfg.start_seeds)}"
     data = prepared_data(prepared, runtime)
     check_batch_size("fge.batch_size", cfg.batch_size, len(data.train), prepared)
-    test_b = test_loader(data, runtime)
-    labels = data.test.y.cpu()
     val_b, val_labels = val_split(data, runtime)
-
-    def plan(seed: int, ckpt: dict) -> RunPlan:
-        def make():
-            run_seed = derived_seed(cfg.seed, seed)
-            seed_everything(run_seed)
-            model = runtime.prepare(build_from_checkpoint(ckpt))
-            train_b = train_loader(data, cfg.batch_size, run_seed, runtime)
-            lr_at, is_snap = fge_schedule(cycle_iterations(cfg.cycle, len(train_b)), cfg.lr_1, cfg.lr_2)
-            opt = make_sgd(model.parameters(), cfg.lr_1, cfg.momentum, cfg.wd)
-            if "optimizer" in ckpt:  # continue the endpoint's optimizer (momentum), as the paper's code does
-                opt.load_state_dict(ckpt["optimizer"])
-                for group in opt.param_groups:
-                    group.update(lr=cfg.lr_1, momentum=cfg.momentum, weight_decay=cfg.wd)
-            return model, opt, train_b, lr_at, is_snap
-
-        iters = len(data.train) // cfg.batch_size
-        return RunPlan(
-            seed,
-            cfg.start_epoch,
-            make,
-            {"cycle_iterations": cycle_iterations(cfg.cycle, iters), "momentum_from_checkpoint": "optimizer" in ckpt},
-        )
-
-    plans = [plan(seed, ckpt) for seed, ckpt in zip(seeds, ckpts)]
     specs = {"specs": [c["spec"] for c in ckpts]}  # of params' model where a start file is a plain state dict
     resume = resume_state("fge", runtime, cfg, specs, inputs=(*prepared_files(prepared), *paths))
-    if cfg.start_files:
-        start = f"{', '.join(cfg.start_files)} (fge.start_files; {cfg.start_epoch} pretraining epochs counted)"
-    else:
-        start = f"epoch {cfg.start_epoch} of seeds {list(cfg.start_seeds)}"
     log.info(
         "FGE: %d run(s) of %d epochs from %s, cycle %s epochs, lr %g → %g",
-        len(plans),
+        len(ckpts),
         cfg.epochs,
         start,
         cfg.cycle,
@@ -148,26 +95,37 @@ def main(
     for line in warnings:
         log.warning("%s", line)
     t0 = time.perf_counter()
-    swa_bn = eval_batches(data, channels_last=runtime.channels_last).bn
-    with progress("fge", len(plans) * cfg.epochs) as advance:
-        runs, rows = train_runs(
-            plans,
-            cfg.epochs,
-            test_b,
-            labels,
-            runtime,
-            resume,
-            on_epoch=lambda g, s: advance(f"epoch {g} loss {s.loss:.3f}"),
-            what="FGE",
-            val_batches=val_b,
-            val_labels=val_labels,
-            swa_batches=swa_bn,  # SWA of each run's snapshots, BN recalibrated on the un-augmented training set
-            evaluate_start=True,  # each run's start network, before any FGE step
-        )
+    plans = fge.plans(
+        ckpts,
+        seeds,
+        lambda run_seed: train_loader(data, cfg.batch_size, run_seed, runtime),
+        seed=cfg.seed,
+        start_epoch=cfg.start_epoch,
+        cycle=cfg.cycle,
+        lr_1=cfg.lr_1,
+        lr_2=cfg.lr_2,
+        momentum=cfg.momentum,
+        wd=cfg.wd,
+        runtime=runtime,
+    )
+    runs, rows = train_runs(
+        plans,
+        cfg.epochs,
+        test_loader(data, runtime),
+        data.test.y.cpu(),
+        runtime,
+        resume,
+        functools.partial(progress, "fge"),
+        what="FGE",
+        val_batches=val_b,
+        val_labels=val_labels,
+        swa_batches=eval_batches(data, channels_last=runtime.channels_last).bn,  # BN of SWA: un-augmented train set
+        evaluate_start=True,  # each run's start network, before any FGE step
+    )
     if not runtime.is_main:  # rank 0 evaluated the snapshots and writes; the others only trained
         return
-    save_runs(out, runs, labels, val_labels)
-    summary = {**runs_summary(rows), **start_summary(runs), **swa_summary(runs, labels, val_labels)}
+    save_snapshots(out / "snapshots.pt", runs, data.test.y.cpu(), val_labels)
+    summary = fge.summary(runs, rows, data.test.y.cpu(), val_labels)
     info = {
         "runs": summary.pop("runs"),
         "snapshots_per_run": summary.pop("snapshots_per_run"),
@@ -189,9 +147,8 @@ def main(
     resume.clear()
     console.print(
         f"[bold]FGE[/]: {info['runs']} run(s), {info['snapshots_per_run']} snapshots, start network's accuracy "
-        f"{summary.get('start_accuracy', float('nan')):.4f} → ensemble "
-        f"accuracy {summary['ensemble_accuracy']:.4f} (single snapshots "
-        f"{summary['snapshot_accuracy']:.4f}), mean distance between snapshots "
+        f"{summary.get('start_accuracy', float('nan')):.4f} → ensemble accuracy {summary['ensemble_accuracy']:.4f} "
+        f"(single snapshots {summary['snapshot_accuracy']:.4f}), mean distance between snapshots "
         f"{summary['mean_distance'] or float('nan'):.2f}; SWA of each run's snapshots: accuracy "
         f"{summary.get('swa_accuracy', float('nan')):.4f} → {out}"
     )

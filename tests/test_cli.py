@@ -340,7 +340,7 @@ def test_the_library_says_an_epoch_had_no_batch():
     the batch size, never a ZeroDivisionError later (the LR schedule, the per-epoch means, the FGE summary)."""
     from modeconn.data import DATASETS, Loader, Split
     from modeconn.errors import ModeconnError
-    from modeconn.fge import runs_summary
+    from modeconn.snapshots import runs_summary
     from modeconn.train import cross_entropy_step, make_sgd, train_epoch
 
     train = Split(torch.zeros(20, 1, 28, 28, dtype=torch.uint8), torch.arange(20) % 2)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-import modeconn.fge
+import modeconn.loop
 from stages import fge, prepare, train_endpoint
 
 from .stage_utils import build_workspace, invoke, tiny_params, write_params
@@ -22,7 +22,7 @@ def test_fge_starts_with_the_checkpoints_momentum_and_the_fge_settings(tmp_path,
     # FGE settings unlike train's (lr 0.05, momentum 0.9, wd 5e-4), so that a setting left as loaded shows.
     write_params(tmp_path, tiny_params(fge__lr_1=0.03, fge__momentum=0.8, fge__wd=0.001))
     starts = []  # (momentum buffers, param groups) of each run's optimizer as FGE's first epoch gets it
-    train_epoch = modeconn.fge.train_epoch
+    train_epoch = modeconn.loop.train_epoch
 
     def spy(step, optimizer, *args, **kwargs):
         if not any(o is optimizer for o, _, _ in starts):
@@ -32,7 +32,7 @@ def test_fge_starts_with_the_checkpoints_momentum_and_the_fge_settings(tmp_path,
             starts.append((optimizer, buffers, groups))
         return train_epoch(step, optimizer, *args, **kwargs)
 
-    monkeypatch.setattr(modeconn.fge, "train_epoch", spy)
+    monkeypatch.setattr(modeconn.loop, "train_epoch", spy)
     r = invoke(fge, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert len(starts) == 2  # fge.start_seeds [0, 1], 1 epoch each

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeconn.fge import Snapshot, runs_summary, snapshot_rows
 from modeconn.path_ensembles import random_direction
 from modeconn.points import PointResult
 from modeconn.runtime import derived_seed
+from modeconn.snapshots import Snapshot, runs_summary, snapshot_rows
 
 
 def test_random_direction_is_a_seeded_unit_vector_of_no_preferred_axis():

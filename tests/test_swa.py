@@ -110,8 +110,9 @@ def test_errors():
 def _fge_plans(data, saved: list):
     """Two FGE-like runs of a small BN network on ``data``; ``saved`` receives each snapshot's state dict."""
     from modeconn.data import Loader
-    from modeconn.fge import RunPlan, fge_schedule
+    from modeconn.fge import fge_schedule
     from modeconn.models import create_model
+    from modeconn.snapshots import RunPlan
     from modeconn.train import make_sgd
 
     def plan(seed: int) -> RunPlan:
@@ -137,8 +138,8 @@ def test_train_runs_swa_is_the_recalibrated_average_of_the_run_snapshots(tiny_da
     """Against an independent reconstruction: the mean of the snapshots' parameters loaded into a fresh
     network, BN by swa_utils.update_bn on the un-augmented training set, then its test predictions."""
     from modeconn.data import Loader, eval_batches
-    from modeconn.fge import train_runs
     from modeconn.models import create_model
+    from modeconn.snapshots import train_runs
     from modeconn.train import predict
 
     test_b = Loader(tiny_data.test, tiny_data.info, 32, train=False)
@@ -168,8 +169,8 @@ def test_train_runs_swa_is_the_recalibrated_average_of_the_run_snapshots(tiny_da
 def test_swa_survives_a_preemption_mid_run(tiny_data, tmp_path):
     """Stopped after epoch 1 of run 0 (its average half built) and resumed: the same SWA, bit for bit."""
     from modeconn.data import Loader, eval_batches
-    from modeconn.fge import train_runs
     from modeconn.resume import Preempted, ResumeState
+    from modeconn.snapshots import train_runs
 
     test_b = Loader(tiny_data.test, tiny_data.info, 32, train=False)
     bn = eval_batches(tiny_data).bn
