@@ -1,10 +1,7 @@
 """Stages of the width experiment (paper, Sec. 4, Fig. 3): experiments/width/dvc.yaml, over modeconn.width.
 
-The experiment multiplies by K the model arguments that ``width.scale`` names, trains two endpoints and a
-curve per K with the ordinary stages (train_endpoint, fit_curve, eval_curve), and plots against K the
-curve's train-loss barrier and its length / segment length. The default, as in the paper's Fig. 3, scales
-the fully connected layers of the 3-conv + 3-FC network only (``scale: [fc_width]``); ``[width, fc_width]``
-scales the convolutions too. Three commands:
+K multiplies the model arguments that ``width.scale`` names (the paper's Fig. 3: ``[fc_width]``, the fully
+connected layers only); the ordinary stages train two endpoints and a curve per K. Three commands:
 
 - ``subset``: a seeded subset of the prepared training and test splits (``subset`` section), so that four
   widths fit a CPU budget (:func:`modeconn.data.subset_prepared`);
