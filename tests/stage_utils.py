@@ -16,9 +16,6 @@ from .tiny import ROOT, tiny_params
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
-# Only until the last test module reads tiny_params() instead.
-TINY = tiny_params()
-
 
 def write_params(folder: Path, params: dict) -> Path:
     path = folder / "params.yaml"

@@ -12,7 +12,7 @@ from modeconn.errors import ConfigError
 from stages.kit import config
 from stages.kit.config import CompareConfig, CurveConfig, EvalConfig, FgeConfig, SseConfig, TrainConfig, section
 
-from .stage_utils import ROOT, TINY, tiny_params
+from .stage_utils import ROOT, tiny_params
 
 SECTIONS = {"train": TrainConfig, "curve": CurveConfig, "fge": FgeConfig, "sse": SseConfig}
 
@@ -99,7 +99,7 @@ def test_every_error_names_the_file_it_read(tmp_path):
     path.write_text(yaml.safe_dump(tiny_params(train__learning_rate=0.1), sort_keys=False))
     with pytest.raises(ConfigError, match=rf"unknown key train.learning_rate in {re.escape(str(path))};"):
         config.read_sections(path, "train")
-    path.write_text(yaml.safe_dump({k: v for k, v in TINY.items() if k != "sse"}, sort_keys=False))
+    path.write_text(yaml.safe_dump({k: v for k, v in tiny_params().items() if k != "sse"}, sort_keys=False))
     with pytest.raises(ConfigError, match=rf"{re.escape(str(path))} has no 'sse' section"):
         config.read_sections(path, "sse")
 

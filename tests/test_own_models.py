@@ -23,7 +23,7 @@ from stages import prepare as prepare_stage
 from stages.kit.config import DataConfig, FgeConfig, ModelConfig, section
 from stages.kit.records import seq
 
-from .stage_utils import TINY, invoke
+from .stage_utils import invoke, tiny_params
 
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "eel": (30, 30, 200)}
 
@@ -236,9 +236,9 @@ def test_prepare_stage_reads_an_image_folder(tmp_path, monkeypatch):
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
-    """TINY params and prepared data, and three checkpoints of the user's own of the TINY model."""
+    """The tiny params and prepared data, and three checkpoints of the user's own of the tiny model."""
     monkeypatch.chdir(tmp_path)
-    params = yaml.safe_load(yaml.safe_dump(TINY))
+    params = tiny_params()
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert invoke(prepare_stage, "--out", "data/prepared").exit_code == 0
     m = params["model"]

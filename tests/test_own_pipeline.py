@@ -6,7 +6,6 @@ network: each run's network measured before any FGE step (modeconn.snapshots.sta
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -28,7 +27,7 @@ from modeconn.models import from_spec, model_spec
 from modeconn.snapshots import RunPlan, start_scores, start_summary, train_runs
 from modeconn.train import make_sgd, predict
 
-from .stage_utils import DVC, ROOT, TINY, init_repo, tool_env
+from .stage_utils import DVC, ROOT, init_repo, tiny_params, tool_env
 from .test_pipeline import ran, run
 
 OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge", "headline"}
@@ -150,21 +149,20 @@ def _drop_stale(own: Path) -> None:
 
 
 def _own_params() -> dict:
-    p = copy.deepcopy(TINY)
-    p["data"] = {
-        "name": "imagefolder",
-        "raw_dir": "data/raw",
-        "val_size": 6,
-        "augment": "none",
-        "seed": 0,
-        "download": False,
-        "imagefolder": {"root": "data/raw/mine", "size": SIZE},
-    }
-    p["model"] = {"name": "convfc", "args": ARGS}
-    p["curve"].update(epochs=1, batch_size=6, endpoint_files=["checkpoints/a.pt", "checkpoints/b.pt"])
-    p["fge"].update(start_files=["checkpoints/a.pt"], start_epoch=1, epochs=2, cycle=0.5, batch_size=6)
-    p["eval"].update(train_samples=0)
-    return p
+    data = {"name": "imagefolder", "raw_dir": "data/raw", "val_size": 6, "augment": "none", "seed": 0}
+    return tiny_params(
+        data={**data, "download": False, "imagefolder": {"root": "data/raw/mine", "size": SIZE}},
+        model={"name": "convfc", "args": ARGS},
+        curve__epochs=1,
+        curve__batch_size=6,
+        curve__endpoint_files=["checkpoints/a.pt", "checkpoints/b.pt"],
+        fge__start_files=["checkpoints/a.pt"],
+        fge__start_epoch=1,
+        fge__epochs=2,
+        fge__cycle=0.5,
+        fge__batch_size=6,
+        eval__train_samples=0,
+    )
 
 
 @pytest.mark.slow

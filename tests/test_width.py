@@ -22,7 +22,7 @@ from modeconn.width import COUNTS, Widths, layer_parameters, summarize, width_po
 from stages import eval_curve, fit_curve, headline, prepare, train_endpoint, validate, width
 from stages.kit.config import read_sections
 
-from .stage_utils import ROOT, TINY, invoke
+from .stage_utils import ROOT, invoke, tiny_params
 
 MODULES = {m.__name__: m for m in (validate, prepare, width, train_endpoint, fit_curve, eval_curve, headline)}
 TRAINING = ("stages.train_endpoint", "stages.fit_curve", "stages.eval_curve")
@@ -88,8 +88,7 @@ WIDTH = {"ks": [1, 2], "model": "convfc", "args": {"width": 2, "fc_width": 8, "b
 
 
 def width_params(**width_overrides) -> dict:
-    params = {k: copy.deepcopy(TINY[k]) for k in ("data", "train", "curve", "eval")}
-    params["train"]["save_epochs"] = []
+    params = {k: v for k, v in tiny_params(train__save_epochs=[]).items() if k in ("data", "train", "curve", "eval")}
     params["width"] = {**copy.deepcopy(WIDTH), "scale": ["fc_width"], **width_overrides}
     params["subset"] = {"train_size": 160, "test_size": 64, "seed": 0}
     return params
