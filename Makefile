@@ -50,8 +50,8 @@ format: $(STAMP)  ## ruff: fix what can be fixed and format the code
 	$(BIN)/ruff format .
 
 bench: $(STAMP) data  ## throughput figures of the default model and data (1 and 2 processes too)
-	$(BIN)/python -m stages.bench
-	$(BIN)/python -m stages.bench_ddp --processes 2
+	$(BIN)/python -m tools.bench
+	$(BIN)/python -m tools.bench_ddp --processes 2
 
 clean-venv:  ## remove the virtual environment
 	rm -rf $(VENV)

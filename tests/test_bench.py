@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark (stages.bench): tiny runs through the real CLI, and its small helpers.
+"""Smoke tests of the benchmark (tools.bench): tiny runs through the real CLI, and its small helpers.
 
 No speed is asserted: only that every figure is there, finite and positive, and that the report
 says what ran (runtime, DataLoader setting compared against, paired ratios).
@@ -16,11 +16,17 @@ from typer.testing import CliRunner
 
 from modeconn.errors import ConfigError
 from modeconn.runtime import CPU, Runtime
-from stages import bench
+from tools.bench.choices import layout_figures, one_thread
+from tools.bench.cli import app
+from tools.bench.dataloader import LoaderSetting, best_setting, loader_settings
+from tools.bench.figures import paired_ratios, rotated
+from tools.bench.probe import Probe, Sections
+from tools.bench.settings import WARMUP, Settings
+from tools.bench.timing import Trainer, interleaved_steps
 
 from .stage_utils import tiny_params
 
-PEER_FIGURES = {  # modeconn against the official code's loops (stages/peers.py); --no-peers leaves them out
+PEER_FIGURES = {  # modeconn against the official code's loops (tools/official_loops.py); --no-peers leaves them out
     "peer_modeconn_train",
     "peer_modeconn_curve",
     "peer_train",
@@ -98,7 +104,7 @@ def _invoke(tmp_path, *options: str, channels: int = 1) -> tuple[str, dict]:
     out = tmp_path / "bench.json"
     args = ["--params", str(params), "--dataset", "synthetic", "--device", "cpu", "--batches", "2"]
     args += ["--bn-images", "100", *options, "--json", str(out)]
-    result = CliRunner().invoke(bench.app, args)
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, f"bench failed:\n{result.output}\n{result.exception!r}"
     return result.output, json.loads(out.read_text())
 
@@ -242,21 +248,21 @@ def test_bench_without_the_official_style_reference(tmp_path):
 
 
 def test_loader_settings_and_best():
-    assert [s.key for s in bench.loader_settings(2, cuda=False)] == ["w0", "w2"]
-    assert [s.key for s in bench.loader_settings(4, cuda=True)] == ["w0", "w0_pin", "w2", "w2_pin", "w4", "w4_pin"]
-    w0, w2 = bench.LoaderSetting(0), bench.LoaderSetting(2)
-    assert bench.best_setting({w0: [3.0, 1.0, 2.0], w2: [1.5, 1.5, 9.0]}) == w0  # by the median, not the maximum
-    assert bench.paired_ratios([2.0, 9.0], [1.0, 3.0]) == [2.0, 3.0]
+    assert [s.key for s in loader_settings(2, cuda=False)] == ["w0", "w2"]
+    assert [s.key for s in loader_settings(4, cuda=True)] == ["w0", "w0_pin", "w2", "w2_pin", "w4", "w4_pin"]
+    w0, w2 = LoaderSetting(0), LoaderSetting(2)
+    assert best_setting({w0: [3.0, 1.0, 2.0], w2: [1.5, 1.5, 9.0]}) == w0  # by the median, not the maximum
+    assert paired_ratios([2.0, 9.0], [1.0, 3.0]) == [2.0, 3.0]
     with pytest.raises(ValueError):
-        bench.paired_ratios([1.0], [1.0, 2.0])
-    assert bench.rotated([1, 2, 3], 4) == [2, 3, 1]
+        paired_ratios([1.0], [1.0, 2.0])
+    assert rotated([1, 2, 3], 4) == [2, 3, 1]
     with pytest.raises(ConfigError):
-        bench.Settings(paper_batches=0)
+        Settings(paper_batches=0)
 
 
 def test_probe_catches_a_pass_outside_the_runtime():
     runtime = Runtime.resolve("cpu", "bf16", True)
-    probe = bench.Probe(runtime)
+    probe = Probe(runtime)
     model = probe.watch(runtime.prepare(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3))))
     probe.expected_sections += ["inside", "outside", "weights", "never"]
     x = torch.zeros(2, 3, 4, 4)
@@ -278,18 +284,18 @@ def test_probe_catches_a_pass_outside_the_runtime():
 
 
 def test_cuda_peaks_are_reported_per_section():
-    sections = bench.Sections(Runtime(), bench.Probe(Runtime()), lambda message: None)
+    sections = Sections(Runtime(), Probe(Runtime()), lambda message: None)
     sections.peaks = {"train_loader": [10.0, 12.0], "paper_point": [30.0, 20.0]}
     sections.before = {"train_loader": 5.0, "paper_point": 8.0}
     figures = sections.memory_figures({"train_loader": "training, in-memory Loader"})
     assert figures["cuda_peak_train_loader"].runs == [10.0, 12.0]
     assert "training, in-memory Loader (5 MiB allocated before)" in figures["cuda_peak_train_loader"].label
     assert figures["cuda_peak"].runs == [30.0, 20.0]  # per round, the largest of the sections
-    assert bench.Sections(Runtime(), bench.Probe(Runtime()), print).memory_figures({}) == {}
+    assert Sections(Runtime(), Probe(Runtime()), print).memory_figures({}) == {}
 
 
 def test_data_parallel_bench_reports_one_and_two_processes(tmp_path):
-    from stages import bench_ddp
+    from tools import bench_ddp
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params(train__batch_size=16)))
@@ -317,17 +323,17 @@ def test_layout_figures_compare_the_two_layouts_whichever_the_runtime_uses(chann
         "train_other_layout": other["train"],
         "bn_other_layout": other["bn"],
     }
-    figures = bench.layout_figures(runs, channels_last, 2)
+    figures = layout_figures(runs, channels_last, 2)
     assert figures["layout_train"].runs == [2.0, 3.0] and figures["layout_train"].value == 2.5
     assert figures["layout_bn"].runs == [4.0, 1.5] and figures["layout_bn"].paired
 
 
 def test_one_thread_runs_on_one_thread_and_restores_the_count():
     threads = torch.get_num_threads()
-    assert bench.one_thread(lambda: float(torch.get_num_threads())) == 1.0
+    assert one_thread(lambda: float(torch.get_num_threads())) == 1.0
     assert torch.get_num_threads() == threads
     with pytest.raises(ZeroDivisionError):
-        bench.one_thread(lambda: 1 / 0)
+        one_thread(lambda: 1 / 0)
     assert torch.get_num_threads() == threads
 
 
@@ -343,11 +349,11 @@ def test_interleaved_steps_alternate_the_trainers_step_by_step():
             return torch.nn.functional.cross_entropy(logits, y), logits
 
         batches = [(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))] * 2
-        return bench.Trainer(loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), batches, CPU, model, name)
+        return Trainer(loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), batches, CPU, model, name)
 
     a, b = trainer("a"), trainer("b")
     before = a.module.weight.detach().clone()
-    medians = bench.interleaved_steps([a, b], 5, CPU)
+    medians = interleaved_steps([a, b], 5, CPU)
     assert len(medians) == 2 and all(m > 0 for m in medians)
-    assert calls == ["a", "b"] * (bench.WARMUP + 5), "the steps are not interleaved one by one"
+    assert calls == ["a", "b"] * (WARMUP + 5), "the steps are not interleaved one by one"
     assert not torch.equal(a.module.weight, before), "the optimiser did not step"

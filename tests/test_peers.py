@@ -1,4 +1,4 @@
-"""The official-style reference of the bench (stages.peers) against modeconn, and modeconn against it.
+"""The official-style reference of the bench (tools.official_loops) against modeconn, and modeconn against it.
 
 The two are written independently: the official code's per-layer curve network (``num_bends`` parameters per
 parameter, weights formed per layer every forward, coefficients as tensor operations) and modeconn's flat
@@ -19,7 +19,7 @@ from modeconn.bn import recalibrate
 from modeconn.curves import Curve
 from modeconn.errors import ConfigError
 from modeconn.models import create_model
-from stages import peers
+from tools import official_loops
 
 
 def _pair(seed: int, batch_norm: bool, kind: str = "bezier", num_bends: int = 3):
@@ -29,7 +29,7 @@ def _pair(seed: int, batch_norm: bool, kind: str = "bezier", num_bends: int = 3)
 
     start, end = net(seed + 1).state_dict(), net(seed + 2).state_dict()
     ours = Curve(net(seed), start, end, kind, num_bends)
-    theirs = peers.CurveNet(net(seed), start, end, kind, num_bends)
+    theirs = official_loops.CurveNet(net(seed), start, end, kind, num_bends)
     # Move the bends off the segment, the same way in both.
     with torch.no_grad():
         noise = torch.randn(ours.bends.shape, generator=torch.Generator().manual_seed(seed)) * 0.05
@@ -50,7 +50,7 @@ def test_official_curvenet_starts_at_the_endpoints_with_its_bends_on_the_segment
     torch.manual_seed(0)
     nets = [create_model("convfc", 4, in_channels=1, input_size=16, width=4, fc_width=16) for _ in range(3)]
     start, end = nets[1].state_dict(), nets[2].state_dict()
-    ours, theirs = Curve(nets[0], start, end, "bezier", 4), peers.CurveNet(nets[0], start, end, "bezier", 4)
+    ours, theirs = Curve(nets[0], start, end, "bezier", 4), official_loops.CurveNet(nets[0], start, end, "bezier", 4)
     x = torch.randn(4, 1, 16, 16)
     for t in (0.0, 0.4, 1.0):
         torch.testing.assert_close(ours(x, t), theirs(x, torch.tensor([t])), rtol=1e-4, atol=1e-5)
@@ -76,7 +76,7 @@ def test_official_curvenet_and_modeconn_curve_agree_at_every_t(kind, num_bends):
         ours.bends.grad = None
         (F.cross_entropy(logits, y) + 0.5 * wd * sq_norm).backward()
         theirs.zero_grad()
-        (F.cross_entropy(reference, y) + peers.curve_regularizer(wd)(theirs)).backward()
+        (F.cross_entropy(reference, y) + official_loops.curve_regularizer(wd)(theirs)).backward()
         mine = {k: v[1:-1] for k, v in _stacked(ours, ours.bends.grad).items()}
         prefixes = {id(layer): name for name, layer in theirs.net.named_modules()}
         for layer in theirs.curve_layers:
@@ -104,14 +104,16 @@ def test_official_update_bn_matches_recalibrate():
     t = 0.4
     weights = {k: v.detach() for k, v in ours.weights(t).items()}
     recalibrate(ours.template, batches, forward=lambda b: torch.func.functional_call(ours.template, weights, (b,)))
-    seen = peers.update_bn(batches, theirs, torch.device("cpu"), t=torch.tensor([t]))
+    seen = official_loops.update_bn(batches, theirs, torch.device("cpu"), t=torch.tensor([t]))
     assert seen == 96
     ours_bn = {k: v for k, v in ours.template.state_dict().items() if "running" in k}
     theirs_bn = {k.replace(".kind", ""): v for k, v in theirs.net.state_dict().items() if "running" in k}
     assert set(ours_bn) == set(theirs_bn)
     for key, value in ours_bn.items():
         torch.testing.assert_close(value, theirs_bn[key], rtol=1e-4, atol=1e-5, msg=key)
-    result = peers.test(batches, theirs, torch.device("cpu"), peers.curve_regularizer(0.0), t=torch.tensor([t]))
+    result = official_loops.evaluate(
+        batches, theirs, torch.device("cpu"), official_loops.curve_regularizer(0.0), t=torch.tensor([t])
+    )
     ours.template.eval()  # the recalibrated statistics, as the official test's eval mode
     logits = ours(x, t)
     assert result["images"] == 96
@@ -124,12 +126,14 @@ def test_official_trainer_trains_and_reports_images_per_second():
     x = torch.randn(64, 1, 16, 16)
     y = (x.mean(dim=(1, 2, 3)) > 0).long()
     loader = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
-    trainer = peers.OfficialTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, torch.device("cpu"))
+    trainer = official_loops.OfficialTrainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), loader, torch.device("cpu")
+    )
     before = F.cross_entropy(model(x), y).item()
     assert trainer.run(20) > 0
     assert F.cross_entropy(model(x), y).item() < before
     # A finite list of batches is cycled, never exhausted: 100 batches from 4, in order.
-    stream = list(itertools.islice(peers.batches_forever(loader), 100))
+    stream = list(itertools.islice(official_loops.batches_forever(loader), 100))
     assert len(stream) == 100 and all(b[0] is loader[i % 4][0] for i, b in enumerate(stream))
 
 
@@ -137,4 +141,4 @@ def test_official_curvenet_refuses_a_layer_it_has_no_curve_version_of():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.PReLU(), torch.nn.Flatten())
     state = model.state_dict()
     with pytest.raises(ConfigError, match="PReLU"):
-        peers.CurveNet(model, state, state, "bezier", 3)
+        official_loops.CurveNet(model, state, state, "bezier", 3)

@@ -21,12 +21,12 @@ from stages import (
     path_ensembles,
     plane,
     prepare,
-    preset,
     sse,
     train_endpoint,
 )
 from stages.kit.config import SECTIONS, read_sections
 from stages.kit.launch import PREEMPTED_EXIT
+from tools import preset
 
 from .stage_utils import ROOT, invoke
 

@@ -1,4 +1,4 @@
-"""Data-parallel training throughput with 1 and N processes: ``python -m stages.bench_ddp`` (``make bench``).
+"""Data-parallel training throughput with 1 and N processes: ``python -m tools.bench_ddp`` (``make bench``).
 
 The driver runs the same measurement twice — as one process, then under ``torchrun --standalone
 --nproc-per-node N`` — and prints the training images/s of each and their ratio. Each measurement trains
@@ -30,10 +30,9 @@ from modeconn.errors import ModeconnError
 from modeconn.io import atomic_write_json
 from modeconn.runtime import Runtime, seed_everything
 from modeconn.train import cross_entropy_step, make_sgd, train_epoch
-
-from .bench import build, load_data
-from .kit.cli import ChannelsLastOpt, DeviceOpt, PrecisionOpt
-from .kit.config import read_sections
+from stages.kit.cli import ChannelsLastOpt, DeviceOpt, PrecisionOpt
+from stages.kit.config import read_sections
+from tools.bench.workload import build, load_data
 
 MARK = "BENCH_DDP "  # the line a worker prints its figures on
 WARMUP = 3
@@ -125,7 +124,7 @@ def main(
             raise ModeconnError(f"--processes {processes}: compare 1 process with at least 2")
         args = [
             "-m",
-            "stages.bench_ddp",
+            "tools.bench_ddp",
             "--worker",
             "--params",
             str(params),

@@ -1,4 +1,5 @@
-"""The paper's official code, the way it trains and evaluates, re-written as the bench's reference.
+"""The paper's official code, the way it trains and evaluates, re-written as the benchmark's reference
+(:mod:`tools.bench.official`).
 
 ``make bench`` compares modeconn with the code of Garipov et al. (github.com/timgaripov/dnn-mode-connectivity:
 ``utils.train``, ``utils.test``, ``utils.update_bn``, ``curves.CurveNet`` and its curve layers,
@@ -21,8 +22,8 @@ anew for any network built from ``Conv2d``, ``Linear`` and BatchNorm layers (eve
   per batch. Its loaders have batch 128.
 
 torchensemble's FGE epoch is the same loop as ``utils.train`` (a per-sample loader, per-batch ``to(device)``,
-``zero_grad``/forward/cross-entropy/backward/``step``, ``.item()`` for its log); the earlier hand measurement
-(issue 10) found the two equal, so one reference stands for both.
+``zero_grad``/forward/cross-entropy/backward/``step``, ``.item()`` for its log); measured by hand, the two
+are equal, so one reference stands for both.
 """
 
 from __future__ import annotations
@@ -261,7 +262,7 @@ def update_bn(loader: Batches, model: CurveNet, device: torch.device, **kwargs) 
     return seen
 
 
-def test(loader: Batches, model: CurveNet, device: torch.device, regularizer, **kwargs) -> dict[str, float]:
+def evaluate(loader: Batches, model: CurveNet, device: torch.device, regularizer, **kwargs) -> dict[str, float]:
     """``utils.test``: eval mode, autograd on as in the official code; NLL, loss and accuracy per batch."""
     model.eval()
     nll_sum = loss_sum = correct = images = 0.0
@@ -289,8 +290,8 @@ def point_speed(
     at = torch.tensor([t], device=device)
     model.weights(at)
     images = update_bn(bn, model, device, t=at)
-    on_train = test(train, model, device, regularizer, t=at)
-    on_test = test(test_batches, model, device, regularizer, t=at)
+    on_train = evaluate(train, model, device, regularizer, t=at)
+    on_test = evaluate(test_batches, model, device, regularizer, t=at)
     seconds = time.perf_counter() - start
     images += on_train["images"] + on_test["images"]
     return images / seconds, {"train": on_train, "test": on_test}

@@ -7,8 +7,8 @@ key stays, comments included — validates every section of the result, and only
 (written to a temporary file beside it, validated, moved into place). It prints what will run: per
 stage, the epochs and an estimated GPU time.
 
-    python -m stages.preset list
-    python -m stages.preset apply vgg16-cifar10 [--params params.yaml] [--dry-run]
+    python -m tools.preset list
+    python -m tools.preset apply vgg16-cifar10 [--params params.yaml] [--dry-run]
     dvc repro
 
 The GPU times are estimates, not measurements: seconds per training epoch on one A100-class GPU
@@ -33,10 +33,9 @@ from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from modeconn.errors import ConfigError
-
-from .kit.cli import user_errors
-from .kit.config import SECTIONS, read_sections
-from .kit.layout import PARAMS
+from stages.kit.cli import user_errors
+from stages.kit.config import SECTIONS, read_sections
+from stages.kit.layout import PARAMS
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 HEADER = "# Preset applied:"  # first line of a params file written by `apply`
@@ -264,7 +263,7 @@ def render(merged: CommentedMap, name: str) -> str:
     lines = buf.getvalue().split("\n")
     while lines and lines[0].startswith(HEADER):
         lines.pop(0)
-    head = f"{HEADER} {name} (python -m stages.preset); the values it sets say '# preset {name}'."
+    head = f"{HEADER} {name} (python -m tools.preset); the values it sets say '# preset {name}'."
     return head + "\n" + "\n".join(lines)
 
 
@@ -333,12 +332,12 @@ def list_presets() -> None:
             whole = all(k in params for k in ("train", "curve", "eval", "fge", "sse", "plane"))
             table.add_row(name, description(name), hours(total_seconds(estimate(params))) if whole else "—")
         out.print(table)
-        out.print("Apply one with: python -m stages.preset apply NAME  (then: dvc repro)")
+        out.print("Apply one with: python -m tools.preset apply NAME  (then: dvc repro)")
 
 
 @app.command("apply")
 def apply(
-    name: str = typer.Argument(..., help="Preset name (python -m stages.preset list)."),
+    name: str = typer.Argument(..., help="Preset name (python -m tools.preset list)."),
     params: Path = typer.Option(PARAMS, "--params", help="The params file to update."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the changes and the estimate; write nothing."),
 ) -> None:
