@@ -2,7 +2,7 @@
 
 A stage whose deps miss a module it imports is not rerun when that module changes: `dvc repro` would keep
 results of old code (and `dvc status` would call them up to date). The imports are read from the source
-(ast), transitively over the project's two packages, so a new import without a new dep fails here.
+(ast), transitively over the project's packages, so a new import without a new dep fails here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("modeconn", "stages")
+PACKAGES = ("modeconn", "stages", "tools")
 PIPELINES = ("dvc.yaml", "experiments/width/dvc.yaml", "own/dvc.template.yaml")  # own/: copied to own/dvc.yaml
 
 
@@ -90,3 +90,15 @@ def test_the_import_reader_follows_relative_and_package_imports():
     assert ROOT / "stages/kit/cli.py" in files  # from .kit.cli import ...
     assert ROOT / "modeconn/claims.py" in files  # from modeconn import claims
     assert ROOT / "modeconn/errors.py" in files  # from modeconn.errors import ...
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    """The library imports neither stages nor tools; a stage imports the library and the stage kit, never another
+    stage or a tool (tools may import all of them)."""
+    wrong = []
+    for path in sorted(ROOT.glob("modeconn/**/*.py")):
+        wrong += [(path, f) for f in imported(path) if f.relative_to(ROOT).parts[0] != "modeconn"]
+    for path in sorted(ROOT.glob("stages/**/*.py")):
+        allowed = lambda f: f.relative_to(ROOT).parts[0] == "modeconn" or (ROOT / "stages/kit") in f.parents
+        wrong += [(path, f) for f in imported(path) if not allowed(f) and f.name != "__init__.py"]
+    assert not wrong, [f"{a.relative_to(ROOT)} imports {b.relative_to(ROOT)}" for a, b in wrong]
