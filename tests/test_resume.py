@@ -25,7 +25,9 @@ from stages.kit.launch import PREEMPTED_EXIT
 from .stage_utils import ROOT, assert_same, copy_project, invoke, tiny_params, write_params
 
 TIMINGS = ("seconds", "images_per_s")  # the only columns allowed to differ between two runs
-PARAMS = tiny_params(train__epochs=3, curve__epochs=3, fge__epochs=2, fge__start_epoch=1, sse__epochs=3, sse__cycles=3)
+# Three epochs per training stage, so that a run can be stopped between epochs and resumed.
+LONGER = dict(train__epochs=3, curve__epochs=3, fge__epochs=2, fge__start_epoch=1, sse__epochs=3, sse__cycles=3)
+PARAMS = tiny_params(**LONGER)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,7 @@ def test_a_corrupt_state_is_ignored_and_state_of_other_params_is_removed(base, t
     monkeypatch.setenv("MODECONN_STOP_AFTER_EPOCHS", "1")
     assert invoke(fit_curve, "--device", "cpu").exit_code == PREEMPTED_EXIT
     (old,) = (ws / ".modeconn/resume/fit_curve").glob("*.pt")
-    write_params(ws, {**PARAMS, "curve": {**PARAMS["curve"], "lr": 0.03}})  # other settings: another run
+    write_params(ws, tiny_params(**LONGER, curve__lr=0.03))  # other settings: another run
     r = invoke(fit_curve, "--device", "cpu")
     assert r.exit_code == PREEMPTED_EXIT
     assert "saved under other settings (curve.lr changed); starting from scratch" in r.output, r.output
@@ -254,7 +256,7 @@ def test_a_state_started_from_other_weights_starts_over_and_says_why(base, tmp_p
     (ws / "own").mkdir()
     endpoint = {s: load_checkpoint(ws / f"data/endpoints/seed_{s}/model.pt")["state_dict"] for s in (0, 1)}
     torch.save(endpoint[1], ws / "own/start.pt")
-    write_params(ws, {**PARAMS, "model": {**PARAMS["model"], "weights": "own/start.pt"}})
+    write_params(ws, tiny_params(**LONGER, model__weights="own/start.pt"))
     monkeypatch.setenv(STOP_ENV, "1")
     assert invoke(train_endpoint, "--seed", 0, "--device", "cpu").exit_code == PREEMPTED_EXIT
     torch.save(endpoint[0], ws / "own/start.pt")  # the same name, other weights
