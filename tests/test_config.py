@@ -129,7 +129,7 @@ def test_type_and_range_errors_name_the_file_too(tmp_path, name, change, says):
 
 def test_an_unknown_section_is_named_with_the_known_ones(tmp_path):
     params = tiny_params()
-    params["fgee"] = params.pop("fge")  # a misspelt section used to be ignored
+    params["fgee"] = params.pop("fge")  # a misspelt section, which would otherwise be ignored
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.raises(ConfigError) as info:
