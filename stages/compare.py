@@ -18,6 +18,7 @@ from modeconn.budget import METHODS, Pool, budget_members, compare_budgets, mark
 from modeconn.errors import CheckpointError
 from modeconn.io import atomic_write_text, load_file
 from modeconn.plots import accuracy_vs_epochs, reliability_diagrams
+from modeconn.snapshots import load_snapshots
 
 from .kit.cli import ParamsOpt, console, stage_app
 from .kit.config import TrainConfig, read_sections
@@ -43,9 +44,7 @@ def gather(train: TrainConfig, endpoints: Path, fge_path: Path, sse_path: Path) 
         independent.append((blob["logprobs"], val_lp))
     runs = {}
     for stage, path in (("fge", fge_path), ("sse", sse_path)):
-        blob = load_file(path, f"{stage} snapshots", f"Run `dvc repro {stage}` to create them.")
-        if not isinstance(blob, dict) or blob.get("format") != "modeconn.snapshots/1":
-            raise CheckpointError(f"{path} is not a modeconn snapshots file. Run `dvc repro {stage}`.")
+        blob = load_snapshots(path, f"{stage} snapshots", f"Run `dvc repro {stage}` to create them.")
         if not torch.equal(blob["labels"], labels):
             raise CheckpointError(f"{path} holds predictions on another test set than the endpoints: rerun `dvc repro`")
         runs[stage] = blob["runs"]

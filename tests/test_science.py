@@ -20,7 +20,7 @@ from torch.func import functional_call
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.optim.swa_utils import update_bn
 
-from modeconn import ensemble
+from modeconn import curve_fit, ensemble
 from modeconn.budget import at_budget, budget_members, compare_budgets
 from modeconn.curves import Curve, curve_loss
 from modeconn.data import Prepared, eval_batches, make_synthetic
@@ -269,7 +269,7 @@ def run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     sgd_calls = []
-    real_sgd = fit_curve.make_sgd
+    real_sgd = curve_fit.make_sgd
 
     def recording_sgd(params, lr, momentum, wd):
         params = list(params)
@@ -277,7 +277,7 @@ def run(tmp_path_factory):
         sgd_calls.append({"params": params, "wd": wd, "optimizer": opt})
         return opt
 
-    mp.setattr(fit_curve, "make_sgd", recording_sgd)
+    mp.setattr(curve_fit, "make_sgd", recording_sgd)
     params = tiny_params(
         train__epochs=4,
         curve__epochs=6,
