@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,10 +16,11 @@ from stages import fge, prepare, train_endpoint
 from .stage_utils import build_workspace, invoke, tiny_params, write_params
 
 
-def test_fge_starts_with_the_checkpoints_momentum_and_the_fge_settings(tmp_path, monkeypatch):
+def test_fge_starts_with_the_checkpoints_momentum_and_the_fge_settings(tiny_workspace, tmp_path, monkeypatch):
     """The paper's code starts FGE from the checkpoint's momentum buffers; lr, momentum and wd are FGE's own."""
     monkeypatch.chdir(tmp_path)
-    build_workspace(tmp_path, [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1)])
+    for folder in ("data/prepared", "data/endpoints"):  # the tiny run's data and endpoints
+        shutil.copytree(tiny_workspace / folder, folder)
     # FGE settings unlike train's (lr 0.05, momentum 0.9, wd 5e-4), so that a setting left as loaded shows.
     write_params(tmp_path, tiny_params(fge__lr_1=0.03, fge__momentum=0.8, fge__wd=0.001))
     starts = []  # (momentum buffers, param groups) of each run's optimizer as FGE's first epoch gets it
