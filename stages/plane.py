@@ -1,10 +1,8 @@
 """Stage plane: train loss and test error over the plane of the endpoints and the bend (paper, Fig. 1).
 
-The plane through ŵ1, ŵ2 and the curve's middle bend, measured on a ``plane.grid_points`` × ``plane.grid_points``
-grid with margins of ``plane.margin`` (:func:`modeconn.plane.measure_plane`: BatchNorm recalibrated at each point;
-train loss with the 0.5·wd·‖w‖² of the curve's training). The curve (at eval_curve's t grid) and the segment are
-drawn over log-scaled contours; the aligned segment of eval_curve, when ``aligned.pt`` is there, as its
-orthogonal projection (it leaves the plane: the contours under it are not its loss; ``aligned_off_plane``).
+:func:`modeconn.plane.measure_plane` on a ``plane.grid_points``² grid with margins ``plane.margin``; the curve at
+eval_curve's t grid, the segment and (where eval_curve aligned) the aligned segment's projection drawn over
+log-scaled contours.
 """
 
 from __future__ import annotations
