@@ -19,30 +19,15 @@ import typer
 
 from modeconn import fge
 from modeconn.data import eval_batches
-from modeconn.errors import CheckpointError
 from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.snapshots import save_snapshots, train_runs
 
 from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
 from .kit.config import check_batch_size, read_sections
 from .kit.inputs import endpoint_checkpoint, prepared_data, test_loader, train_loader, user_checkpoints, val_split
-from .kit.layout import ENDPOINTS, endpoint_dir, prepared_files
+from .kit.layout import ENDPOINTS, endpoint_checkpoint_at, prepared_files
 from .kit.records import write_csv, write_metrics
 from .kit.resume_key import resume_state
-
-
-def start_checkpoint_path(endpoints: Path, seed: int, epoch: int) -> Path:
-    """The checkpoint of endpoint ``seed`` at ``epoch``: epoch_<e>.pt, or model.pt if it is that epoch."""
-    path, final = endpoint_dir(endpoints, seed) / f"epoch_{epoch}.pt", endpoint_dir(endpoints, seed) / "model.pt"
-    if path.is_file():
-        return path
-    if final.is_file() and endpoint_checkpoint(final).get("epoch") == epoch:
-        return final
-    raise CheckpointError(
-        f"no checkpoint of endpoint seed {seed} at epoch {epoch} ({path} does not exist): add {epoch} to "
-        f"train.save_epochs (or set fge.start_epoch to one of them) and make sure {seed} is in train.seeds, "
-        "then `dvc repro`"
-    )
 
 
 def settings_warnings(cfg, iters_per_epoch: int) -> list[str]:
@@ -74,7 +59,7 @@ def main(
         ckpts = user_checkpoints(paths, params, prepared, "fge.start_files", new_head=True)
         start = f"{', '.join(cfg.start_files)} (fge.start_files; {cfg.start_epoch} pretraining epochs counted)"
     else:
-        paths, seeds = [start_checkpoint_path(endpoints, s, cfg.start_epoch) for s in cfg.start_seeds], cfg.start_seeds
+        paths, seeds = [endpoint_checkpoint_at(endpoints, s, cfg.start_epoch) for s in cfg.start_seeds], cfg.start_seeds
         ckpts = [endpoint_checkpoint(p) for p in paths]  # fail early, before any training
         start = f"epoch {cfg.start_epoch} of seeds {list(cfg.start_seeds)}"
     data = prepared_data(prepared, runtime)

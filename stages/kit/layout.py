@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modeconn.errors import CheckpointError
+from modeconn.io import load_checkpoint
+
 from .records import run_info_path
 
 PARAMS = Path("params.yaml")
@@ -38,6 +41,21 @@ def endpoint_dir(endpoints: Path, seed: int) -> Path:
 def endpoint_model(endpoints: Path, seed: int) -> Path:
     """The final checkpoint of seed ``seed``'s endpoint."""
     return endpoint_dir(endpoints, seed) / "model.pt"
+
+
+def endpoint_checkpoint_at(endpoints: Path, seed: int, epoch: int) -> Path:
+    """The checkpoint of seed ``seed``'s endpoint at ``epoch`` (where FGE starts): epoch_<e>.pt, or model.pt if it
+    is of that epoch; else a CheckpointError saying which settings make it."""
+    path, final = endpoint_dir(endpoints, seed) / f"epoch_{epoch}.pt", endpoint_model(endpoints, seed)
+    if path.is_file():
+        return path
+    if final.is_file() and load_checkpoint(final, ENDPOINT_HINT).get("epoch") == epoch:
+        return final
+    raise CheckpointError(
+        f"no checkpoint of endpoint seed {seed} at epoch {epoch} ({path} does not exist): add {epoch} to "
+        f"train.save_epochs (or set fge.start_epoch to one of them) and make sure {seed} is in train.seeds, "
+        "then `dvc repro`"
+    )
 
 
 def endpoint_metrics(metrics: Path, seed: int) -> Path:
