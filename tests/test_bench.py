@@ -190,6 +190,7 @@ def test_bench_cli_reports_every_figure(tmp_path):
     _check_peers(report)
 
 
+@pytest.mark.slow  # VGG16 under bf16 autocast on the CPU: 20 to 30 s
 def test_bench_gpu_settings_on_cpu_with_the_paper_model(tmp_path):
     """The GPU code path (bf16 autocast, channels_last) forced on the CPU, with the VGG16 figures."""
     printed, report = _invoke(
@@ -294,6 +295,7 @@ def test_cuda_peaks_are_reported_per_section():
     assert Sections(Runtime(), Probe(Runtime()), print).memory_figures({}) == {}
 
 
+@pytest.mark.slow  # one process, then two under torchrun: about 20 s
 def test_data_parallel_bench_reports_one_and_two_processes(tmp_path):
     from tools import bench_ddp
 
