@@ -207,8 +207,7 @@ def test_unknown_and_missing_keys(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset(tmp_path, monkeypatch):
-    data = dict(tiny_params()["data"], name="imagenet22k")
-    out = _bad(tmp_path, monkeypatch, prepare, data=data)
+    out = _bad(tmp_path, monkeypatch, prepare, data__name="imagenet22k")
     assert "imagenet22k" in out and "fashion_mnist" in out
 
 
@@ -218,8 +217,7 @@ def test_missing_data(tmp_path, monkeypatch):
 
 
 def test_missing_raw_files(tmp_path, monkeypatch):
-    data = dict(tiny_params()["data"], name="cifar10", raw_dir=str(tmp_path / "raw"))
-    out = _bad(tmp_path, monkeypatch, prepare, data=data)
+    out = _bad(tmp_path, monkeypatch, prepare, data__name="cifar10", data__raw_dir=str(tmp_path / "raw"))
     assert "cifar" in out.lower() and not (tmp_path / "data/prepared").exists()
 
 

@@ -135,7 +135,7 @@ def test_kill_9_then_rerun_trains_only_the_missing_epochs(tmp_path):
     params = tiny_params(
         train__epochs=40,
         train__save_epochs=[20],
-        data__synthetic={**tiny_params()["data"]["synthetic"], "n_train": 1200},
+        data__synthetic__n_train=1200,
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MODECONN_PLAIN": "1"}
     cmd = [sys.executable, "-m", "stages.train_endpoint", "--seed", "0", "--device", "cpu"]

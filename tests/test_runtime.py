@@ -196,10 +196,8 @@ def test_stages_run_with_the_gpu_settings_forced(model, tmp_path, monkeypatch):
     # 3-channel (CIFAR-shaped) images: with 1 channel, a (N, 1, H, W) batch and a (O, 1, k, k) weight are
     # contiguous in both layouts, so .contiguous(channels_last) keeps their NCHW strides and the first conv
     # hands the second an NCHW input (modeconn.runtime.Runtime.prepare/batch; reported, not fixed here).
-    rgb = {**tiny_params()["data"]["synthetic"], "channels": 3}
-    write_params(
-        tmp_path, tiny_params(model=MODELS[model], plane__grid_points=2, eval__num_points=2, data__synthetic=rgb)
-    )
+    small = dict(plane__grid_points=2, eval__num_points=2)
+    write_params(tmp_path, tiny_params(model=MODELS[model], data__synthetic__channels=3, **small))
     assert invoke(prepare).exit_code == 0
     # eval.align's shape analysis (torch.fx ShapeProp on an example input) runs the network outside the
     # measured forwards; its conv calls are not what runs under the runtime.

@@ -82,7 +82,7 @@ def test_a_named_dataset_is_sized_from_the_prepared_folder_once_made(tmp_path):
 
 def test_the_width_experiments_file_and_its_subset(tmp_path):
     width = yaml.safe_load((ROOT / "experiments" / "width" / "params.yaml").read_text())
-    width["data"] = copy.deepcopy(tiny_params()["data"])
+    width["data"] = tiny_params()["data"]
     width["subset"]["train_size"] = 100
     code, output, _ = check(tmp_path, width, "--batch-sizes", "train,curve")
     assert code == 1 and "train.batch_size 128 is larger than the 100 training images" in output, output
