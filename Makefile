@@ -36,7 +36,7 @@ width: $(STAMP) data  ## install, then run the width experiment (its own pipelin
 test: $(STAMP) lint  ## install, lint (ruff), then run the test suite (pytest)
 	$(BIN)/python -m pytest -q
 
-check: $(STAMP) lint  ## the edit loop: lint, then the tests not marked slow (no dvc repro, torchrun or bench runs)
+check: $(STAMP) lint  ## the edit loop: lint, then the tests not marked slow (pyproject.toml says what slow covers)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 fast: check  ## the same as check
