@@ -284,7 +284,7 @@ def run(tmp_path_factory):
         curve__lr=0.05,
         eval__num_points=7,
         eval__train_samples=0,
-        data__synthetic={"n_train": 240, "n_test": 192, "num_classes": 4, "channels": 1, "size": 28, "seed": 0},
+        data__synthetic__n_test=192,
     )
     write_params(root, params)
     for module, *args in [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,)]:
