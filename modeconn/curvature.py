@@ -1,0 +1,436 @@
+"""Curvature of the training loss at a point in weight space: the top Hessian eigenvalue and the Hessian trace.
+
+The loss is the training loss at the parameters w, averaged over the given batches as the training loss is,
+
+    L(w) = (1/N) Σ_b n_b · ℓ_b(w) + ½·wd·‖w‖²,
+
+ℓ_b the loss of batch b (a mean over its n_b samples: cross-entropy of the logits by default), N = Σ_b n_b, and
+H = ∇²L(w) its Hessian (P × P, P parameters). H is never formed: everything below needs only Hessian-vector
+products v ↦ Hv (:class:`HessianOperator`), each one pass over the batches at the cost of about two gradients.
+
+- **Top eigenvalue, power iteration**: v_0 a seeded Gaussian unit vector, then
+
+      v_{k+1} = H v_k / ‖H v_k‖,    λ_k = v_kᵀ H v_k  (the Rayleigh quotient),
+
+  until the residual ‖H v_k − λ_k v_k‖ ≤ tol · |λ_k|: for a symmetric H some eigenvalue then lies within
+  tol·|λ_k| of λ_k, and the Rayleigh quotient's own error is of the order of the residual squared over the
+  spectral gap. Power iteration finds the eigenvalue of largest magnitude; where that one is negative (a
+  saddle, the middle of a path over a barrier), a second power iteration on H − λ_k·I, whose spectrum is
+  shifted to be ≥ 0 with λ_max − λ_k on top, gives the largest one, λ_max. So ``value`` is always the
+  algebraically largest eigenvalue, the "sharpness".
+- **Top eigenvalue, Lanczos** (``method="lanczos"``): m steps build an orthonormal basis Q_m of the Krylov space
+  span{v_0, Hv_0, …, H^{m−1} v_0} (fully reorthogonalised) in which H is the tridiagonal T_m = Q_mᵀ H Q_m; the
+  largest eigenvalue θ of T_m (Ritz value, with eigenvector s) converges to λ_max much faster than power
+  iteration, and β_m·|s_m| is its residual ‖H Q_m s − θ Q_m s‖, tested as above. It stores the m basis
+  vectors (m × P floats).
+- **Trace, Hutchinson**: tr(H) = E[zᵀ H z] for any random z with E[z zᵀ] = I. With m Rademacher probes
+  (entries ±1, from a generator seeded ``seed``) the estimate is the mean of zᵀ H z and its standard error the
+  sample standard deviation over √m (the variance of one probe is 2·Σ_{i≠j} H_ij²). A set of probes given
+  explicitly with (1/m)·Σ z zᵀ = I (e.g. √P times each unit vector) gives the trace exactly.
+
+This is the method of PyHessian (Yao, Gholami, Keutzer, Mahoney, "PyHessian: Neural Networks Through the Lens
+of the Hessian", IEEE BigData 2020): power iteration and Hutchinson's estimator on Hessian-vector products over
+a data set, averaged over its batches weighted by their sizes, with the network in eval mode.
+
+How the products are taken (:class:`HessianOperator`):
+
+- On any ``nn.Module`` through ``torch.func.functional_call`` with a dict of its PARAMETERS: a dict holding
+  buffers too (a state dict) is refused (:func:`modeconn.points.check_parameters`; DESIGN decision 11) —
+  recalibrate BatchNorm at the point first (:func:`modeconn.bn.recalibrate`), the products read the module's
+  own running statistics. Or any function ``fn(params, x) -> logits``.
+- In eval mode: BatchNorm normalises with its running statistics, so the loss is a function of w alone (in
+  train mode a batch's statistics would depend on w too and the curvature on the batch size); dropout is off.
+  The module's mode is restored after each product.
+- ``hvp="forward"`` (default): forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad``, what PyTorch's
+  documentation recommends for Hessian-vector products; ``hvp="reverse"``: reverse-over-reverse,
+  ``torch.func.vjp`` of ``torch.func.grad`` (the double backward PyTorch's autograd and PyHessian do), for a
+  network with an operation that has no forward-mode derivative.
+- In float32 whatever the runtime's precision: each product runs under ``torch.autocast(..., enabled=False)``,
+  in the dtype of the parameters (float32 for every point modeconn makes), also when the caller is inside an
+  autocast context. bf16 would round the difference of two gradients that curvature is. The runtime's memory
+  format (channels_last) applies to the input batches; BN recalibration before the products
+  (:func:`curvature_along`) runs under the runtime's autocast as everywhere else.
+- Data-parallel: each process passes its own shard of the batches; the products, the loss and the sample
+  count are summed over the processes with :meth:`Runtime.all_sum` (one all-reduce of P + 2 numbers per
+  product), so every rank gets the product of the whole data, and, starting from the same seeded vector,
+  runs the same iteration. Pass the plain module (the template), not its DistributedDataParallel wrapper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp
+
+from .curves import Curve
+from .errors import ConfigError, ModeconnError
+from .points import at_point, check_parameters
+from .runtime import CPU, Runtime
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> mean loss over the batch
+Network = nn.Module | Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]  # or fn(params, x)
+Product = Callable[[torch.Tensor], torch.Tensor]  # a symmetric linear map R^P -> R^P
+
+METHODS = ("power", "lanczos")
+HVPS = ("forward", "reverse")
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss of a batch (:func:`modeconn.train.cross_entropy_step`): mean cross-entropy."""
+    return F.cross_entropy(logits, y)
+
+
+class HessianOperator:
+    """v ↦ H v for the Hessian H of the training loss at ``params`` over ``batches`` (module docstring).
+
+    ``v`` and the product are flat vectors [P] in the order of ``params`` (each tensor's elements in logical
+    order, also for channels_last ones). ``batches`` is iterated once per product, so it must be re-iterable
+    (a list, a :class:`modeconn.data.Loader`), not an iterator. ``wd`` adds the regulariser ½·wd·‖w‖² to the
+    loss (wd·v to each product). After a product, :attr:`loss` is L(w) over the batches (regulariser included).
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        params: dict[str, torch.Tensor],
+        batches: Batches,
+        *,
+        loss: LossFn = cross_entropy,
+        runtime: Runtime = CPU,
+        wd: float = 0.0,
+        hvp: str = "forward",
+    ):
+        if hvp not in HVPS:
+            raise ConfigError(f"hvp {hvp!r} unknown: use 'forward' (forward-over-reverse) or 'reverse'")
+        if iter(batches) is batches:
+            raise ModeconnError(
+                "the batches of a Hessian are iterated once per Hessian-vector product: pass a list of "
+                "(x, y) or a Loader, not an iterator or generator"
+            )
+        if isinstance(network, nn.Module):
+            check_parameters(network, params)
+            module = network
+            self._forward = lambda p, x: functional_call(module, p, (x,), strict=False)
+        else:
+            module = None
+            self._forward = network
+        self.module = module
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.names = list(self.params)
+        self.shapes = [v.shape for v in self.params.values()]
+        self.sizes = [v.numel() for v in self.params.values()]
+        self.size = sum(self.sizes)
+        first = next(iter(self.params.values()))
+        self.dtype, self.device = first.dtype, first.device
+        self.batches, self.loss_fn, self.runtime, self.wd, self.hvp = batches, loss, runtime, wd, hvp
+        self.sq_norm = float(sum((v.double() ** 2).sum() for v in self.params.values()))  # ‖w‖²
+        self.loss: float | None = None
+        self.products = 0
+
+    def unflat(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The flat vector ``v`` [P] as a dict name → tensor shaped like the parameters."""
+        return {
+            name: part.reshape(shape).to(p.dtype)
+            for name, part, shape, p in zip(self.names, v.split(self.sizes), self.shapes, self.params.values())
+        }
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        tangents = self.unflat(v.to(self.device, self.dtype))
+        total = torch.zeros(self.size + 2, dtype=self.dtype, device=self.device)  # Σ n_b·H_b v, Σ n_b·ℓ_b, N
+        for x, y in self.batches:
+            x, y = self.runtime.batch(x.to(self.device)), y.to(self.device)
+
+            def batch_loss(p, x=x, y=y):
+                value = self.loss_fn(self._forward(p, x), y)
+                return value, value.detach()
+
+            with self._products():
+                if self.hvp == "forward":
+                    _, hv, value = jvp(grad(batch_loss, has_aux=True), (self.params,), (tangents,), has_aux=True)
+                else:
+                    _, vjp_fn, value = vjp(grad(batch_loss, has_aux=True), self.params, has_aux=True)
+                    (hv,) = vjp_fn(tangents)
+            n = y.shape[0]
+            total[: self.size] += n * torch.cat([hv[name].reshape(-1) for name in self.names])
+            total[self.size] += n * value
+            total[self.size + 1] += n
+        self.runtime.all_sum(total)  # over the processes of a data-parallel run: each passed its shard
+        count = total[-1].item()
+        if count == 0:
+            raise ModeconnError("the Hessian of the loss over no batches: the batches hold no sample")
+        product = total[: self.size] / count + self.wd * v.to(self.device, self.dtype)
+        self.loss = total[self.size].item() / count + 0.5 * self.wd * self.sq_norm
+        if not (math.isfinite(self.loss) and torch.isfinite(product).all()):
+            raise ModeconnError(
+                f"the loss or its Hessian-vector product is not finite at this point (loss {self.loss}): "
+                "the network diverges there"
+            )
+        self.products += 1
+        return product
+
+    @contextlib.contextmanager
+    def _products(self):
+        """Eval mode (BN running statistics, no dropout) and float32: autocast off, whatever encloses it."""
+        was_training = self.module.training if self.module is not None else None
+        try:
+            if self.module is not None:
+                self.module.eval()
+            with torch.autocast(self.device.type, enabled=False):
+                yield
+        finally:
+            if self.module is not None:
+                self.module.train(was_training)
+
+
+@dataclass(frozen=True)
+class TopEigenvalue:
+    """The largest eigenvalue λ_max of a symmetric operator and its eigenvector."""
+
+    value: float  # λ_max, the algebraically largest eigenvalue
+    vector: torch.Tensor  # (P,) unit vector v with H v ≈ λ_max v
+    residual: float  # ‖H v − λ_max v‖
+    products: int  # operator products spent
+    converged: bool  # residual ≤ tol · |largest-magnitude eigenvalue| within the products allowed
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """Hutchinson's estimate of tr(H): the mean of zᵀ H z over the probes and its standard error."""
+
+    mean: float
+    stderr: float  # sample standard deviation of zᵀ H z over √probes (nan with one probe)
+    probes: int
+    samples: torch.Tensor  # (probes,) float64, zᵀ H z of each probe
+
+
+def _start_vector(size: int, seed: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A unit Gaussian vector drawn on the CPU from a generator seeded ``seed``: the same on every device and
+    every process, and no draw from the global random streams."""
+    v = torch.randn(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (v / v.norm()).to(device=device, dtype=dtype)
+
+
+def _power(product: Product, v: torch.Tensor, iters: int, tol: float, shift: float = 0.0, scale: float = 0.0):
+    """Power iteration on (H − shift·I) from unit ``v``; returns (λ of H, v, residual, products, converged).
+    The stopping rule is residual ≤ tol·max(|λ|, scale)."""
+    value, residual = 0.0, math.inf
+    for k in range(1, iters + 1):
+        hv = product(v)
+        value = torch.dot(v, hv).item()  # Rayleigh quotient of H (‖v‖ = 1)
+        residual = (hv - value * v).norm().item()
+        if residual <= tol * max(abs(value), scale):
+            return value, v, residual, k, True
+        w = hv - shift * v
+        norm = w.norm()
+        if norm == 0:  # v is an eigenvector of eigenvalue `shift` exactly (H = 0 on it)
+            return value, v, residual, k, residual == 0
+        v = w / norm
+    return value, v, residual, iters, False
+
+
+def _lanczos(product: Product, v: torch.Tensor, iters: int, tol: float):
+    """Lanczos with full reorthogonalisation from unit ``v``; returns (λ_max, v, residual, products, converged)."""
+    size = v.numel()
+    steps = min(iters, size)
+    basis = torch.zeros(steps, size, dtype=v.dtype, device=v.device)  # (m, P) orthonormal rows q_j
+    alphas, betas = [], []
+    q = v
+    for j in range(steps):
+        basis[j] = q
+        w = product(q)
+        alphas.append(torch.dot(q, w).item())
+        q_basis = basis[: j + 1]
+        for _ in range(2):  # twice is enough (Kahan's "twice is enough") to stay orthogonal in float32
+            w = w - q_basis.T @ (q_basis @ w)
+        beta = w.norm().item()
+        t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            t += torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(t)  # (j+1,), (j+1, j+1)
+        theta, s = evals[-1].item(), evecs[:, -1]
+        residual = beta * abs(s[-1].item())  # ‖H Q s − θ Q s‖
+        scale = evals.abs().max().item()
+        done = residual <= tol * scale or beta <= 1e-12 * max(scale, 1e-30) or j + 1 == size
+        if done or j + 1 == steps:
+            vector = q_basis.T @ s.to(v.dtype).to(v.device)
+            return theta, vector / vector.norm(), residual, j + 1, done
+        betas.append(beta)
+        q = w / beta
+    raise AssertionError("unreachable")
+
+
+def top_eigenvalue(
+    product: Product,
+    size: int,
+    *,
+    method: str = "power",
+    iters: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> TopEigenvalue:
+    """λ_max of the symmetric operator ``product`` on R^``size`` (module docstring: power iteration or Lanczos).
+
+    ``iters`` bounds the products of each power iteration (two where the first finds a negative eigenvalue of
+    largest magnitude) or the Lanczos steps; ``tol`` is the residual allowed relative to the largest magnitude
+    of an eigenvalue; ``seed`` draws the start vector. Not converging within ``iters`` is no error:
+    :attr:`TopEigenvalue.converged` says so.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r} unknown: use one of {', '.join(METHODS)}")
+    if iters < 1:
+        raise ConfigError(f"iters must be at least 1, got {iters}")
+    v = _start_vector(size, seed, dtype, device)
+    if method == "lanczos":
+        value, vector, residual, products, converged = _lanczos(product, v, iters, tol)
+        return TopEigenvalue(value, vector, residual, products, converged)
+    value, vector, residual, products, converged = _power(product, v, iters, tol)
+    if value < 0:  # the largest magnitude is a negative eigenvalue: shift the spectrum to find λ_max on top
+        scale = abs(value)
+        top, vector, residual, more, converged_top = _power(
+            product, _start_vector(size, seed + 1, dtype, device), iters, tol, shift=value, scale=scale
+        )
+        value, products, converged = top, products + more, converged and converged_top
+    return TopEigenvalue(value, vector, residual, products, converged)
+
+
+def hutchinson_trace(
+    product: Product,
+    size: int,
+    *,
+    probes: int | torch.Tensor = 100,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> TraceEstimate:
+    """tr(H) of the symmetric operator ``product`` on R^``size`` by Hutchinson's estimator (module docstring).
+
+    ``probes``: how many Rademacher probes (drawn with ``seed``, one at a time on the CPU: the same on every
+    device and process), or the probe vectors themselves as a tensor [m, P].
+    """
+    if isinstance(probes, torch.Tensor):
+        if probes.dim() != 2 or probes.shape[1] != size:
+            raise ConfigError(f"probe vectors must be a tensor [m, {size}], got {tuple(probes.shape)}")
+        vectors = probes
+    else:
+        if probes < 1:
+            raise ConfigError(f"probes must be at least 1, got {probes}")
+        vectors = None
+    m = vectors.shape[0] if vectors is not None else probes
+    generator = torch.Generator().manual_seed(seed)
+    samples = torch.empty(m, dtype=torch.float64)
+    for i in range(m):
+        z = vectors[i] if vectors is not None else torch.randint(0, 2, (size,), generator=generator) * 2 - 1
+        z = z.to(device=device, dtype=dtype)
+        samples[i] = torch.dot(z, product(z)).item()
+    stderr = samples.std().item() / math.sqrt(m) if m > 1 else math.nan
+    return TraceEstimate(samples.mean().item(), stderr, m, samples)
+
+
+def hessian_eigenvalue(
+    network: Network,
+    params: dict[str, torch.Tensor],
+    batches: Batches,
+    *,
+    loss: LossFn = cross_entropy,
+    runtime: Runtime = CPU,
+    wd: float = 0.0,
+    method: str = "power",
+    iters: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+    hvp: str = "forward",
+) -> TopEigenvalue:
+    """The top eigenvalue λ_max of the Hessian of the training loss at ``params`` over ``batches``.
+
+    ``network``: an ``nn.Module`` (run through ``functional_call`` with ``params``, its parameters only: a
+    state dict is refused) or a function ``fn(params, x) -> logits``. BatchNorm must have been recalibrated at
+    ``params`` (:func:`curvature_along` does it); the products run in eval mode and float32 (module
+    docstring). The other arguments are those of :class:`HessianOperator` and :func:`top_eigenvalue`.
+    """
+    op = HessianOperator(network, params, batches, loss=loss, runtime=runtime, wd=wd, hvp=hvp)
+    return top_eigenvalue(op, op.size, method=method, iters=iters, tol=tol, seed=seed, dtype=op.dtype, device=op.device)
+
+
+def hessian_trace(
+    network: Network,
+    params: dict[str, torch.Tensor],
+    batches: Batches,
+    *,
+    loss: LossFn = cross_entropy,
+    runtime: Runtime = CPU,
+    wd: float = 0.0,
+    probes: int | torch.Tensor = 100,
+    seed: int = 0,
+    hvp: str = "forward",
+) -> TraceEstimate:
+    """Hutchinson's estimate of the trace of the Hessian of the training loss at ``params`` over ``batches``
+    (mean and standard error); arguments as in :func:`hessian_eigenvalue` and :func:`hutchinson_trace`."""
+    op = HessianOperator(network, params, batches, loss=loss, runtime=runtime, wd=wd, hvp=hvp)
+    return hutchinson_trace(op, op.size, probes=probes, seed=seed, dtype=op.dtype, device=op.device)
+
+
+COLUMNS = ("t", "loss", "top_eigenvalue", "trace", "trace_stderr", "eigenvalue_converged")
+
+
+def curvature_along(
+    template: nn.Module,
+    points_at_t: Curve | Callable[[float], dict[str, torch.Tensor]],
+    ts: Sequence[float],
+    bn_batches: Batches,
+    loss_batches: Batches,
+    runtime: Runtime = CPU,
+    *,
+    loss: LossFn = cross_entropy,
+    wd: float = 0.0,
+    method: str = "power",
+    iters: int = 100,
+    tol: float = 1e-3,
+    probes: int = 100,
+    seed: int = 0,
+    hvp: str = "forward",
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """The curvature of the training loss along a path: one row per t of ``ts`` with :data:`COLUMNS`.
+
+    At each t the point ``points_at_t(t)`` (parameters of ``template``; a :class:`Curve` gives
+    ``curve.weights(t)``) has its BatchNorm statistics recalibrated on ``bn_batches``
+    (:func:`modeconn.bn.recalibrate`, under the runtime's autocast, as before any measurement of a point), then
+    the top eigenvalue and Hutchinson's trace of the Hessian of the loss over ``loss_batches`` are taken
+    (:func:`hessian_eigenvalue`, :func:`hessian_trace`; ``loss`` is L(w) there, regulariser ½·wd·‖w‖²
+    included). Every point uses the same ``seed``, so the same start vector and probes: the differences
+    along t are the path's, not the draws'. ``progress(message)`` is called after each point.
+    """
+    weights_at = points_at_t.weights if isinstance(points_at_t, Curve) else points_at_t
+    rows = []
+    for t in ts:
+        weights = {k: v.detach() for k, v in weights_at(float(t)).items()}
+        at_point(template, weights, bn_batches, runtime)  # refuses a state dict; BN recalibrated at the point
+        op = HessianOperator(template, weights, loss_batches, loss=loss, runtime=runtime, wd=wd, hvp=hvp)
+        top = top_eigenvalue(
+            op, op.size, method=method, iters=iters, tol=tol, seed=seed, dtype=op.dtype, device=op.device
+        )
+        trace = hutchinson_trace(op, op.size, probes=probes, seed=seed, dtype=op.dtype, device=op.device)
+        rows.append(
+            {
+                "t": float(t),
+                "loss": op.loss,
+                "top_eigenvalue": top.value,
+                "trace": trace.mean,
+                "trace_stderr": trace.stderr,
+                "eigenvalue_converged": top.converged,
+            }
+        )
+        if progress is not None:
+            progress(f"t={float(t):.2f} λ_max {top.value:.4g} tr(H) {trace.mean:.4g} ± {trace.stderr:.2g}")
+    return pd.DataFrame(rows, columns=list(COLUMNS))
