@@ -5,7 +5,7 @@ Three tiers, cheapest first:
 - Library tests (most modules): modeconn's calls on tensors, modules and loaders made in the test
   (``tiny_data``, ``loader_of``): no workspace, no params file, seconds each.
 - Stage tests: a stage command through Typer's CliRunner (``stage_utils.invoke``) on the tiny config. They read
-  the one ``tiny_workspace`` of the session, the whole pipeline run once in dvc.yaml's order; a test may rerun
+  the one ``tiny_workspace`` of the session (the pipeline run once, in dvc.yaml's order); a test may rerun
   a stage there with the same params (it writes the same files), and writes anything else (other params,
   other outputs) in its own ``tmp_path``, reading the workspace's files through ``--prepared``, ``--curve``, ...
 - End-to-end tests, marked ``slow``: ``dvc repro`` in a temporary git repository, torchrun, the presets, the
@@ -44,9 +44,10 @@ def tiny_data():
 
 @pytest.fixture(scope="session")
 def tiny_workspace(tmp_path_factory):
-    """Every stage of dvc.yaml, in its order, on ``tiny_params()``, run once for the session: prepared data,
-    endpoints of seeds 0 and 1, the curve and its evaluation, FGE, SSE, the plane, the path ensembles, compare
-    and the report. Tests read it; one that runs a stage in it runs it with the same params."""
+    """The stages of dvc.yaml after its params check, in its order, on ``tiny_params()``, run once for the
+    session: prepared data, endpoints of seeds 0 and 1, the curve and its evaluation, FGE, SSE, the plane, the
+    path ensembles, compare and the report. Tests read it; one that runs a stage in it runs it with the same
+    params."""
     from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
 
     from .stage_utils import build_workspace
