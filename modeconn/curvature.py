@@ -6,7 +6,8 @@ The loss is the training loss at the parameters w, averaged over the given batch
 
 ℓ_b the loss of batch b (a mean over its n_b samples: cross-entropy of the logits by default), N = Σ_b n_b, and
 H = ∇²L(w) its Hessian (P × P, P parameters). H is never formed: everything below needs only Hessian-vector
-products v ↦ Hv (:class:`HessianOperator`), each one pass over the batches at the cost of about two gradients.
+products v ↦ Hv (:class:`HessianOperator`), each one pass over the batches at the cost of a few
+gradients.
 
 - **Top eigenvalue, power iteration**: v_0 a seeded Gaussian unit vector, then
 
@@ -21,8 +22,8 @@ products v ↦ Hv (:class:`HessianOperator`), each one pass over the batches at 
 - **Top eigenvalue, Lanczos** (``method="lanczos"``): m steps build an orthonormal basis Q_m of the Krylov space
   span{v_0, Hv_0, …, H^{m−1} v_0} (fully reorthogonalised) in which H is the tridiagonal T_m = Q_mᵀ H Q_m; the
   largest eigenvalue θ of T_m (Ritz value, with eigenvector s) converges to λ_max much faster than power
-  iteration, and β_m·|s_m| is its residual ‖H Q_m s − θ Q_m s‖, tested as above. It stores the m basis
-  vectors (m × P floats).
+  iteration, and β_m·|s_m| is its residual ‖H Q_m s − θ Q_m s‖, tested as above. It keeps the basis: one
+  vector of P floats per step.
 - **Trace, Hutchinson**: tr(H) = E[zᵀ H z] for any random z with E[z zᵀ] = I. With m Rademacher probes
   (entries ±1, from a generator seeded ``seed``) the estimate is the mean of zᵀ H z and its standard error the
   sample standard deviation over √m (the variance of one probe is 2·Σ_{i≠j} H_ij²). A set of probes given
@@ -43,11 +44,12 @@ How the products are taken (:class:`HessianOperator`):
   The module's mode is restored after each product.
 - ``hvp="forward"`` (default): forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad``, what PyTorch's
   documentation recommends for Hessian-vector products; ``hvp="reverse"``: reverse-over-reverse,
-  ``torch.func.vjp`` of ``torch.func.grad`` (the double backward PyTorch's autograd and PyHessian do), for a
-  network with an operation that has no forward-mode derivative.
+  ``torch.func.vjp`` of ``torch.func.grad`` (PyHessian's double backward), for a network with an operation
+  that has no forward-mode derivative.
 - In float32 whatever the runtime's precision: each product runs under ``torch.autocast(..., enabled=False)``,
   in the dtype of the parameters (float32 for every point modeconn makes), also when the caller is inside an
-  autocast context. bf16 would round the difference of two gradients that curvature is. The runtime's memory
+  autocast context: curvature is a difference of gradients, which bf16's 8-bit mantissa would mostly round
+  away. The runtime's memory
   format (channels_last) applies to the input batches; BN recalibration before the products
   (:func:`curvature_along`) runs under the runtime's autocast as everywhere else.
 - Data-parallel: each process passes its own shard of the batches; the products, the loss and the sample
@@ -115,6 +117,8 @@ class HessianOperator:
                 "the batches of a Hessian are iterated once per Hessian-vector product: pass a list of "
                 "(x, y) or a Loader, not an iterator or generator"
             )
+        if not params:
+            raise ModeconnError("a Hessian with respect to no parameters: the dict of parameters is empty")
         if isinstance(network, nn.Module):
             check_parameters(network, params)
             module = network
@@ -237,31 +241,30 @@ def _power(product: Product, v: torch.Tensor, iters: int, tol: float, shift: flo
 
 
 def _lanczos(product: Product, v: torch.Tensor, iters: int, tol: float):
-    """Lanczos with full reorthogonalisation from unit ``v``; returns (λ_max, v, residual, products, converged)."""
-    size = v.numel()
-    steps = min(iters, size)
-    basis = torch.zeros(steps, size, dtype=v.dtype, device=v.device)  # (m, P) orthonormal rows q_j
-    alphas, betas = [], []
-    q = v
+    """Lanczos with full reorthogonalisation from unit ``v``; returns (λ_max, v, residual, products, converged).
+    Keeps one vector [P] per step taken (the basis Q_m), nothing for the steps not needed."""
+    basis: list[torch.Tensor] = []  # orthonormal q_0 … q_j, each (P,)
+    alphas, betas = [], []  # T's diagonal and off-diagonal
+    q, steps = v, min(iters, v.numel())
     for j in range(steps):
-        basis[j] = q
+        basis.append(q)
         w = product(q)
         alphas.append(torch.dot(q, w).item())
-        q_basis = basis[: j + 1]
-        for _ in range(2):  # twice is enough (Kahan's "twice is enough") to stay orthogonal in float32
-            w = w - q_basis.T @ (q_basis @ w)
+        for _ in range(2):  # Gram-Schmidt against every q_i, twice ("twice is enough") to stay orthogonal
+            for q_i in basis:
+                w = w - torch.dot(q_i, w) * q_i
         beta = w.norm().item()
         t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
         if betas:
             off = torch.tensor(betas, dtype=torch.float64)
             t += torch.diag(off, 1) + torch.diag(off, -1)
         evals, evecs = torch.linalg.eigh(t)  # (j+1,), (j+1, j+1)
-        theta, s = evals[-1].item(), evecs[:, -1]
-        residual = beta * abs(s[-1].item())  # ‖H Q s − θ Q s‖
+        theta, s = evals[-1].item(), evecs[:, -1].tolist()
+        residual = beta * abs(s[-1])  # ‖H Q s − θ Q s‖
         scale = evals.abs().max().item()
-        done = residual <= tol * scale or beta <= 1e-12 * max(scale, 1e-30) or j + 1 == size
+        done = residual <= tol * scale or beta <= 1e-12 * max(scale, 1e-30) or j + 1 == v.numel()
         if done or j + 1 == steps:
-            vector = q_basis.T @ s.to(v.dtype).to(v.device)
+            vector = sum(s_i * q_i for s_i, q_i in zip(s, basis))  # Q s, the Ritz vector
             return theta, vector / vector.norm(), residual, j + 1, done
         betas.append(beta)
         q = w / beta
@@ -410,6 +413,9 @@ def curvature_along(
     (:func:`hessian_eigenvalue`, :func:`hessian_trace`; ``loss`` is L(w) there, regulariser ½·wd·‖w‖²
     included). Every point uses the same ``seed``, so the same start vector and probes: the differences
     along t are the path's, not the draws'. ``progress(message)`` is called after each point.
+
+    In a data-parallel run every process passes the same ``bn_batches`` (the statistics must be the same on every
+    rank: gloo has no SyncBatchNorm) and its own shard of ``loss_batches``.
     """
     weights_at = points_at_t.weights if isinstance(points_at_t, Curve) else points_at_t
     rows = []
