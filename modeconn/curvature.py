@@ -95,7 +95,8 @@ class HessianOperator:
 
     ``v`` and the product are flat vectors [P] in the order of ``params`` (each tensor's elements in logical
     order, also for channels_last ones). ``batches`` is iterated once per product, so it must be re-iterable
-    (a list, a :class:`modeconn.data.Loader`), not an iterator. ``wd`` adds the regulariser ½·wd·‖w‖² to the
+    and give the same batches at every pass (a list, an evaluation :class:`modeconn.data.Loader`), not an
+    iterator nor a training loader, which reshuffles and augments. ``wd`` adds the regulariser ½·wd·‖w‖² to the
     loss (wd·v to each product). After a product, :attr:`loss` is L(w) over the batches (regulariser included).
     """
 
@@ -116,6 +117,12 @@ class HessianOperator:
             raise ModeconnError(
                 "the batches of a Hessian are iterated once per Hessian-vector product: pass a list of "
                 "(x, y) or a Loader, not an iterator or generator"
+            )
+        if getattr(batches, "train", False) or getattr(batches, "augment", "none") not in (None, "none"):
+            raise ModeconnError(
+                "the batches of a Hessian must be the same at every pass, but this loader reshuffles or augments "
+                "at every pass (a training loader): pass an evaluation loader (train=False, no augmentation), "
+                "e.g. EvalBatches.train"
             )
         if not params:
             raise ModeconnError("a Hessian with respect to no parameters: the dict of parameters is empty")

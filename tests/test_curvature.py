@@ -274,11 +274,21 @@ def test_curvature_along_a_segment_recalibrates_bn_at_each_point():
     assert torch.linalg.eigvalsh(h_stale)[-1].item() != pytest.approx(rows["top_eigenvalue"][1], rel=1e-3)
 
 
-def test_a_state_dict_or_an_iterator_is_refused():
+def test_a_state_dict_an_iterator_or_a_training_loader_is_refused(tiny_data, loader_of):
     """Measuring calls take parameters, never a state dict with buffers (BN statistics are recalibrated at the
-    point, not passed in); the batches are read once per product, so an iterator would run dry."""
+    point, not passed in); the batches are read once per product, so an iterator would run dry and a training
+    loader would give other batches (another loss) at every pass. An evaluation Loader is what to pass."""
     model = conv_bn()
     batches = image_batches()
+    net = nn.Sequential(nn.Flatten(), nn.Linear(144, 3))
+    with pytest.raises(ModeconnError, match="training loader"):
+        hessian_trace(net, params_of(net), loader_of(tiny_data.train, tiny_data.info, train=True), probes=1)
+    evaluation = loader_of(tiny_data.train, tiny_data.info, batch_size=40)  # 96 images: 40, 40, 16
+    x = torch.cat([xb for xb, _ in evaluation])
+    as_list = [(x, torch.cat([yb for _, yb in evaluation]))]
+    assert hessian_trace(net, params_of(net), evaluation, probes=3).mean == pytest.approx(
+        hessian_trace(net, params_of(net), as_list, probes=3).mean, rel=1e-5
+    )
     state = model.state_dict()
     for call in (hessian_eigenvalue, hessian_trace):
         with pytest.raises(ModeconnError, match="buffers"):
