@@ -301,15 +301,14 @@ def train_runs(
 
             def measure(epoch: int, stats, r=r, plan=plan, run=run) -> dict:
                 if epoch == (r + 1) * epochs:  # the run's last epoch: its record, before the state is saved
+                    snaps = run.collector.snapshots
                     rows.extend(
-                        snapshot_rows(
-                            r, plan.seed, run.collector.snapshots, labels, float(plan.start_epoch), val_labels=val_labels
-                        )
+                        snapshot_rows(r, plan.seed, snaps, labels, float(plan.start_epoch), val_labels=val_labels)
                     )
-                    records.append(run_record(plan, epochs, run.collector.snapshots))
+                    records.append(run_record(plan, epochs, snaps))
                     if evaluate_start:
                         records[-1]["start"] = run.start
-                    if swa_batches is not None and run.collector.snapshots:
+                    if swa_batches is not None and snaps:
                         records[-1]["swa"] = run.collector.swa(swa_batches)
                 return {}
 
