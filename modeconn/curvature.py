@@ -9,7 +9,7 @@ H = ∇²L(w) its Hessian (P × P, P parameters). H is never formed: everything 
 products v ↦ Hv (:class:`HessianOperator`), each one pass over the batches at the cost of a few
 gradients.
 
-- **Top eigenvalue, power iteration**: v_0 a seeded Gaussian unit vector, then
+- **Top eigenvalue, power iteration** (``method="power"``, PyHessian's): v_0 a seeded Gaussian unit vector, then
 
       v_{k+1} = H v_k / ‖H v_k‖,    λ_k = v_kᵀ H v_k  (the Rayleigh quotient),
 
@@ -19,11 +19,12 @@ gradients.
   saddle, the middle of a path over a barrier), a second power iteration on H − λ_k·I, whose spectrum is
   shifted to be ≥ 0 with λ_max − λ_k on top, gives the largest one, λ_max. So ``value`` is always the
   algebraically largest eigenvalue, the "sharpness".
-- **Top eigenvalue, Lanczos** (``method="lanczos"``): m steps build an orthonormal basis Q_m of the Krylov space
-  span{v_0, Hv_0, …, H^{m−1} v_0} (fully reorthogonalised) in which H is the tridiagonal T_m = Q_mᵀ H Q_m; the
-  largest eigenvalue θ of T_m (Ritz value, with eigenvector s) converges to λ_max much faster than power
-  iteration, and β_m·|s_m| is its residual ‖H Q_m s − θ Q_m s‖, tested as above. It keeps the basis: one
-  vector of P floats per step.
+- **Top eigenvalue, Lanczos** (``method="lanczos"``, the default): m steps build an orthonormal basis Q_m of
+  the Krylov space span{v_0, Hv_0, …, H^{m−1} v_0} (fully reorthogonalised) in which H is the tridiagonal
+  T_m = Q_mᵀ H Q_m; the largest eigenvalue θ of T_m (Ritz value, with eigenvector s) converges to λ_max much
+  faster than power iteration, and β_m·|s_m| is its residual ‖H Q_m s − θ Q_m s‖, tested as above. It keeps
+  the basis: one vector of P floats per step. Measured on the default ConvFC (1.8 M parameters, at initialisation, 1,024
+  images): Lanczos met tol = 1e-3 in 24 products; power iteration had not in 100 (λ_max to 7e-4 by then).
 - **Trace, Hutchinson**: tr(H) = E[zᵀ H z] for any random z with E[z zᵀ] = I. With m Rademacher probes
   (entries ±1, from a generator seeded ``seed``) the estimate is the mean of zᵀ H z and its standard error the
   sample standard deviation over √m (the variance of one probe is 2·Σ_{i≠j} H_ij²). A set of probes given
@@ -282,7 +283,7 @@ def top_eigenvalue(
     product: Product,
     size: int,
     *,
-    method: str = "power",
+    method: str = "lanczos",
     iters: int = 100,
     tol: float = 1e-3,
     seed: int = 0,
@@ -355,7 +356,7 @@ def hessian_eigenvalue(
     loss: LossFn = cross_entropy,
     runtime: Runtime = CPU,
     wd: float = 0.0,
-    method: str = "power",
+    method: str = "lanczos",
     iters: int = 100,
     tol: float = 1e-3,
     seed: int = 0,
@@ -403,7 +404,7 @@ def curvature_along(
     *,
     loss: LossFn = cross_entropy,
     wd: float = 0.0,
-    method: str = "power",
+    method: str = "lanczos",
     iters: int = 100,
     tol: float = 1e-3,
     probes: int = 100,
