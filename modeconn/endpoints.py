@@ -59,6 +59,10 @@ class TrainedNetwork:
             )
         return out
 
+    def timing(self) -> dict:
+        """How it ran: the epoch a saved state had reached, the training time, the mean throughput."""
+        return {"resumed_after_epoch": self.resumed_after, "seconds": self.seconds, "images_per_s": self.images_per_s}
+
 
 class _Checkpoints:
     """The weights and optimiser state kept at ``save_epochs`` (resumed with the run)."""

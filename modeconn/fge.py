@@ -37,6 +37,23 @@ def snapshot_count(cycle_iters: int, total_iters: int) -> int:
     return 0 if total_iters < half else (total_iters - half) // cycle_iters + 1
 
 
+def settings_warnings(
+    cycle: float, epochs: int, iters_per_epoch: int, names: tuple[str, str] = ("cycle", "epochs")
+) -> list[str]:
+    """Settings that do nothing useful, one line each: a ``cycle`` (epochs) that takes fewer than two snapshots in
+    a run of ``epochs`` epochs of ``iters_per_epoch`` iterations (its ensemble is one network, the same as its SWA
+    average). ``names``: what the lines call the cycle and the epochs (e.g. the settings that set them)."""
+    count = snapshot_count(cycle_iterations(cycle, iters_per_epoch), epochs * iters_per_epoch)
+    if count >= 2:
+        return []
+    c, e = names
+    return [
+        f"{c} = {cycle} with {e} = {epochs} ({iters_per_epoch} iterations per epoch) takes "
+        f"{count} snapshot per run: its FGE ensemble is one network, the same as its SWA average, and there is no "
+        f"distance between snapshots; use a cycle of at most 2/3 of {e} (e.g. 0.5) or more {e}"
+    ]
+
+
 def fge_schedule(cycle_iters: int, lr_1: float, lr_2: float):
     """(lr_at, is_snapshot) of FGE for a cycle of ``cycle_iters`` iterations."""
     return (lambda i: schedules.fge_lr(i, cycle_iters, lr_1, lr_2), lambda i: schedules.fge_is_snapshot(i, cycle_iters))
@@ -90,6 +107,15 @@ def plans(
         return RunPlan(run_id, start_epoch, make, record)
 
     return [plan(s, c) for s, c in zip(seeds, checkpoints, strict=True)]
+
+
+def starts(runs: list[dict]) -> dict:
+    """What the runs of :func:`modeconn.snapshots.train_runs` started from: whether every run continued its
+    checkpoint's momentum, and each run's start network's scores (with ``evaluate_start``; its seed otherwise)."""
+    return {
+        "momentum_from_checkpoint": all(r["momentum_from_checkpoint"] for r in runs),
+        "start": [{"seed": r["seed"], **(r.get("start") or {})} for r in runs],
+    }
 
 
 def summary(runs: list[dict], rows: list[dict], labels: torch.Tensor, val_labels: torch.Tensor | None = None) -> dict:

@@ -102,6 +102,17 @@ class History:
         """The mean over the epochs of their training throughput."""
         return sum(r["images_per_s"] for r in self.rows) / len(self.rows)
 
+    def timing(self) -> dict:
+        """How it ran (rank 0): the epoch a saved state had reached, the training time, per epoch, the mean
+        throughput."""
+        seconds, per_epoch = self.seconds, self.seconds / len(self.rows)
+        return {
+            "resumed_after_epoch": self.resumed_after,
+            "seconds": seconds,
+            "seconds_per_epoch": per_epoch,
+            "images_per_s": self.images_per_s,
+        }
+
 
 def run_epochs(
     training: Training,

@@ -30,18 +30,6 @@ from .kit.records import write_csv, write_metrics
 from .kit.resume_key import resume_state
 
 
-def settings_warnings(cfg, iters_per_epoch: int) -> list[str]:
-    """Settings that do nothing useful, one line each (logged, and in the run information under ``warnings``)."""
-    count = fge.snapshot_count(fge.cycle_iterations(cfg.cycle, iters_per_epoch), cfg.epochs * iters_per_epoch)
-    if count >= 2:
-        return []
-    return [
-        f"fge.cycle = {cfg.cycle} with fge.epochs = {cfg.epochs} ({iters_per_epoch} iterations per epoch) takes "
-        f"{count} snapshot per run: its FGE ensemble is one network, the same as its SWA average, and there is no "
-        "distance between snapshots; use a cycle of at most 2/3 of fge.epochs (e.g. 0.5) or more fge.epochs"
-    ]
-
-
 def main(
     params: Path = ParamsOpt,
     prepared: Path = PreparedOpt,
@@ -67,66 +55,28 @@ def main(
     val_b, val_labels = val_split(data, runtime)
     specs = {"specs": [c["spec"] for c in ckpts]}  # of params' model where a start file is a plain state dict
     resume = resume_state("fge", runtime, cfg, specs, inputs=(*prepared_files(prepared), *paths))
-    log.info(
-        "FGE: %d run(s) of %d epochs from %s, cycle %s epochs, lr %g → %g",
-        len(ckpts),
-        cfg.epochs,
-        start,
-        cfg.cycle,
-        cfg.lr_1,
-        cfg.lr_2,
-    )
-    warnings = settings_warnings(cfg, len(data.train) // cfg.batch_size)
+    how = f"cycle {cfg.cycle} epochs, lr {cfg.lr_1:g} → {cfg.lr_2:g}"
+    log.info(f"FGE: {len(ckpts)} run(s) of {cfg.epochs} epochs from {start}, {how}")
+    iters = len(data.train) // cfg.batch_size  # per epoch
+    warnings = fge.settings_warnings(cfg.cycle, cfg.epochs, iters, names=("fge.cycle", "fge.epochs"))
     for line in warnings:
         log.warning("%s", line)
     t0 = time.perf_counter()
-    plans = fge.plans(
-        ckpts,
-        seeds,
-        lambda run_seed: train_loader(data, cfg.batch_size, run_seed, runtime),
-        seed=cfg.seed,
-        start_epoch=cfg.start_epoch,
-        cycle=cfg.cycle,
-        lr_1=cfg.lr_1,
-        lr_2=cfg.lr_2,
-        momentum=cfg.momentum,
-        wd=cfg.wd,
-        runtime=runtime,
-    )
-    runs, rows = train_runs(
-        plans,
-        cfg.epochs,
-        test_loader(data, runtime),
-        data.test.y.cpu(),
-        runtime,
-        resume,
-        functools.partial(progress, "fge"),
-        what="FGE",
-        val_batches=val_b,
-        val_labels=val_labels,
-        swa_batches=eval_batches(data, channels_last=runtime.channels_last).bn,  # BN of SWA: un-augmented train set
-        evaluate_start=True,  # each run's start network, before any FGE step
-    )
+    sgd = dict(cycle=cfg.cycle, lr_1=cfg.lr_1, lr_2=cfg.lr_2, momentum=cfg.momentum, wd=cfg.wd)
+    batches = functools.partial(train_loader, data, cfg.batch_size, runtime=runtime)  # of a run's seed
+    plans = fge.plans(ckpts, seeds, batches, seed=cfg.seed, start_epoch=cfg.start_epoch, **sgd, runtime=runtime)
+    test_b, test_y, report = test_loader(data, runtime), data.test.y.cpu(), functools.partial(progress, "fge")
+    measure = dict(val_batches=val_b, val_labels=val_labels, evaluate_start=True)  # start: each run's before FGE
+    measure["swa_batches"] = eval_batches(data, channels_last=runtime.channels_last).bn  # BN of SWA: un-augmented
+    runs, rows = train_runs(plans, cfg.epochs, test_b, test_y, runtime, resume, report, what="FGE", **measure)
     if not runtime.is_main:  # rank 0 evaluated the snapshots and writes; the others only trained
         return
     save_snapshots(out / "snapshots.pt", runs, data.test.y.cpu(), val_labels)
     summary = fge.summary(runs, rows, data.test.y.cpu(), val_labels)
-    info = {
-        "runs": summary.pop("runs"),
-        "snapshots_per_run": summary.pop("snapshots_per_run"),
-        "cycle": cfg.cycle,
-        "lr_1": cfg.lr_1,
-        "lr_2": cfg.lr_2,
-        "start_epoch": cfg.start_epoch,
-        "epochs": cfg.epochs,
-        "momentum_from_checkpoint": all(r["momentum_from_checkpoint"] for r in runs),
-        "start": [{"seed": r["seed"], **(r.get("start") or {})} for r in runs],  # each run's start network, before FGE
-        "resumed_after_epoch": resume.resumed_after,
-        "warnings": warnings,  # settings that do nothing useful (settings_warnings), one line each
-        "dataset": data.info.name,
-        **runtime.as_dict(),
-        "seconds": time.perf_counter() - t0,
-    }
+    info = dict(runs=summary.pop("runs"), snapshots_per_run=summary.pop("snapshots_per_run"), cycle=cfg.cycle)
+    info.update(lr_1=cfg.lr_1, lr_2=cfg.lr_2, start_epoch=cfg.start_epoch, epochs=cfg.epochs, **fge.starts(runs))
+    info.update(resumed_after_epoch=resume.resumed_after, warnings=warnings, dataset=data.info.name)
+    info.update(**runtime.as_dict(), seconds=time.perf_counter() - t0)
     write_csv(table, rows)
     write_metrics(metrics, summary, info)
     resume.clear()

@@ -45,9 +45,7 @@ def load_endpoints(cfg: CurveConfig, endpoints: Path, params: Path, prepared: Pa
 def main(
     params: Path = ParamsOpt,
     prepared: Path = PreparedOpt,
-    endpoints: Path = typer.Option(
-        ENDPOINTS, "--endpoints", help="Folder of endpoint checkpoints (seed_<s>/model.pt)."
-    ),
+    endpoints: Path = typer.Option(ENDPOINTS, "--endpoints", help="Folder of the endpoints (train_endpoint)."),
     out: Path = typer.Option(Path("data/curve"), "--out", help="Output folder (curve.pt)."),
     metrics: Path = typer.Option(Path("metrics/curve_train.json"), "--metrics", help="Metrics JSON."),
     log_csv: Path = typer.Option(Path("metrics/curve_train.csv"), "--history", help="Per-epoch CSV."),
@@ -57,11 +55,11 @@ def main(
     (cfg,) = read_sections(params, "curve")
     t0 = time.perf_counter()  # no folder made here: rank 0 creates `out` when it saves (a failed run leaves none)
     seed_everything(cfg.seed)
-    spec, (a, b), files = load_endpoints(cfg, endpoints, params, prepared)
+    spec, (w1, w2), files = load_endpoints(cfg, endpoints, params, prepared)
     names = list(cfg.endpoint_files) or list(cfg.endpoints)  # what the curve joins: files, or seeds
     data = prepared_data(prepared, runtime)
     check_batch_size("curve.batch_size", cfg.batch_size, len(data.train), prepared)
-    curve = Curve(from_spec(spec), a["state_dict"], b["state_dict"], cfg.type, cfg.num_bends)
+    curve = Curve(from_spec(spec), w1["state_dict"], w2["state_dict"], cfg.type, cfg.num_bends)
     if cfg.init != "linear":
         init, _ = load_curve(Path(cfg.init), from_spec, hint="curve.init must be 'linear' or a curve file.")
         curve.load_control_points(init.control_points(), cfg.init)
@@ -70,44 +68,17 @@ def main(
     batches = train_loader(data, cfg.batch_size, cfg.seed, runtime)
     inputs = (*prepared_files(prepared), *files)
     resume = resume_state("fit_curve", runtime, cfg, {"spec": spec}, inputs=inputs)  # a plain file: params' model
-    joins = [f"seed {n}" if isinstance(n, int) else n for n in names]
-    log.info(
-        "fitting a %s with %d bends between %s and %s: %d epochs on %s",
-        cfg.type,
-        cfg.num_bends,
-        *joins,
-        cfg.epochs,
-        data.info.name,
-    )
-    history = fit_curve(
-        curve,
-        batches,
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        wd=cfg.wd,
-        seed=cfg.seed,
-        runtime=runtime,
-        resume=resume,
-        progress=functools.partial(progress, "fit_curve"),
-    )
+    joins = " and ".join(f"seed {n}" if isinstance(n, int) else str(n) for n in names)
+    log.info(f"fitting a {cfg.type} ({cfg.num_bends} bends) between {joins}: {cfg.epochs} epochs on {data.info.name}")
+    sgd = dict(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, wd=cfg.wd, seed=cfg.seed)
+    report = functools.partial(progress, "fit_curve")
+    history = fit_curve(curve, batches, **sgd, runtime=runtime, resume=resume, progress=report)
     if not runtime.is_main:  # rank 0 writes; the others only trained
         return
     save_curve(out / "curve.pt", curve, spec, endpoints=names, wd=cfg.wd)
-    result = {"train_loss": history.rows[-1]["train_loss"], "train_accuracy": history.rows[-1]["train_accuracy"]}
-    run = {
-        "type": cfg.type,
-        "num_bends": cfg.num_bends,
-        "endpoints": names,
-        "dataset": data.info.name,
-        "model": spec["name"],
-        "epochs": cfg.epochs,
-        "resumed_after_epoch": history.resumed_after,
-        "seconds": history.seconds,
-        "seconds_per_epoch": history.seconds / cfg.epochs,
-        "images_per_s": history.images_per_s,
-        **runtime.as_dict(),
-    }
+    result = {k: history.rows[-1][k] for k in ("train_loss", "train_accuracy")}
+    run = dict(type=cfg.type, num_bends=cfg.num_bends, endpoints=names, dataset=data.info.name, model=spec["name"])
+    run.update(epochs=cfg.epochs, **history.timing(), **runtime.as_dict())
     write_csv(log_csv, history.rows)
     write_metrics(metrics, result, run)
     resume.clear()

@@ -20,7 +20,7 @@ from modeconn.runtime import CPU, Runtime, seed_everything
 from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
 from .kit.config import check_batch_size, read_sections
 from .kit.inputs import prepared_data, test_loader, train_loader, val_split
-from .kit.layout import ENDPOINT_METRICS, ENDPOINTS, endpoint_dir, endpoint_metrics, prepared_files
+from .kit.layout import ENDPOINT_METRICS, ENDPOINTS, endpoint_dir, endpoint_metrics, endpoint_run, prepared_files
 from .kit.records import write_csv, write_metrics
 from .kit.resume_key import resume_state
 
@@ -46,18 +46,10 @@ def main(
     spec = model_cfg.spec(data.info)
     model = runtime.prepare(model_cfg.build(data.info))  # model.weights, when set, loaded here
     batches = train_loader(data, cfg.batch_size, seed, runtime)
-    state_of = f"train_endpoint/seed_{seed}"  # model_cfg brings the content of model.weights into the key
-    resume = resume_state(state_of, runtime, cfg, model_cfg, {"seed": seed}, inputs=prepared_files(prepared))
+    inputs = prepared_files(prepared)  # and model_cfg brings the content of model.weights into the key
+    resume = resume_state(endpoint_run(seed), runtime, cfg, model_cfg, {"seed": seed}, inputs=inputs)
     n_train, n_test = data.train.y.numel(), data.test.y.numel()
-    log.info(
-        "seed %d: %s on %s (%d train / %d test images), %d epochs",
-        seed,
-        spec["name"],
-        data.info.name,
-        n_train,
-        n_test,
-        cfg.epochs,
-    )
+    log.info(f"seed {seed}: {spec['name']} on {data.info.name} ({n_train} train, {n_test} test), {cfg.epochs} epochs")
     net = train_network(
         model,
         batches,
@@ -76,18 +68,8 @@ def main(
     if not runtime.is_main:  # rank 0 evaluated and writes; the others only trained
         return
     scores = net.scores()  # val_* from the split that chooses settings, never test
-    run = {
-        "seed": seed,
-        "dataset": data.info.name,
-        "model": spec["name"],
-        "model_args": spec["args"],
-        "epochs": cfg.epochs,
-        "train_images": int(n_train),
-        "resumed_after_epoch": net.resumed_after,
-        "seconds": net.seconds,
-        "images_per_s": net.images_per_s,
-        **runtime.as_dict(),
-    }
+    run = dict(seed=seed, dataset=data.info.name, model=spec["name"], model_args=spec["args"], epochs=cfg.epochs)
+    run.update(train_images=int(n_train), **net.timing(), **runtime.as_dict())
     with atomic_dir(out) as tmp:
         optimizer = net.optimizer.state_dict()
         save_checkpoint(tmp / "model.pt", spec, model.state_dict(), epoch=cfg.epochs, seed=seed, optimizer=optimizer)

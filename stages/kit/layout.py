@@ -25,6 +25,7 @@ ENDPOINT_METRICS = Path("metrics/endpoints")  # train_endpoint: seed_<s>.json, .
 ENDPOINT_HINT = "Run `dvc repro train_endpoint` (the seed must be in train.seeds)."
 
 CURVE_HINT = "Run `dvc repro fit_curve` to create it."  # the fitted curve, curve.pt
+CURVE_EVAL_HINT = "Run `dvc repro eval_curve` to create it."  # its evaluation: curve.pt, segment.pt, aligned.pt
 
 
 def prepared_files(prepared: Path) -> tuple[Path, Path]:
@@ -36,6 +37,12 @@ def endpoint_dir(endpoints: Path, seed: int) -> Path:
     """The folder of seed ``seed``'s endpoint in ``endpoints``: its checkpoints (model.pt, epoch_<e>.pt) and
     predictions (test_logprobs.pt, val_logprobs.pt)."""
     return Path(endpoints) / f"seed_{seed}"
+
+
+def endpoint_run(seed: int) -> str:
+    """The name of seed ``seed``'s endpoint training run (where it keeps its resume state, under
+    :data:`RESUME_DIR`)."""
+    return f"train_endpoint/seed_{seed}"
 
 
 def endpoint_model(endpoints: Path, seed: int) -> Path:
