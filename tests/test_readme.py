@@ -9,15 +9,21 @@ exactly these (nothing else, not even ``torch``: a snippet imports what it uses)
 - ``x``, ``y``: a batch of 8 such images and their labels.
 
 A snippet that needs anything more defines it itself.
+
+The documents are checked for what they name, too: links to files that exist, `make` targets of the Makefile,
+`python -m` modules of the project and `modeconn.…` names that resolve (a rename leaves no stale name), a README
+of at most ``README_MAX_LINES`` lines, and no history (that is git log).
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import traceback
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .stage_utils import ROOT
 
@@ -106,3 +112,86 @@ def test_snippet_runs(path, line, code, tmp_path, monkeypatch):
         f"(it may assume only {', '.join(PREAMBLE_NAMES)}; see tests/test_readme.py)",
         pytrace=False,
     )
+
+
+# ------------------------------------------------------------------ what the documents name exists
+
+README_MAX_LINES = 250  # the README is for users; the reference is docs/
+LINK = re.compile(r"\]\((?!https?://|#)(?P<target>[^)#\s]+)")
+MAKE = re.compile(r"`make (?P<target>[a-z-]+)")
+PYTHON_M = re.compile(r"python -m (?P<module>[A-Za-z_][\w.]*)")
+DOTTED = re.compile(r"`(?P<name>modeconn(?:\.\w+)+)")
+PROJECT = {"modeconn", "stages", "tools"}  # the packages `python -m` runs from the project
+HISTORY = re.compile(r"\bissues? #?\d+|\bearlier runs?\b|\bprevious runs?\b|\bsession\b", re.IGNORECASE)
+
+
+def _text(doc: Path) -> str:
+    return doc.read_text()
+
+
+def test_the_readme_is_short():
+    lines = len(_text(ROOT / "README.md").splitlines())
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines (at most {README_MAX_LINES}): move reference to docs/"
+    )
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_point_to_files_that_exist(doc):
+    missing = [m["target"] for m in LINK.finditer(_text(doc)) if not (doc.parent / m["target"]).exists()]
+    assert not missing, f"{doc.relative_to(ROOT)} links to files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_make_targets_and_python_modules_exist(doc):
+    text = _text(doc)
+    makefile = _text(ROOT / "Makefile")
+    targets = set(re.findall(r"^([a-z-]+):", makefile, re.MULTILINE))
+    unknown = sorted({m["target"] for m in MAKE.finditer(text)} - targets)
+    assert not unknown, f"{doc.relative_to(ROOT)} names make targets the Makefile lacks: {unknown}"
+    modules = {m["module"] for m in PYTHON_M.finditer(text)}  # `python -m stages.<name>` gives "stages."
+
+    def runnable(name: str) -> bool:
+        path = ROOT / name.replace(".", "/")
+        return path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()
+
+    absent = sorted(n for n in modules if n.split(".")[0] in PROJECT and not n.endswith(".") and not runnable(n))
+    assert not absent, f"{doc.relative_to(ROOT)} runs `python -m` modules that do not exist: {absent}"
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_library_names_resolve(doc):
+    """`modeconn.x.y` in the text is a module or an attribute of one (a rename leaves no stale name)."""
+    broken = []
+    for name in sorted({m["name"] for m in DOTTED.finditer(_text(doc))}):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            try:
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                broken.append(name)
+            break
+        else:
+            broken.append(name)
+    assert not broken, f"{doc.relative_to(ROOT)} names library objects that do not exist: {broken}"
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_history(doc):
+    """README and docs say what is; history is git log."""
+    found = [m[0] for m in HISTORY.finditer(_text(doc))]
+    assert not found, f"{doc.relative_to(ROOT)} refers to history: {found}"
+
+
+def test_the_params_reference_names_every_key():
+    """docs/pipeline.md is the reference of params.yaml: every section and every key of it is named there."""
+    page = _text(ROOT / "docs/pipeline.md")
+    params = yaml.safe_load(_text(ROOT / "params.yaml"))
+    missing = [f"**{s}**" for s in params if f"**{s}**" not in page]
+    missing += [f"{s}.{k}" for s, keys in params.items() for k in keys if f"`{k}`" not in page]
+    assert not missing, f"docs/pipeline.md does not document these sections or keys of params.yaml: {missing}"
