@@ -63,102 +63,74 @@ def check_curve_args(kind: str, num_bends: int) -> None:
         )
 
 
-class Curve(nn.Module):
-    """A curve of ``kind`` with ``num_bends`` control points between two weight sets of ``template``.
+class FlatPoints(nn.Module):
+    """Control points in the weight space of ``template``, each one flat vector [P], and the template run at a
+    point Σ_k c_k θ_k of them through its own parameter slots: what :class:`Curve` and
+    :class:`modeconn.simplex.Simplex` share (DESIGN decision 1: other coefficients, not a second implementation).
 
-    ``start`` and ``end`` map each parameter name of ``template`` to a tensor
-    (e.g. two endpoint state dicts). The template's buffers (BatchNorm running
-    statistics) are shared by all t and must be recalibrated per point
-    (:mod:`modeconn.bn`). ``num_bends = 2`` gives the segment (no trainable bend).
-
-    Storage: every parameter of the template is one slice of a flat vector of
-    length P (the template's parameter count, in ``named_parameters`` order).
-    The endpoints are the buffers ``start`` and ``end`` [P]; the interior
-    bends are one trainable tensor ``bends`` [n − 2, P]. φ_θ(t) is then n
-    elementwise passes over the flat vector, its squared norm one reduction and
-    their backward two more passes, whatever the number of layers (the paper's
-    O(|net|) overhead, in a few kernel calls: :class:`_CurvePoint`).
+    A subclass keeps its control points — fixed buffers and one trainable tensor [m, P] — and says where they
+    are: :meth:`rows` lists every control point in the order of the coefficients, :meth:`trainable` is the
+    trainable tensor, :meth:`trainable_coefficients` picks the coefficients of its m rows from a list of all of
+    them, :meth:`_differentiable` says whether a point needs a gradient.
     """
 
-    def __init__(
-        self,
-        template: nn.Module,
-        start: dict[str, torch.Tensor],
-        end: dict[str, torch.Tensor],
-        kind: str = "bezier",
-        num_bends: int = 3,
-    ):
-        super().__init__()
-        if kind not in KINDS:
-            raise ConfigError(f"curve.type {kind!r} unknown; use one of {', '.join(KINDS)}")
-        if num_bends < 2:
-            raise ConfigError(f"curve.num_bends = {num_bends}: a path needs at least its 2 endpoints")
-        self.kind, self.num_bends = kind, num_bends
+    def _adopt(self, template: nn.Module) -> None:
+        """Keep ``template`` (its parameters frozen: the control points are what trains) and its flat layout."""
         self.template = template
         for p in template.parameters():
             p.requires_grad_(False)
-        check_compatible(template, start, "start")
-        check_compatible(template, end, "end")
         params = dict(template.named_parameters())
         self.names = list(params)
         self.shapes = [tuple(p.shape) for p in params.values()]
         self.sizes = [p.numel() for p in params.values()]
         self.nhwc = [False] * len(self.names)  # conv weights stored (O, H, W, I): see use_channels_last
-        a = torch.cat([start[n].detach().float().reshape(-1) for n in self.names])  # (P,)
-        b = torch.cat([end[n].detach().float().reshape(-1) for n in self.names])  # (P,)
-        self.register_buffer("start", a)
-        self.register_buffer("end", b)
-        # Interior bends initialised on the segment: θ_k = ŵ1 + k/(n−1) (ŵ2 − ŵ1).
-        s = torch.arange(1, num_bends - 1, dtype=a.dtype) / (num_bends - 1)  # (n-2,)
-        self.bends = nn.Parameter(a + s[:, None] * (b - a))  # (n-2, P)
 
-    def coefficients(self, t: float) -> torch.Tensor:
-        return COEFFICIENTS[self.kind](t, self.num_bends).float()
+    def rows(self) -> list[torch.Tensor]:
+        """Every control point [P], in the order of the coefficients (trainable ones detached)."""
+        raise NotImplementedError
 
-    def coefficient_list(self, t: float) -> list[float]:
-        """:meth:`coefficients` as Python floats (float64 arithmetic, no tensor op: a training step's φ_θ(t))."""
-        n = self.num_bends - 1
-        if self.kind == "bezier":
-            return [math.comb(n, k) * t**k * (1 - t) ** (n - k) for k in range(n + 1)]
-        return [max(0.0, 1 - abs(n * t - k)) for k in range(n + 1)]
+    def trainable(self) -> nn.Parameter:
+        """The trainable control points [m, P]."""
+        raise NotImplementedError
+
+    def trainable_coefficients(self, c: list[float]) -> list[float]:
+        """The coefficients of the rows of :meth:`trainable`, in their order, out of all of ``c``."""
+        raise NotImplementedError
+
+    def _differentiable(self) -> bool:
+        raise NotImplementedError
 
     def combine(self, c: list[float]) -> torch.Tensor:
         """Σ_k c_k θ_k as a new flat float32 vector [P], without autograd: one scaled copy and one in-place
         add per further control point (elementwise: about twice as fast on this CPU as the ``addmv`` it
         replaced, README "Speed"). Control points with c_k = 0 (the far end at t = 0 or 1, the hats of a
         chain away from t) are skipped, so φ_θ(0) and φ_θ(1) are the endpoints exactly."""
-        with torch.no_grad(), torch.autocast(self.start.device.type, enabled=False):
-            rows = [self.start, *self.bends.detach(), self.end]
-            terms = [(ck, row) for ck, row in zip(c, rows) if ck != 0.0] or [(0.0, self.start)]
-            (c0, first), rest = terms[0], terms[1:]
-            w = first.clone() if c0 == 1.0 else torch.mul(first, c0)
-            for ck, row in rest:
-                w.add_(row, alpha=ck)
+        with torch.no_grad():
+            rows = self.rows()
+            with torch.autocast(rows[0].device.type, enabled=False):
+                terms = [(ck, row) for ck, row in zip(c, rows) if ck != 0.0] or [(0.0, rows[0])]
+                (c0, first), rest = terms[0], terms[1:]
+                w = first.clone() if c0 == 1.0 else torch.mul(first, c0)
+                for ck, row in rest:
+                    w.add_(row, alpha=ck)
         return w
 
-    def _differentiable(self) -> bool:
-        """Whether φ_θ(t) needs a gradient: autograd on and trainable bends (a segment has none)."""
-        return torch.is_grad_enabled() and self.bends.requires_grad and self.num_bends > 2
-
-    def point(self, t: float) -> torch.Tensor:
-        """φ_θ(t) as one flat float32 vector [P], differentiable w.r.t. the bends when autograd is on.
-
-        The same sum, in the same order, as :meth:`combine` (which skips the terms with c_k = 0: equal bit for
-        bit unless a skipped control point holds inf or NaN, up to the sign of a zero). Autocast is off
-        here: under bf16 autocast the weighted sum stays in float32 and the forward pass casts what it needs.
-        A training step goes through :meth:`forward`, whose :class:`_CurvePoint` has a cheaper backward.
-        """
-        c = self.coefficient_list(float(t))  # plain numbers: no tensor op for the coefficients
-        if not self._differentiable():
-            return self.combine(c)
-        with torch.autocast(self.start.device.type, enabled=False):
-            w = torch.mul(self.start, c[0])
-            for k, ck in enumerate(c[1:-1]):
-                w = w.add(self.bends[k], alpha=ck)
-            return w.add(self.end, alpha=c[-1])
+    def run_at(self, x: torch.Tensor, c: list[float], l2: bool = False):
+        """The template's output at Σ_k c_k θ_k; with ``l2``, also the point's squared norm (one reduction).
+        With autograd on, the point and its norm come from :class:`_CurvePoint`."""
+        if self._differentiable():
+            *params, sq_norm = _CurvePoint.apply(self, l2, c, self.trainable())
+            logits = self.run_template(x, params)
+            return (logits, sq_norm) if l2 else logits
+        w = self.combine(c)
+        logits = self.run_template(x, w)
+        if not l2:
+            return logits
+        with torch.autocast(w.device.type, enabled=False):  # ‖φ‖² in float32, as the point itself
+            return logits, torch.dot(w, w)
 
     def unflat(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A flat vector [P] in this curve's layout as the template's parameter dict (views, no copy)."""
+        """A flat vector [P] in this layout as the template's parameter dict (views, no copy)."""
         out = {}
         for n, v, shape, nhwc in zip(self.names, w.split(self.sizes), self.shapes, self.nhwc):
             if nhwc:
@@ -169,7 +141,7 @@ class Curve(nn.Module):
         return out
 
     def strided_layout(self) -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
-        """(shape, strides, offset) of each parameter inside a contiguous flat vector [P] in this curve's layout:
+        """(shape, strides, offset) of each parameter inside a contiguous flat vector [P] in this layout:
         :meth:`unflat`'s views (read off a meta tensor), as arguments of ``as_strided`` — one call per parameter
         instead of a split, a view and a permute. Cached per memory layout."""
         key = tuple(self.nhwc)
@@ -181,7 +153,7 @@ class Curve(nn.Module):
         return cached[1]
 
     def _relayout(self, flat: torch.Tensor, to_nhwc: bool) -> torch.Tensor:
-        """Rows [.., P] from the contiguous layout of the 4-D parameters to this curve's (or back)."""
+        """Rows [.., P] from the contiguous layout of the 4-D parameters to this one (or back)."""
         parts = []
         for v, shape, nhwc in zip(flat.split(self.sizes, dim=-1), self.shapes, self.nhwc):
             if nhwc:
@@ -194,23 +166,6 @@ class Curve(nn.Module):
                 v = v.reshape(*lead, -1)
             parts.append(v)
         return torch.cat(parts, dim=-1)
-
-    @torch.no_grad()
-    def use_channels_last(self) -> None:
-        """Store every 4-D (conv) weight in (O, H, W, I) order, so that φ_θ(t) hands the network conv weights
-        with channels_last strides, without a copy (what :meth:`Runtime.prepare` asks for channels_last)."""
-        if all(nhwc or len(shape) != 4 for nhwc, shape in zip(self.nhwc, self.shapes)):
-            return
-        plain = self._relayout(torch.cat([self.start[None], self.bends, self.end[None]]), to_nhwc=False)  # (n, P)
-        self.nhwc = [len(shape) == 4 for shape in self.shapes]
-        stack = self._relayout(plain, to_nhwc=True)
-        self.start.copy_(stack[0])
-        self.end.copy_(stack[-1])
-        self.bends.copy_(stack[1:-1])
-
-    def weights(self, t: float) -> dict[str, torch.Tensor]:
-        """φ_θ(t) as a dict name → tensor (views of :meth:`point`), always in float32."""
-        return self.unflat(self.point(t))
 
     def _slots(self) -> list[tuple[nn.Module, str, int, nn.Parameter]]:
         """Every place a parameter of the template sits — (module, attribute, index into :attr:`names`, the
@@ -256,22 +211,114 @@ class Curve(nn.Module):
             for module, attr, _, p in slots:
                 module._parameters[attr] = p
 
+
+class Curve(FlatPoints):
+    """A curve of ``kind`` with ``num_bends`` control points between two weight sets of ``template``.
+
+    ``start`` and ``end`` map each parameter name of ``template`` to a tensor
+    (e.g. two endpoint state dicts). The template's buffers (BatchNorm running
+    statistics) are shared by all t and must be recalibrated per point
+    (:mod:`modeconn.bn`). ``num_bends = 2`` gives the segment (no trainable bend).
+
+    Storage: every parameter of the template is one slice of a flat vector of
+    length P (the template's parameter count, in ``named_parameters`` order).
+    The endpoints are the buffers ``start`` and ``end`` [P]; the interior
+    bends are one trainable tensor ``bends`` [n − 2, P]. φ_θ(t) is then n
+    elementwise passes over the flat vector, its squared norm one reduction and
+    their backward two more passes, whatever the number of layers (the paper's
+    O(|net|) overhead, in a few kernel calls: :class:`_CurvePoint`).
+    """
+
+    def __init__(
+        self,
+        template: nn.Module,
+        start: dict[str, torch.Tensor],
+        end: dict[str, torch.Tensor],
+        kind: str = "bezier",
+        num_bends: int = 3,
+    ):
+        super().__init__()
+        if kind not in KINDS:
+            raise ConfigError(f"curve.type {kind!r} unknown; use one of {', '.join(KINDS)}")
+        if num_bends < 2:
+            raise ConfigError(f"curve.num_bends = {num_bends}: a path needs at least its 2 endpoints")
+        self.kind, self.num_bends = kind, num_bends
+        check_compatible(template, start, "start")
+        check_compatible(template, end, "end")
+        self._adopt(template)
+        a = torch.cat([start[n].detach().float().reshape(-1) for n in self.names])  # (P,)
+        b = torch.cat([end[n].detach().float().reshape(-1) for n in self.names])  # (P,)
+        self.register_buffer("start", a)
+        self.register_buffer("end", b)
+        # Interior bends initialised on the segment: θ_k = ŵ1 + k/(n−1) (ŵ2 − ŵ1).
+        s = torch.arange(1, num_bends - 1, dtype=a.dtype) / (num_bends - 1)  # (n-2,)
+        self.bends = nn.Parameter(a + s[:, None] * (b - a))  # (n-2, P)
+
+    def coefficients(self, t: float) -> torch.Tensor:
+        return COEFFICIENTS[self.kind](t, self.num_bends).float()
+
+    def coefficient_list(self, t: float) -> list[float]:
+        """:meth:`coefficients` as Python floats (float64 arithmetic, no tensor op: a training step's φ_θ(t))."""
+        n = self.num_bends - 1
+        if self.kind == "bezier":
+            return [math.comb(n, k) * t**k * (1 - t) ** (n - k) for k in range(n + 1)]
+        return [max(0.0, 1 - abs(n * t - k)) for k in range(n + 1)]
+
+    def rows(self) -> list[torch.Tensor]:
+        """ŵ1, the bends (detached), ŵ2: the control points in the order of the coefficients."""
+        return [self.start, *self.bends.detach(), self.end]
+
+    def trainable(self) -> nn.Parameter:
+        return self.bends
+
+    def trainable_coefficients(self, c: list[float]) -> list[float]:
+        """The coefficients of the interior bends."""
+        return c[1:-1]
+
+    def _differentiable(self) -> bool:
+        """Whether φ_θ(t) needs a gradient: autograd on and trainable bends (a segment has none)."""
+        return torch.is_grad_enabled() and self.bends.requires_grad and self.num_bends > 2
+
+    def point(self, t: float) -> torch.Tensor:
+        """φ_θ(t) as one flat float32 vector [P], differentiable w.r.t. the bends when autograd is on.
+
+        The same sum, in the same order, as :meth:`combine` (which skips the terms with c_k = 0: equal bit for
+        bit unless a skipped control point holds inf or NaN, up to the sign of a zero). Autocast is off
+        here: under bf16 autocast the weighted sum stays in float32 and the forward pass casts what it needs.
+        A training step goes through :meth:`forward`, whose :class:`_CurvePoint` has a cheaper backward.
+        """
+        c = self.coefficient_list(float(t))  # plain numbers: no tensor op for the coefficients
+        if not self._differentiable():
+            return self.combine(c)
+        with torch.autocast(self.start.device.type, enabled=False):
+            w = torch.mul(self.start, c[0])
+            for k, ck in enumerate(c[1:-1]):
+                w = w.add(self.bends[k], alpha=ck)
+            return w.add(self.end, alpha=c[-1])
+
+    @torch.no_grad()
+    def use_channels_last(self) -> None:
+        """Store every 4-D (conv) weight in (O, H, W, I) order, so that φ_θ(t) hands the network conv weights
+        with channels_last strides, without a copy (what :meth:`Runtime.prepare` asks for channels_last)."""
+        if all(nhwc or len(shape) != 4 for nhwc, shape in zip(self.nhwc, self.shapes)):
+            return
+        plain = self._relayout(torch.cat([self.start[None], self.bends, self.end[None]]), to_nhwc=False)  # (n, P)
+        self.nhwc = [len(shape) == 4 for shape in self.shapes]
+        stack = self._relayout(plain, to_nhwc=True)
+        self.start.copy_(stack[0])
+        self.end.copy_(stack[-1])
+        self.bends.copy_(stack[1:-1])
+
+    def weights(self, t: float) -> dict[str, torch.Tensor]:
+        """φ_θ(t) as a dict name → tensor (views of :meth:`point`), always in float32."""
+        return self.unflat(self.point(t))
+
     def forward(self, x: torch.Tensor, t: float, l2: bool = False):
         """The template's output at φ_θ(t); with ``l2``, also ‖φ_θ(t)‖² (one reduction over the flat point).
 
         The whole step goes through here, so that DistributedDataParallel can wrap a curve. With autograd on,
-        the point and its norm come from :class:`_CurvePoint`."""
-        c = self.coefficient_list(float(t))
-        if self._differentiable():
-            *params, sq_norm = _CurvePoint.apply(self, l2, c, self.bends)
-            logits = self.run_template(x, params)
-            return (logits, sq_norm) if l2 else logits
-        w = self.combine(c)
-        logits = self.run_template(x, w)
-        if not l2:
-            return logits
-        with torch.autocast(w.device.type, enabled=False):  # ‖φ_θ(t)‖² in float32, as φ_θ(t) itself
-            return logits, torch.dot(w, w)
+        the point and its norm come from :class:`_CurvePoint` (:meth:`FlatPoints.run_at`)."""
+        return self.run_at(x, self.coefficient_list(float(t)), l2)
 
     @torch.no_grad()
     def state_at(self, t: float) -> dict[str, torch.Tensor]:
@@ -327,10 +374,10 @@ class _CurvePoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, curve: Curve, l2: bool, c: list[float], bends: torch.Tensor):
+    def forward(ctx, curve: FlatPoints, l2: bool, c: list[float], bends: torch.Tensor):
         w = curve.combine(c)
         layout = curve.strided_layout()
-        ctx.layout, ctx.inner, ctx.numel = layout, c[1:-1], w.numel()
+        ctx.layout, ctx.inner, ctx.numel = layout, curve.trainable_coefficients(c), w.numel()
         with torch.autocast(w.device.type, enabled=False):
             sq_norm = torch.dot(w, w) if l2 else w.new_empty(0)
         if l2:
