@@ -47,6 +47,11 @@ class PathResult:
     summary: dict[str, dict[str, float]]  # measure → path_summary (start, end, min, max, mean_t, int_arc, mean_arc)
     barrier: dict[str, float]  # measure of MEASURES → loss_barrier
 
+    def predictions(self) -> dict:
+        """What a later ensemble needs without measuring again: the t grid, the test (and validation)
+        log-probabilities at each t, and the arc length."""
+        return {"t": self.t, "logprobs": self.logprobs, "val_logprobs": self.val_logprobs, "arc": self.arc}
+
 
 @torch.no_grad()
 def measure_path(
@@ -110,6 +115,24 @@ def measure_path(
         summary=summary,
         barrier={m: loss_barrier(ts, [row[m] for row in rows]) for m in MEASURES},
     )
+
+
+def measure_paths(
+    paths: Mapping[str, Curve],
+    ts: Sequence[float],
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    wd: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, PathResult]:
+    """:func:`measure_path` of each of ``paths`` (name → a Curve: a fitted curve, a segment; each measured on its
+    ``template``) in turn at ``ts``; ``progress(message)`` after each point, led by the path's name."""
+    results = {}
+    for name, path in paths.items():
+        report = None if progress is None else (lambda message, name=name: progress(f"{name} {message}"))
+        results[name] = measure_path(path.template, path, ts, batches, runtime, wd=wd, progress=report)
+    return results
 
 
 def aligned_segment(

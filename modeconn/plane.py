@@ -168,6 +168,13 @@ class PlaneResult:
             **(aligned if self.aligned is not None else {}),
         }
 
+    def extent(self) -> dict[str, list[float]]:
+        """The grid's first and last α and β."""
+        return {
+            "alpha": [self.alpha[0].item(), self.alpha[-1].item()],
+            "beta": [self.beta[0].item(), self.beta[-1].item()],
+        }
+
     def summary(self) -> dict:
         """Each measure's range over the grid, the three points, how far the curve (and the aligned segment,
         whose projection is drawn, not the path) leaves the plane, and ‖ŵ2 − ŵ1‖."""

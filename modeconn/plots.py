@@ -130,6 +130,25 @@ def plane_contours(
     save(fig, path)
 
 
+def plane_figures(grid: dict, train_png: Path | str, error_png: Path | str, where: str = "") -> None:
+    """The plane's two contour figures (paper, Fig. 1) from ``grid`` (:meth:`modeconn.plane.PlaneResult.as_dict`):
+    train loss to ``train_png``, test error to ``error_png``; ``where`` (the path, model and data) in the titles.
+    An aligned segment in ``grid`` is drawn as its projection, labelled with how far it leaves the plane."""
+    pts = {"ŵ1": grid["coords"][0].tolist(), "ŵ2": grid["coords"][1].tolist(), "θ (bend)": grid["coords"][2].tolist()}
+    aligned = {}
+    if "aligned" in grid:  # a projection: the aligned segment leaves the plane (by t · dist(π(ŵ2)))
+        off, scale = grid["aligned_off_plane"].max().item(), grid["coords"][1, 0].item()
+        label = f"off the plane by up to {off:.3g} = {off / scale:.0%} of ‖ŵ2 − ŵ1‖; contours not its loss"
+        aligned = {"aligned": grid["aligned"], "aligned_label": f"aligned segment, projected ({label})"}
+    for m, png, label in (
+        ("train_loss", train_png, "train loss (with L2 term)"),
+        ("test_error", error_png, "test error"),
+    ):
+        title = f"{label.split(' (')[0].capitalize()} in the plane: {where}"
+        curves = (grid["curve"], grid["segment"])
+        plane_contours(grid["alpha"], grid["beta"], grid[m], pts, *curves, png, label, title=title, **aligned)
+
+
 def path_ensembles(rows: list[dict], path: Path | str, endpoint_error: float | None = None, title: str = "") -> None:
     """Test error of the ensemble {ŵ1, point at t} on the curve, the segment and a random ray (paper, Fig. 4).
 

@@ -19,7 +19,7 @@ from modeconn.curves import load_curve, segment_of
 from modeconn.errors import ModeconnError
 from modeconn.io import atomic_dir, atomic_torch_save
 from modeconn.models import from_spec
-from modeconn.path import aligned_segment, along_t_table, curve_metrics, measure_path, path_table
+from modeconn.path import aligned_segment, along_t_table, curve_metrics, measure_paths, path_table
 from modeconn.plots import along_t
 from modeconn.runtime import CPU, Runtime, seed_everything
 
@@ -37,9 +37,7 @@ def main(
     out: Path = typer.Option(Path("data/curve_eval"), "--out", help="Output folder (test log-probabilities per t)."),
     metrics: Path = typer.Option(Path("metrics/curve.json"), "--metrics", help="Summary JSON."),
     table: Path = typer.Option(Path("metrics/curve_eval.csv"), "--table", help="One row per path and t."),
-    wide: Path = typer.Option(
-        Path("metrics/curve_along_t.csv"), "--wide", help="One row per t, curve and segment side by side (DVC plots)."
-    ),
+    wide: Path = typer.Option(Path("metrics/curve_along_t.csv"), "--wide", help="One row per t, paths side by side."),
     figure: Path = typer.Option(Path("metrics/curve_along_t.png"), "--figure", help="PNG of loss and error along t."),
     runtime: Runtime = CPU,
 ) -> None:
@@ -59,28 +57,20 @@ def main(
         except ModeconnError as e:  # the library says what it cannot align; the way out is the pipeline's
             raise ModeconnError(f"{e}; set eval.align: false in {params} to skip the aligned segment") from e
         paths["aligned"], a = runtime.prepare(aligned), alignment
-        log.info(
-            f"alignment: {100 * a['moved_fraction']:.0f}% of {a['hidden_units']} hidden units moved "
-            f"({a['permutation_groups']} permutation groups); "
-            f"‖ŵ2 − ŵ1‖ {a['distance_before']:.2f} → ‖π(ŵ2) − ŵ1‖ {a['distance_after']:.2f}"
+        moved = (
+            f"{a['moved_fraction']:.0%} of {a['hidden_units']} hidden units moved ({a['permutation_groups']} groups)"
         )
+        log.info(f"alignment: {moved}; ‖ŵ2 − ŵ1‖ {a['distance_before']:.2f} → ‖π(ŵ2) − ŵ1‖ {a['distance_after']:.2f}")
     ts = torch.linspace(0, 1, cfg.num_points).tolist()
-    log.info(
-        f"evaluating the {blob['kind']} and the segment at {cfg.num_points} points of t on {data.info.name} "
-        f"(BN over {batches.bn.n}, train loss over {batches.train.n} images)"
-    )
-    wd, results = float(blob.get("wd", 0.0)), {}
+    images = f"on {data.info.name} (BN over {batches.bn.n}, train loss over {batches.train.n} images)"
+    log.info(f"evaluating the {blob['kind']} and the segment at {cfg.num_points} points of t {images}")
     with progress("eval_curve", len(paths) * cfg.num_points) as advance:
-        for name, path in paths.items():
-            report = lambda message, name=name: advance(f"{name} {message}")  # noqa: E731
-            results[name] = measure_path(path.template, path, ts, batches, runtime, wd=wd, progress=report)
+        results = measure_paths(paths, ts, batches, runtime, wd=float(blob.get("wd", 0.0)), progress=advance)
     test_y = data.test.y.cpu()
     with atomic_dir(out) as tmp:
         for name, r in results.items():
-            stored = {"t": r.t, "logprobs": r.logprobs, "val_logprobs": r.val_logprobs, "arc": r.arc}
-            if name == "aligned":
-                stored["perms"] = perms  # group -> (n,): unit i of π(ŵ2) is unit perms[g][i] of ŵ2
-            atomic_torch_save({**stored, "labels": test_y}, tmp / f"{name}.pt")
+            aligned = {"perms": perms} if name == "aligned" else {}  # group -> (n,): unit i of π(ŵ2) is perms[g][i]
+            atomic_torch_save({**r.predictions(), **aligned, "labels": test_y}, tmp / f"{name}.pt")
     s = curve_metrics(results, cfg.ensemble, alignment)
     run = dict(dataset=data.info.name, model=blob["spec"]["name"], type=blob["kind"], num_bends=blob["num_bends"])
     run.update(endpoints=blob.get("endpoints"), num_points=cfg.num_points, ensemble=cfg.ensemble)
@@ -90,9 +80,8 @@ def main(
     write_csv(table, rows)
     write_csv(wide, along_t_table(results).to_dict("records"))
     write_metrics(metrics, s, {**run, "seconds": time.perf_counter() - t0})
-    along_t(
-        rows, figure, title=f"{blob['kind']} ({blob['num_bends']} bends) vs segment, {run['model']} on {run['dataset']}"
-    )
+    title = f"{blob['kind']} ({blob['num_bends']} bends) vs segment, {run['model']} on {run['dataset']}"
+    along_t(rows, figure, title=title)
     e, b, c, sg = s["ensemble"], s["barrier"], s["curve"]["test_error"], s["segment"]["test_error"]
     console.print(
         f"max test error: curve {c['max']:.4f}, segment {sg['max']:.4f} (ends {c['start']:.4f}, {c['end']:.4f}); "

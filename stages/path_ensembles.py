@@ -25,15 +25,14 @@ from modeconn.runtime import CPU, Runtime, seed_everything
 from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
 from .kit.config import read_sections
 from .kit.inputs import measurement_batches, prepared_data
-from .kit.layout import CURVE_HINT
+from .kit.layout import CURVE_EVAL_HINT, CURVE_HINT
 from .kit.records import write_csv, write_metrics
 
 
 def load_path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict]:
     """eval_curve's t grid [P], test log-probs per path [P, N, K], the test labels [N], and the validation
     log-probs per path [P, N_val, K] (empty where the run has no validation split)."""
-    hint = "Run `dvc repro eval_curve` to create it."
-    blobs = {name: load_file(curve_eval / f"{name}.pt", f"{name} evaluation", hint) for name in ("curve", "segment")}
+    blobs = {n: load_file(curve_eval / f"{n}.pt", f"{n} evaluation", CURVE_EVAL_HINT) for n in ("curve", "segment")}
     for name, blob in blobs.items():
         if not isinstance(blob, dict) or not {"t", "logprobs", "labels"} <= set(blob):
             raise CheckpointError(f"{curve_eval / f'{name}.pt'} lacks t/logprobs/labels: rerun `dvc repro eval_curve`")
@@ -50,16 +49,13 @@ def main(
     params: Path = ParamsOpt,
     prepared: Path = PreparedOpt,
     curve_dir: Path = typer.Option(Path("data/curve"), "--curve", help="Folder written by fit_curve."),
-    curve_eval: Path = typer.Option(
-        Path("data/curve_eval"), "--curve-eval", help="Folder written by eval_curve (test log-probabilities per t)."
-    ),
+    curve_eval: Path = typer.Option(Path("data/curve_eval"), "--curve-eval", help="Folder written by eval_curve."),
     metrics: Path = typer.Option(Path("metrics/path_ensembles.json"), "--metrics", help="Summary JSON."),
     table: Path = typer.Option(Path("metrics/path_ensembles.csv"), "--table", help="One row per t (DVC plot)."),
     figure: Path = typer.Option(Path("metrics/path_ensembles.png"), "--figure", help="PNG of the errors along t."),
     runtime: Runtime = CPU,
 ) -> None:
-    """Two-network ensembles of an endpoint with a point of the curve, segment or a random ray (params:
-    path_ensembles)."""
+    """Ensembles of an endpoint with a point of the curve, segment or a random ray (params: path_ensembles)."""
     (cfg,) = read_sections(params, "path_ensembles")
     seed_everything(cfg.seed)
     ts, stored, labels, stored_val = load_path_predictions(curve_eval)
@@ -72,13 +68,9 @@ def main(
         )
     batches = measurement_batches(data, cfg, runtime)
     val_y = data.val.y.cpu() if data.val is not None and len(stored_val) == 2 else None
-    log.info(
-        f"ensembles of ŵ1 with points of the curve, the segment and a random ray at {len(ts)} t on {data.info.name}"
-    )
-    t0, how = (
-        time.perf_counter(),
-        dict(seed=cfg.seed, method=cfg.ensemble, val_predictions=stored_val, val_labels=val_y),
-    )
+    log.info(f"ensembles of ŵ1 with points of the curve, segment and a random ray at {len(ts)} t on {data.info.name}")
+    t0 = time.perf_counter()
+    how = dict(seed=cfg.seed, method=cfg.ensemble, val_predictions=stored_val, val_labels=val_y)
     with progress("path_ensembles", len(ts)) as advance:
         r = path_ensembles(curve, template, ts, stored, labels, batches, runtime, **how, progress=advance)
     rows, summary = r.rows.to_dict("records"), r.summary

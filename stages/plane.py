@@ -20,16 +20,14 @@ from modeconn.errors import CheckpointError
 from modeconn.io import atomic_dir, atomic_torch_save, load_file
 from modeconn.models import from_spec
 from modeconn.plane import POINTS, measure_plane
-from modeconn.plots import plane_contours
+from modeconn.plots import plane_figures
 from modeconn.runtime import CPU, Runtime, seed_everything
 
 from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
 from .kit.config import read_sections
 from .kit.inputs import measurement_batches, prepared_data
-from .kit.layout import CURVE_HINT
+from .kit.layout import CURVE_EVAL_HINT, CURVE_HINT
 from .kit.records import write_metrics
-
-EVAL_HINT = "Run `dvc repro eval_curve` to create it."
 
 
 def from_eval_curve(
@@ -37,12 +35,12 @@ def from_eval_curve(
 ) -> tuple[torch.Tensor, dict | None]:
     """eval_curve's t grid [P] (curve.pt) and π(ŵ2), its aligned endpoint, as parameters (aligned.pt's permutations
     applied to ŵ2; None when eval_curve did not align, ``eval.align: false``)."""
-    blob, file = load_file(curve_eval / "curve.pt", "curve evaluation", EVAL_HINT), curve_eval / "aligned.pt"
+    blob, file = load_file(curve_eval / "curve.pt", "curve evaluation", CURVE_EVAL_HINT), curve_eval / "aligned.pt"
     if not isinstance(blob, dict) or "t" not in blob:
         raise CheckpointError(f"{curve_eval / 'curve.pt'} has no t grid: rerun `dvc repro eval_curve`")
     if not file.exists():
         return blob["t"].double(), None
-    found = load_file(file, "aligned segment evaluation", EVAL_HINT)
+    found = load_file(file, "aligned segment evaluation", CURVE_EVAL_HINT)
     perms = found.get("perms") if isinstance(found, dict) else None
     ps = permutation_spec(from_spec(spec), example)
     if not isinstance(perms, dict) or {g: p.numel() for g, p in perms.items()} != ps.sizes:
@@ -54,19 +52,11 @@ def main(
     params: Path = ParamsOpt,
     prepared: Path = PreparedOpt,
     curve_dir: Path = typer.Option(Path("data/curve"), "--curve", help="Folder written by fit_curve."),
-    curve_eval: Path = typer.Option(
-        Path("data/curve_eval"),
-        "--curve-eval",
-        help="Folder written by eval_curve (its t grid is used to draw the curve).",
-    ),
+    curve_eval: Path = typer.Option(Path("data/curve_eval"), "--curve-eval", help="Folder written by eval_curve."),
     out: Path = typer.Option(Path("data/plane"), "--out", help="Output folder (grid.pt)."),
     metrics: Path = typer.Option(Path("metrics/plane.json"), "--metrics", help="Summary JSON."),
-    train_png: Path = typer.Option(
-        Path("metrics/plane_train_loss.png"), "--train-figure", help="PNG of train loss contours."
-    ),
-    error_png: Path = typer.Option(
-        Path("metrics/plane_test_error.png"), "--error-figure", help="PNG of test error contours."
-    ),
+    train_png: Path = typer.Option(Path("metrics/plane_train_loss.png"), "--train-figure", help="Train loss PNG."),
+    error_png: Path = typer.Option(Path("metrics/plane_test_error.png"), "--error-figure", help="Test error PNG."),
     runtime: Runtime = CPU,
 ) -> None:
     """Measure train loss and test error over the plane of the endpoints and the bend (params: plane)."""
@@ -78,10 +68,8 @@ def main(
     data = prepared_data(prepared, runtime)
     batches = measurement_batches(data, cfg, runtime)
     ts, end = from_eval_curve(curve_eval, blob["spec"], curve, data.test.x[:2].float().cpu())  # (P,), π(ŵ2)
-    log.info(
-        f"plane of a {blob['kind']} ({n} bends, bend {(n - 1) // 2}): {G} × {G} grid on {data.info.name}, "
-        f"train loss over {batches.train.n} images, test over {batches.test.n}"
-    )
+    images = f"on {data.info.name}, train loss over {batches.train.n} images, test over {batches.test.n}"
+    log.info(f"plane of a {blob['kind']} ({n} bends, bend {(n - 1) // 2}): {G} × {G} grid {images}")
     t0, grid = time.perf_counter(), dict(grid_points=G, margin=cfg.margin, wd=wd, aligned_end=end)
     with progress("plane", G * G + len(POINTS)) as advance:
         r = measure_plane(curve, template, ts, batches, runtime, **grid, progress=advance)
@@ -89,24 +77,12 @@ def main(
     with atomic_dir(out) as tmp:
         atomic_torch_save(g, tmp / "grid.pt")
     summary = r.summary()
-    run = dict(grid_points=G, margin=cfg.margin, alpha=[r.alpha[0].item(), r.alpha[-1].item()])
-    run.update(beta=[r.beta[0].item(), r.beta[-1].item()], dataset=data.info.name, model=blob["spec"]["name"])
+    run = dict(grid_points=G, margin=cfg.margin, **r.extent(), dataset=data.info.name, model=blob["spec"]["name"])
     run.update(type=blob["kind"], num_bends=n, bend_index=r.bend_index, aligned=end is not None)
     run.update(endpoints=blob.get("endpoints"), wd=wd, bn_samples=batches.bn.n if has_bn(template) else 0)
     run.update(train_samples=batches.train.n, test_samples=batches.test.n, **runtime.as_dict(), seconds=seconds)
     write_metrics(metrics, summary, {**run, "seconds_per_point": seconds / (G * G + len(POINTS))})
-    pts = {"ŵ1": g["coords"][0].tolist(), "ŵ2": g["coords"][1].tolist(), "θ (bend)": g["coords"][2].tolist()}
-    where, aligned = f"{blob['kind']} ({n} bends), {run['model']} on {run['dataset']}", {}
-    if end is not None:  # a projection: the aligned segment leaves the plane (by t · dist(π(ŵ2)))
-        off, scale = g["aligned_off_plane"].max().item(), g["coords"][1, 0].item()
-        label = f"off the plane by up to {off:.3g} = {off / scale:.0%} of ‖ŵ2 − ŵ1‖; contours not its loss"
-        aligned = {"aligned": g["aligned"], "aligned_label": f"aligned segment, projected ({label})"}
-    for m, png, label in (
-        ("train_loss", train_png, "train loss (with L2 term)"),
-        ("test_error", error_png, "test error"),
-    ):
-        title = f"{label.split(' (')[0].capitalize()} in the plane: {where}"
-        plane_contours(g["alpha"], g["beta"], g[m], pts, g["curve"], g["segment"], png, label, title=title, **aligned)
+    plane_figures(g, train_png, error_png, f"{blob['kind']} ({n} bends), {run['model']} on {run['dataset']}")
     p, gr = summary["points"], summary["grid"]
     console.print(
         f"plane {G}×{G}: train loss {gr['train_loss']['min']:.4f}–{gr['train_loss']['max']:.4f}, test error "
