@@ -1,0 +1,302 @@
+"""The barrier of a path, as three papers define it, side by side: a barrier card.
+
+Papers on mode connectivity measure "the barrier" along a path φ(t), t ∈ [0, 1] (a curve, a segment, an aligned
+segment; φ(0) and φ(1) the endpoints), in three incompatible ways. For a measure f along the path (train loss,
+test NLL, train or test error, each measured at φ(t)):
+
+- **Worst value along the path** (Garipov et al. 2018: the train loss and test error along a curve and along
+  its segment, judged by their highest point)::
+
+      worst = max_t f(t),        worst_t = argmax_t f(t)
+
+- **Error barrier height** (Frankle, Dziugaite, Roy & Carbin, "Linear Mode Connectivity and the Lottery Ticket
+  Hypothesis", ICML 2020, Sec. 2: "the maximum increase in error from the mean of the two endpoints")::
+
+      barrier_mean_ends = max_t f(t) − ½ (f(0) + f(1))
+
+  Two networks are *stable* (to SGD noise, "linearly mode connected") when the error barrier height is
+  approximately 0, which they take to mean below 2%: ``barrier_mean_ends < 0.02`` on error fractions
+  (:data:`STABLE_BELOW`, :func:`is_stable`). The verdict is given for the error measures only. Ainsworth, Hayase &
+  Srinivasa ("Git Re-Basin", ICLR 2023, Sec. 2) define their loss barrier by the same formula on the loss (their
+  code: ``max(loss_interp) − 0.5 * (loss_interp[0] + loss_interp[-1])``).
+
+- **Loss barrier against linear interpolation of the endpoints' values** (Entezari, Sedghi, Saukh & Neyshabur,
+  "The Role of Permutation Invariance in Linear Mode Connectivity of Neural Networks", ICLR 2022, Def. 1)::
+
+      barrier_linear = max_t [f(t) − ((1 − t) f(0) + t f(1))]
+
+  (:func:`modeconn.path.loss_barrier`, which every measured path reports already).
+
+Where the ends are equal, f(0) = f(1), the two barriers are the same number; where they are not, the
+definitions part: a path that rises steadily from a low end to a high one has ``barrier_linear = 0`` but
+``barrier_mean_ends = ½ |f(1) − f(0)|`` and ``worst = max(f(0), f(1))``; a path with a hump close to its lower
+end can have ``barrier_linear > barrier_mean_ends``. Always ``barrier_mean_ends ≥ ½ |f(1) − f(0)| ≥ 0`` and
+``barrier_linear ≥ 0`` (both ends are points of the path). Every definition is taken on the grid the path was
+measured at (the first and last t are its ends): a hump between grid points is missed by all three alike.
+
+**With and without BatchNorm recalibration.** Every measuring call of modeconn recalibrates BatchNorm at each
+point of the path (DESIGN decision 2; :func:`modeconn.path.measure_path`). Without recalibration, a point has
+no statistics of its own; what a user who interpolates two checkpoints' state dicts gets is the endpoints'
+running statistics interpolated linearly in t along with the weights,
+
+    μ(t) = (1 − t) μ_A + t μ_B,        σ²(t) = (1 − t) σ²_A + t σ²_B,
+
+(every floating-point buffer alike; integer buffers such as ``num_batches_tracked``, unused in eval mode, are
+endpoint A's). That is what :func:`measure_path_interpolated_bn` measures, for a segment or a curve alike (a
+curve's bends have no statistics, so along a curve too the buffers are the endpoints', linear in t). The card
+puts both side by side: ``bn = "recalibrated"`` and ``bn = "interpolated"``.
+
+:func:`barrier_card` gives one path's card (one row per measure and BN treatment, the definitions as columns),
+:func:`card_over_pairs` the cards of several endpoint pairs with their mean and standard deviation over pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from . import ensemble
+from .curves import Curve
+from .data import EvalBatches
+from .errors import ModeconnError
+from .path import PathResult, Points, loss_barrier
+from .points import MEASURES, PointResult, check_parameters
+from .runtime import CPU, Runtime
+from .train import predict
+from .weights import sq_norm
+
+STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier height is below 2%
+
+# The card's columns of definitions, each with its source and formula (a legend for a report).
+DEFINITIONS = {
+    "worst": "Garipov et al. 2018: max_t f(t)",
+    "barrier_mean_ends": "Frankle et al. 2020 (error), Ainsworth et al. 2023 (loss): max_t f(t) − ½(f(0) + f(1))",
+    "barrier_linear": "Entezari et al. 2022: max_t [f(t) − ((1 − t) f(0) + t f(1))]",
+}
+CARD_COLUMNS = ("bn", "measure", "start", "end", "worst", "worst_t", "barrier_mean_ends", "barrier_linear", "stable")
+VALUE_COLUMNS = ("start", "end", "worst", "worst_t", "barrier_mean_ends", "barrier_linear")
+BN_LABELS = ("recalibrated", "interpolated")
+
+
+def worst(t: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
+    """Garipov et al. 2018: the worst value along the path, max_t f(t), and the (first) t where it is."""
+    _check(t, values)
+    i = max(range(len(values)), key=lambda k: values[k])  # the first of equal maxima
+    return float(values[i]), float(t[i])
+
+
+def barrier_mean_ends(values: Sequence[float]) -> float:
+    """Frankle et al. 2020, the error barrier height: max_t f(t) − ½ (f(0) + f(1)), f(0) and f(1) the path's ends
+    (the first and last values)."""
+    if len(values) < 2:
+        raise ValueError("a barrier needs the values at two grid points at least (the path's ends)")
+    return float(max(values) - 0.5 * (values[0] + values[-1]))
+
+
+def is_stable(error_barrier: float, threshold: float = STABLE_BELOW) -> bool:
+    """Frankle et al. 2020's verdict: a pair is stable (linearly mode connected) when its error barrier height
+    (:func:`barrier_mean_ends` of the error, as a fraction) is below 2%."""
+    return bool(error_barrier < threshold)
+
+
+def _check(t: Sequence[float], values: Sequence[float]) -> None:
+    if len(t) < 2 or len(t) != len(values):
+        raise ValueError("a barrier needs at least two grid points and as many values as points")
+    if any(b <= a for a, b in zip(t, t[1:])):
+        raise ValueError(f"the grid t must increase strictly from one end of the path to the other, got {list(t)}")
+    if any(math.isnan(v) for v in values):
+        raise ValueError("a measure along the path is NaN: its barrier is undefined")
+
+
+def _rows_of(path: pd.DataFrame | PathResult) -> pd.DataFrame:
+    return path.rows if isinstance(path, PathResult) else path
+
+
+def card_rows(rows: pd.DataFrame, measures: Sequence[str], threshold: float = STABLE_BELOW) -> list[dict]:
+    """For each of ``measures`` (columns of ``rows``, one row per t in a column ``t``), the three definitions
+    and, for an error, Frankle's verdict (None for a loss)."""
+    missing = [m for m in ("t", *measures) if m not in rows.columns]
+    if missing:
+        raise ValueError(f"the rows of a path have no column {', '.join(missing)} (columns: {list(rows.columns)})")
+    rows = rows.sort_values("t")
+    t = rows["t"].astype(float).tolist()
+    out = []
+    for m in measures:
+        values = rows[m].astype(float).tolist()
+        _check(t, values)
+        top, top_t = worst(t, values)
+        above_ends = barrier_mean_ends(values)
+        out.append(
+            {
+                "measure": m,
+                "start": values[0],
+                "end": values[-1],
+                "worst": top,
+                "worst_t": top_t,
+                "barrier_mean_ends": above_ends,
+                "barrier_linear": float(loss_barrier(t, values)),
+                "stable": is_stable(above_ends, threshold) if m.endswith("error") else None,
+            }
+        )
+    return out
+
+
+def barrier_card(
+    rows: pd.DataFrame | PathResult,
+    interpolated: pd.DataFrame | PathResult | None = None,
+    *,
+    measures: Sequence[str] | None = None,
+    threshold: float = STABLE_BELOW,
+) -> pd.DataFrame:
+    """The barrier card of a measured path: for each measure (train loss, train NLL, train error, test NLL, test
+    error: the :data:`modeconn.points.MEASURES` present), each definition side by side.
+
+    ``rows``: the path measured with BatchNorm recalibrated at each point (:func:`modeconn.path.measure_path`,
+    its :class:`PathResult` or its ``rows``). ``interpolated``: the same path measured with the endpoints'
+    BatchNorm statistics interpolated instead (:func:`measure_path_interpolated_bn`), for the "without
+    recalibration" rows; leave it out for a network without BatchNorm (both would be the same numbers).
+
+    One row per measure and BN treatment (``bn``: ``"recalibrated"``, then ``"interpolated"`` where given, for
+    each measure in turn), columns :data:`CARD_COLUMNS`: the ends' values ``start`` = f(0) and ``end`` = f(1),
+    ``worst`` and ``worst_t`` (Garipov et al. 2018), ``barrier_mean_ends`` (Frankle et al. 2020; Ainsworth et
+    al. 2023), ``barrier_linear`` (Entezari et al. 2022) and ``stable``: for an error,
+    ``barrier_mean_ends < threshold`` (Frankle et al.'s 2%); None for a loss.
+    """
+    paths = {BN_LABELS[0]: _rows_of(rows)}
+    if interpolated is not None:
+        paths[BN_LABELS[1]] = _rows_of(interpolated)
+    if measures is None:
+        measures = [m for m in MEASURES if m in paths[BN_LABELS[0]].columns]
+    by_bn = {bn: card_rows(r, measures, threshold) for bn, r in paths.items()}
+    card = [{"bn": bn, **by_bn[bn][i]} for i in range(len(measures)) for bn in paths]
+    out = pd.DataFrame(card, columns=list(CARD_COLUMNS))
+    out["stable"] = out["stable"].astype("boolean")  # <NA> for a loss
+    return out
+
+
+def pair_label(pair: Hashable) -> str:
+    """``(0, 1)`` → ``"0-1"``; anything else as its string."""
+    return "-".join(str(s) for s in pair) if isinstance(pair, tuple) else str(pair)
+
+
+def card_over_pairs(cards: Mapping[Hashable, pd.DataFrame], threshold: float = STABLE_BELOW) -> pd.DataFrame:
+    """Every endpoint pair's card (:func:`barrier_card`) one after the other, with a first column ``pair``
+    (``"0-1"`` for the key ``(0, 1)``), then for each BN treatment and measure their ``mean`` and ``std`` over
+    pairs (the sample standard deviation, ddof = 1: NaN for a single pair) in rows with ``pair`` = ``"mean"``
+    and ``"std"``. The mean row's ``stable`` is the verdict on the mean error barrier (``< threshold``); the
+    std row's is <NA>.
+
+    The pairs of n seeds share their networks (three seeds make three pairs, each seed in two), so their
+    spread is not that of independent samples: it says how much the card moves with the choice of pair.
+    """
+    if not cards:
+        raise ValueError("card_over_pairs needs the card of one pair at least")
+    each = pd.concat([card.assign(pair=pair_label(p)) for p, card in cards.items()], ignore_index=True)
+    each = each[["pair", *CARD_COLUMNS]]
+    groups = each.groupby(["bn", "measure"], sort=False)[list(VALUE_COLUMNS)]
+    stats = []
+    for name, frame in (("mean", groups.mean()), ("std", groups.std(ddof=1))):
+        frame = frame.reset_index()
+        frame.insert(0, "pair", name)
+        if name == "mean":
+            frame["stable"] = [
+                is_stable(b, threshold) if m.endswith("error") else None
+                for m, b in zip(frame["measure"], frame["barrier_mean_ends"])
+            ]
+        else:
+            frame["stable"] = None
+        stats.append(frame)
+    out = pd.concat([each, *stats], ignore_index=True)[["pair", *CARD_COLUMNS]]
+    out["stable"] = out["stable"].astype("boolean")
+    return out
+
+
+def interpolated_buffers(
+    start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor]
+) -> Callable[[float], dict[str, torch.Tensor]]:
+    """``t ↦`` the endpoints' buffers interpolated linearly, (1 − t)·b_A + t·b_B for every floating-point buffer
+    (BatchNorm's running mean and variance), endpoint A's for an integer one (``num_batches_tracked``)."""
+    if set(start) != set(end):
+        raise ModeconnError(
+            f"the endpoints' buffers differ in name: {sorted(set(start) ^ set(end))[:3]} (two architectures?)"
+        )
+
+    def at(t: float) -> dict[str, torch.Tensor]:
+        return {k: torch.lerp(a, end[k].to(a), t) if a.is_floating_point() else a.clone() for k, a in start.items()}
+
+    return at
+
+
+def buffers_of(template: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The buffers of ``template`` in a state dict (a checkpoint's running statistics), detached."""
+    names = [name for name, b in template.named_buffers() if b is not None]
+    missing = [k for k in names if k not in state]
+    if missing:
+        raise ModeconnError(f"the state dict holds no buffer {', '.join(missing[:3])} of the network")
+    return {k: state[k].detach() for k in names}
+
+
+@torch.no_grad()
+def measure_path_interpolated_bn(
+    template: nn.Module,
+    points: Points,
+    ts: Sequence[float],
+    batches: EvalBatches,
+    buffers: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]] | Callable[[float], dict],
+    runtime: Runtime = CPU,
+    *,
+    wd: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """The path ``points`` (a Curve, or ``t ↦ parameters`` of ``template``) measured at each t of ``ts`` WITHOUT
+    BatchNorm recalibration: its BatchNorm layers use the endpoints' running statistics interpolated along t.
+
+    ``buffers``: the endpoints' buffers ``(buffers_A, buffers_B)`` (:func:`buffers_of` a checkpoint's state dict),
+    interpolated by :func:`interpolated_buffers`, or any ``t ↦ buffers``. ``points(t)`` must give parameters only
+    (:func:`modeconn.points.check_parameters`): the buffers come from ``buffers`` alone. The template's own
+    buffers are left as they are. One row per t: ``t`` and :data:`modeconn.points.MEASURES` (``wd`` weighs the
+    train loss's regulariser 0.5·wd·‖w‖², as in :func:`modeconn.path.measure_path`), ready for
+    :func:`barrier_card`'s ``interpolated``.
+    """
+    buffers_at = interpolated_buffers(*buffers) if isinstance(buffers, tuple) else buffers
+    weights_at = points.weights if isinstance(points, Curve) else points
+    template_buffers = {name: b for name, b in template.named_buffers() if b is not None}
+    was_training = template.training
+    template.eval()
+    rows = []
+    try:
+        for t in (float(t) for t in ts):
+            weights = {k: v.detach() for k, v in weights_at(t).items()}
+            check_parameters(template, weights)
+            stats = buffers_at(t)
+            missing = [k for k in template_buffers if k not in stats]
+            if missing:
+                raise ModeconnError(f"no buffer {', '.join(missing[:3])} of the network at t = {t}")
+            stats = {k: v.to(template_buffers[k].device) for k, v in stats.items() if k in template_buffers}
+            state = {**weights, **stats}
+
+            def forward(x: torch.Tensor, state=state) -> torch.Tensor:
+                return functional_call(template, state, (x,), strict=False)
+
+            train_lp, train_y = predict(forward, batches.train, runtime)
+            test_lp, test_y = predict(forward, batches.test, runtime)
+            r = PointResult(
+                train_nll=ensemble.nll(train_lp, train_y),
+                train_error=ensemble.error(train_lp, train_y),
+                test_nll=ensemble.nll(test_lp, test_y),
+                test_error=ensemble.error(test_lp, test_y),
+                test_logprobs=test_lp,
+                val_logprobs=None,
+                l2=float(sq_norm(weights)),
+            )
+            rows.append({"t": t, **r.row(wd)})
+            if progress is not None:
+                progress(f"t={t:.2f} test err {r.test_error:.4f} (BN interpolated)")
+    finally:
+        template.train(was_training)
+    return pd.DataFrame(rows)
