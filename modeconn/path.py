@@ -220,9 +220,10 @@ def length_ratio(curve: float, segment: float) -> dict[str, float]:
 def loss_barrier(t: Sequence[float], values: Sequence[float]) -> float:
     """The barrier of a measure along a path: max_t [f(t) − ((1 − s) f(t_0) + s f(t_m))], s = (t − t_0)/(t_m − t_0).
 
-    The largest gap between the path's values and the straight line between its ends' values (Frankle et
-    al. 2020; Ainsworth et al. 2023, Sec. 2); 0 when the path never rises above that line (it includes the
-    ends, where the gap is 0, so it is never negative).
+    The largest gap between the path's values and the straight line between its ends' values (Entezari et
+    al. 2022, Def. 1; Frankle et al. 2020 and Ainsworth et al. 2023 subtract the mean of the ends instead, see
+    :mod:`modeconn.barriers`); 0 when the path never rises above that line (it includes the ends, where the gap
+    is 0, so it is never negative).
     """
     if len(t) < 2 or len(t) != len(values):
         raise ValueError("loss_barrier needs at least two grid points and as many values as points")
