@@ -269,3 +269,30 @@ def test_bad_simplexes_are_refused():
         Simplex(mlp(2), [a, other])
     with pytest.raises(ConfigError, match="nothing to train"):
         fit_simplex(Simplex(mlp(2), [a, b], free=0), [], epochs=1, lr=0.1, momentum=0, wd=0, volume_weight=0, seed=0)
+
+
+def test_gpu_settings_forced_on_the_cpu_bf16_and_channels_last(tiny_data, loader_of):
+    """The CUDA path (bf16 autocast, channels_last conv weights in the flat vertices) on the CPU."""
+    from modeconn.runtime import Runtime
+
+    rt = Runtime(precision="bf16", channels_last=True)
+    args = {"depth": 8}
+    make = lambda s: (torch.manual_seed(s), create_model("preresnet", 3, in_channels=1, input_size=12, **args))[1]  # noqa: E731
+    modes = [params(make(s)) for s in (0, 1)]
+    plain = Simplex(make(2), modes, free=[params(make(3))])
+    simplex = rt.prepare(Simplex(make(2), modes, free=[params(make(3))]))
+    assert any(simplex.nhwc), "conv weights relaid out"
+    alpha = [0.2, 0.5, 0.3]
+    assert all(torch.equal(simplex.weights(alpha)[k], plain.weights(alpha)[k]) for k in modes[0])
+    assert simplex.volume() == pytest.approx(plain.volume(), rel=1e-9)
+    fixed = [simplex.vertex(i) for i in (0, 1)]
+    train = loader_of(tiny_data.train, tiny_data.info, 16, train=True, seed=3, channels_last=True)
+    history = fit_simplex(
+        simplex, train, epochs=1, lr=0.05, momentum=0.9, wd=5e-4, volume_weight=0.01, seed=0, runtime=rt
+    )
+    assert math.isfinite(history.rows[0]["train_loss"])
+    assert all(torch.equal(simplex.vertex(i)[k], fixed[i][k]) for i in (0, 1) for k in fixed[i])
+    rows = measure_samples(
+        simplex, 2, torch.Generator().manual_seed(0), eval_batches(tiny_data, 48, channels_last=True), rt
+    )
+    assert all(0 <= r.test_error <= 1 for r in rows)
