@@ -20,8 +20,8 @@ from modeconn.align import (
     weight_matching,
 )
 from modeconn.errors import ModeconnError
-from modeconn.path import loss_barrier
 from modeconn.models import create_model, from_spec, vgg
+from modeconn.path import loss_barrier
 from stages import eval_curve, plane
 
 from .stage_utils import invoke, tiny_params, write_params
