@@ -58,17 +58,13 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import pandas as pd
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from . import ensemble
 from .curves import Curve
 from .data import EvalBatches
 from .errors import ModeconnError
 from .path import PathResult, Points, loss_barrier
-from .points import MEASURES, PointResult, check_parameters
+from .points import MEASURES, check_parameters, forward_at, score
 from .runtime import CPU, Runtime
-from .train import predict
-from .weights import sq_norm
 
 STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier height is below 2%
 
@@ -278,22 +274,8 @@ def measure_path_interpolated_bn(
             if missing:
                 raise ModeconnError(f"no buffer {', '.join(missing[:3])} of the network at t = {t}")
             stats = {k: v.to(template_buffers[k].device) for k, v in stats.items() if k in template_buffers}
-            state = {**weights, **stats}
-
-            def forward(x: torch.Tensor, state=state) -> torch.Tensor:
-                return functional_call(template, state, (x,), strict=False)
-
-            train_lp, train_y = predict(forward, batches.train, runtime)
-            test_lp, test_y = predict(forward, batches.test, runtime)
-            r = PointResult(
-                train_nll=ensemble.nll(train_lp, train_y),
-                train_error=ensemble.error(train_lp, train_y),
-                test_nll=ensemble.nll(test_lp, test_y),
-                test_error=ensemble.error(test_lp, test_y),
-                test_logprobs=test_lp,
-                val_logprobs=None,
-                l2=float(sq_norm(weights)),
-            )
+            forward = forward_at(template, {**weights, **stats})
+            r = score(forward, weights, batches, runtime, val=False)
             rows.append({"t": t, **r.row(wd)})
             if progress is not None:
                 progress(f"t={t:.2f} test err {r.test_error:.4f} (BN interpolated)")

@@ -106,10 +106,24 @@ def measure(
     template: nn.Module, weights: dict[str, torch.Tensor], batches: EvalBatches, runtime: Runtime = CPU
 ) -> PointResult:
     """BN recalibration at the parameters ``weights``, then train/test (and val) predictions in eval mode."""
-    forward = at_point(template, weights, batches.bn, runtime)
+    return score(at_point(template, weights, batches.bn, runtime), weights, batches, runtime)
+
+
+@torch.no_grad()
+def score(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    weights: dict[str, torch.Tensor],
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    val: bool = True,
+) -> PointResult:
+    """The network ``forward`` (ready to evaluate, its parameters ``weights``) predicts the train, test and, with
+    ``val`` and where ``batches`` has one, val split, in that order; their measures and ‖weights‖²."""
     train_lp, train_y = predict(forward, batches.train, runtime)
     test_lp, test_y = predict(forward, batches.test, runtime)
-    val_lp, val_y = predict(forward, batches.val, runtime) if batches.val is not None else (None, None)
+    has_val = val and batches.val is not None
+    val_lp, val_y = predict(forward, batches.val, runtime) if has_val else (None, None)
     return PointResult(
         train_nll=ensemble.nll(train_lp, train_y),
         train_error=ensemble.error(train_lp, train_y),
