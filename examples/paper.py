@@ -6,25 +6,34 @@ DVC stages make them, so the numbers are the pipeline's own for the same params 
 it on the tests' tiny config).
 
     dvc repro prepare && python examples/paper.py [params.yaml] [data/prepared]
+
+One process (the stages add sharding and rank-0 writing for torchrun, docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import sys
 
+import pandas as pd
 import torch
 import yaml
 
-from modeconn import data, ensemble, fge, path, snapshots
+from modeconn import budget, data, fge, path, snapshots, sse
 from modeconn.curve_fit import fit_curve
 from modeconn.curves import Curve, segment_of
 from modeconn.endpoints import train_network
 from modeconn.models import from_spec, model_spec
 from modeconn.runtime import Runtime, seed_everything
 
+TRAIN_KEYS = ("epochs", "lr", "momentum", "wd")
+
+
+def pick(section: dict, *keys: str) -> dict:
+    return {k: section[k] for k in keys}
+
 
 def paper(prepared: data.Prepared, p: dict, runtime: Runtime) -> dict:
-    info, train, cv, ev, fg = prepared.info, p["train"], p["curve"], p["eval"], p["fge"]
+    info, train, cv, ev, fg, ss = prepared.info, p["train"], p["curve"], p["eval"], p["fge"], p["sse"]
     spec = model_spec(p["model"]["name"], info.num_classes, info.channels, info.size, p["model"].get("args") or {})
     test = data.Loader(prepared.test, info, data.EVAL_BATCH, train=False, channels_last=runtime.channels_last)
     labels = prepared.test.y.cpu()
@@ -39,64 +48,45 @@ def paper(prepared: data.Prepared, p: dict, runtime: Runtime) -> dict:
         seed_everything(seed)
         model = runtime.prepare(from_spec(spec))
         nets[seed] = train_network(
-            model,
-            batches(train["batch_size"], seed),
-            test,
-            epochs=train["epochs"],
-            lr=train["lr"],
-            momentum=train["momentum"],
-            wd=train["wd"],
-            save_epochs=train["save_epochs"],
-            runtime=runtime,
+            model, batches(train["batch_size"], seed), test, **pick(train, *TRAIN_KEYS, "save_epochs"), runtime=runtime
         )
     seed_everything(cv["seed"])  # Sec. 3: a curve between two of them, its endpoints fixed
     ends = [nets[s].model.state_dict() for s in cv["endpoints"]]
     curve = runtime.prepare(Curve(from_spec(spec), *ends, cv["type"], cv["num_bends"]))
-    fit_curve(
-        curve,
-        batches(cv["batch_size"], cv["seed"]),
-        epochs=cv["epochs"],
-        lr=cv["lr"],
-        momentum=cv["momentum"],
-        wd=cv["wd"],
-        seed=cv["seed"],
-        runtime=runtime,
-    )
+    fit_curve(curve, batches(cv["batch_size"], cv["seed"]), **pick(cv, *TRAIN_KEYS, "seed"), runtime=runtime)
     seed_everything(ev["seed"])  # measured along t, BatchNorm recalibrated at every point
-    measuring = data.eval_batches(
-        prepared,
-        ev["batch_size"],
-        bn_samples=ev["bn_samples"],
-        train_samples=ev["train_samples"],
-        seed=ev["seed"],
-        channels_last=runtime.channels_last,
-    )
+    keys = ("bn_samples", "train_samples", "seed")
+    measuring = data.eval_batches(prepared, ev["batch_size"], **pick(ev, *keys), channels_last=runtime.channels_last)
     ts = torch.linspace(0, 1, ev["num_points"]).tolist()
     paths = {"curve": curve, "segment": runtime.prepare(segment_of(curve, from_spec(spec)))}
     along = {name: path.measure_path(c.template, c, ts, measuring, runtime, wd=cv["wd"]) for name, c in paths.items()}
-    # Sec. 5: FGE from a partly trained network, cycling the learning rate, one snapshot per cycle
+    # Sec. 5: FGE from a partly trained network (cycling the learning rate, a snapshot per cycle; SWA averages the
+    # snapshots), a Snapshot Ensemble from scratch, and both against independent networks at equal budgets kB
     starts = [{"spec": spec, **nets[s].checkpoints[fg["start_epoch"]]} for s in fg["start_seeds"]]
     plans = fge.plans(
         starts,
         fg["start_seeds"],
         lambda s: batches(fg["batch_size"], s),
-        seed=fg["seed"],
-        start_epoch=fg["start_epoch"],
-        cycle=fg["cycle"],
-        lr_1=fg["lr_1"],
-        lr_2=fg["lr_2"],
-        momentum=fg["momentum"],
-        wd=fg["wd"],
+        **pick(fg, "seed", "start_epoch", "cycle", "lr_1", "lr_2", "momentum", "wd"),
         runtime=runtime,
     )
-    runs, rows = snapshots.train_runs(plans, fg["epochs"], test, labels, runtime)
-    independent = ensemble.combine([nets[s].logprobs for s in fg["start_seeds"]])
+    swa_bn = data.eval_batches(prepared, channels_last=runtime.channels_last).bn  # the un-augmented training set
+    fge_runs, fge_rows = snapshots.train_runs(plans, fg["epochs"], test, labels, runtime, swa_batches=swa_bn)
+    seed_everything(ss["seed"])
+    model = runtime.prepare(from_spec(spec))
+    plan = sse.plan(
+        model, batches(ss["batch_size"], ss["seed"]), **pick(ss, "seed", "epochs", "cycles", "lr", "momentum", "wd")
+    )
+    sse_runs, _ = snapshots.train_runs([plan], ss["epochs"], test, labels, runtime)
+    independent = [(nets[s].logprobs, None) for s in train["seeds"]]
+    pool = budget.budget_members(train["epochs"], independent, fge_runs, sse_runs, labels)
+    budgets = budget.compare_budgets(pool, train["epochs"], p["compare"]["budgets"], p["compare"]["ensemble"])
     return {
-        "endpoint_test_error": {s: 1 - net.scores()["test_accuracy"] for s, net in nets.items()},
+        "endpoint_test_error": {s: net.scores()["test_error"] for s, net in nets.items()},
         "curve": path.curve_metrics(along, ev["ensemble"]),  # max error along t, lengths, barriers, ensembles
         "along_t": path.along_t_table(along),  # one row per t: curve and segment side by side
-        "fge": fge.summary(runs, rows, labels),  # ensemble of every run's snapshots
-        "independent_ensemble_error": ensemble.error(independent, labels),
+        "fge": fge.summary(fge_runs, fge_rows, labels),  # snapshots, their ensembles, SWA
+        "budgets": budgets.tables,  # Ind, SSE, FGE, SWA at 1B, 2B, ...: accuracy, NLL, error, ECE
     }
 
 
@@ -108,7 +98,4 @@ if __name__ == "__main__":
     worst = {name: result["curve"][name]["test_error"]["max"] for name in ("curve", "segment")}
     print(result["along_t"].round(4).to_string())
     print(f"worst test error along t: {worst}")
-    print(
-        f"FGE ensemble error {1 - result['fge']['ensemble_accuracy']:.4f}, independent networks' ensemble error "
-        f"{result['independent_ensemble_error']:.4f}"
-    )
+    print(pd.DataFrame(result["budgets"]["1B"]).T.round(4).to_string())  # Ind, SSE, FGE, SWA at budget 1B

@@ -63,6 +63,16 @@ def test_the_script_reproduces_the_fge_stage(result, tiny_workspace):
         assert result["fge"][key] == staged[key], key
 
 
+def test_the_script_reproduces_the_budget_comparison(result, tiny_workspace):
+    staged = _metrics(tiny_workspace, "compare.json")
+    budgets = [b for b in staged if b.endswith("B") and b[:-1].isdigit()]
+    assert budgets, "compare.json has no budget tables"
+    for b in budgets:
+        for method, scores in staged[b].items():
+            for key in ("accuracy", "nll", "ece", "members"):
+                assert result["budgets"][b][method][key] == scores[key], f"{b} {method} {key}"
+
+
 def test_the_script_runs_as_a_command(tiny_workspace):
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "params.yaml", "data/prepared"],
@@ -73,7 +83,7 @@ def test_the_script_runs_as_a_command(tiny_workspace):
         env={"MODECONN_DEVICE": "cpu", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "worst test error along t" in out.stdout and "FGE ensemble error" in out.stdout
+    assert "worst test error along t" in out.stdout and "swa" in out.stdout
 
 
 def test_docs_python_shows_the_script_itself():
