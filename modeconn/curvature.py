@@ -188,6 +188,18 @@ class HessianOperator:
         self.products += 1
         return product
 
+    def top_eigenvalue(
+        self, *, method: str = "lanczos", iters: int = 100, tol: float = 1e-3, seed: int = 0
+    ) -> TopEigenvalue:
+        """λ_max of this Hessian: :func:`top_eigenvalue` on R^:attr:`size`, its dtype and device."""
+        return top_eigenvalue(
+            self, self.size, method=method, iters=iters, tol=tol, seed=seed, dtype=self.dtype, device=self.device
+        )
+
+    def trace(self, *, probes: int | torch.Tensor = 100, seed: int = 0) -> TraceEstimate:
+        """Hutchinson's tr(H) of this Hessian: :func:`hutchinson_trace` on R^:attr:`size`, its dtype and device."""
+        return hutchinson_trace(self, self.size, probes=probes, seed=seed, dtype=self.dtype, device=self.device)
+
     @contextlib.contextmanager
     def _products(self):
         """Eval mode (BN running statistics, no dropout) and float32: autocast off, whatever encloses it."""
@@ -370,7 +382,7 @@ def hessian_eigenvalue(
     docstring). The other arguments are those of :class:`HessianOperator` and :func:`top_eigenvalue`.
     """
     op = HessianOperator(network, params, batches, loss=loss, runtime=runtime, wd=wd, hvp=hvp)
-    return top_eigenvalue(op, op.size, method=method, iters=iters, tol=tol, seed=seed, dtype=op.dtype, device=op.device)
+    return op.top_eigenvalue(method=method, iters=iters, tol=tol, seed=seed)
 
 
 def hessian_trace(
@@ -388,7 +400,7 @@ def hessian_trace(
     """Hutchinson's estimate of the trace of the Hessian of the training loss at ``params`` over ``batches``
     (mean and standard error); arguments as in :func:`hessian_eigenvalue` and :func:`hutchinson_trace`."""
     op = HessianOperator(network, params, batches, loss=loss, runtime=runtime, wd=wd, hvp=hvp)
-    return hutchinson_trace(op, op.size, probes=probes, seed=seed, dtype=op.dtype, device=op.device)
+    return op.trace(probes=probes, seed=seed)
 
 
 COLUMNS = ("t", "loss", "top_eigenvalue", "trace", "trace_stderr", "eigenvalue_converged")
@@ -431,10 +443,8 @@ def curvature_along(
         weights = {k: v.detach() for k, v in weights_at(float(t)).items()}
         at_point(template, weights, bn_batches, runtime)  # refuses a state dict; BN recalibrated at the point
         op = HessianOperator(template, weights, loss_batches, loss=loss, runtime=runtime, wd=wd, hvp=hvp)
-        top = top_eigenvalue(
-            op, op.size, method=method, iters=iters, tol=tol, seed=seed, dtype=op.dtype, device=op.device
-        )
-        trace = hutchinson_trace(op, op.size, probes=probes, seed=seed, dtype=op.dtype, device=op.device)
+        top = op.top_eigenvalue(method=method, iters=iters, tol=tol, seed=seed)
+        trace = op.trace(probes=probes, seed=seed)
         rows.append(
             {
                 "t": float(t),
