@@ -16,13 +16,14 @@ import typer
 
 from modeconn.budget import METHODS, Pool, budget_members, compare_budgets, markdown, reliability_at
 from modeconn.errors import CheckpointError
-from modeconn.io import atomic_write_text, load_file
+from modeconn.io import atomic_write_text
 from modeconn.plots import accuracy_vs_epochs, reliability_diagrams
 from modeconn.snapshots import load_snapshots
 
 from .kit.cli import ParamsOpt, console, stage_app
 from .kit.config import TrainConfig, read_sections
-from .kit.layout import ENDPOINTS, endpoint_dir
+from .kit.inputs import read_predictions
+from .kit.layout import ENDPOINT_HINT, ENDPOINTS, endpoint_dir
 from .kit.records import write_csv, write_metrics
 
 
@@ -31,15 +32,13 @@ def gather(train: TrainConfig, endpoints: Path, fge_path: Path, sse_path: Path) 
     independent, labels, val_labels = [], None, None
     for seed in train.seeds:
         folder = endpoint_dir(endpoints, seed)
-        blob = load_file(
-            folder / "test_logprobs.pt", f"test predictions of seed {seed}", "Run `dvc repro train_endpoint`."
-        )
+        blob = read_predictions(folder / "test_logprobs.pt", f"test predictions of seed {seed}", ENDPOINT_HINT)
         labels = blob["labels"] if labels is None else labels
         if not torch.equal(blob["labels"], labels):
             raise CheckpointError(f"seed {seed}'s predictions are of another test set: rerun `dvc repro`")
         val_lp = None
         if (folder / "val_logprobs.pt").exists():
-            val = load_file(folder / "val_logprobs.pt", f"validation predictions of seed {seed}", "Run `dvc repro`.")
+            val = read_predictions(folder / "val_logprobs.pt", f"validation predictions of seed {seed}", ENDPOINT_HINT)
             val_labels, val_lp = val["labels"], val["logprobs"]
         independent.append((blob["logprobs"], val_lp))
     runs = {}

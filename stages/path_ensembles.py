@@ -16,7 +16,6 @@ import typer
 
 from modeconn.curves import load_curve
 from modeconn.errors import CheckpointError
-from modeconn.io import load_file
 from modeconn.models import from_spec
 from modeconn.path_ensembles import path_ensembles
 from modeconn.plots import path_ensembles as plot_path_ensembles
@@ -24,25 +23,9 @@ from modeconn.runtime import CPU, Runtime, seed_everything
 
 from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
 from .kit.config import read_sections
-from .kit.inputs import measurement_batches, prepared_data
-from .kit.layout import CURVE_EVAL_HINT, CURVE_HINT
+from .kit.inputs import measurement_batches, path_predictions, prepared_data
+from .kit.layout import CURVE_HINT
 from .kit.records import write_csv, write_metrics
-
-
-def load_path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict]:
-    """eval_curve's t grid [P], test log-probs per path [P, N, K], the test labels [N], and the validation
-    log-probs per path [P, N_val, K] (empty where the run has no validation split)."""
-    blobs = {n: load_file(curve_eval / f"{n}.pt", f"{n} evaluation", CURVE_EVAL_HINT) for n in ("curve", "segment")}
-    for name, blob in blobs.items():
-        if not isinstance(blob, dict) or not {"t", "logprobs", "labels"} <= set(blob):
-            raise CheckpointError(f"{curve_eval / f'{name}.pt'} lacks t/logprobs/labels: rerun `dvc repro eval_curve`")
-    c, s = blobs["curve"], blobs["segment"]
-    if not (torch.equal(c["t"], s["t"]) and torch.equal(c["labels"], s["labels"])):
-        raise CheckpointError(
-            f"{curve_eval}: curve.pt and segment.pt are of different t grids or test sets: rerun `dvc repro eval_curve`"
-        )
-    val = {name: b["val_logprobs"] for name, b in blobs.items() if b.get("val_logprobs") is not None}
-    return c["t"].double(), {"curve": c["logprobs"], "segment": s["logprobs"]}, c["labels"], val
 
 
 def main(
@@ -58,16 +41,18 @@ def main(
     """Ensembles of an endpoint with a point of the curve, segment or a random ray (params: path_ensembles)."""
     (cfg,) = read_sections(params, "path_ensembles")
     seed_everything(cfg.seed)
-    ts, stored, labels, stored_val = load_path_predictions(curve_eval)
+    ts, stored, labels, stored_val = path_predictions(curve_eval)
     curve, blob = load_curve(curve_dir / "curve.pt", from_spec, hint=CURVE_HINT)
     template = runtime.prepare(from_spec(blob["spec"]))
     data = prepared_data(prepared, runtime)
-    if not torch.equal(data.test.y.cpu(), labels):
+    val_y = data.val.y.cpu() if data.val is not None and len(stored_val) == 2 else None
+    val_ok = val_y is None or all(lp.shape[1] == val_y.numel() for lp in stored_val.values())
+    if not (torch.equal(data.test.y.cpu(), labels) and val_ok):
         raise CheckpointError(
-            f"{curve_eval} holds predictions on another test set than {prepared}: rerun `dvc repro eval_curve`"
+            f"{curve_eval} holds predictions on another test or validation set than {prepared}: "
+            "rerun `dvc repro eval_curve`"
         )
     batches = measurement_batches(data, cfg, runtime)
-    val_y = data.val.y.cpu() if data.val is not None and len(stored_val) == 2 else None
     log.info(f"ensembles of ŵ1 with points of the curve, segment and a random ray at {len(ts)} t on {data.info.name}")
     t0 = time.perf_counter()
     how = dict(seed=cfg.seed, method=cfg.ensemble, val_predictions=stored_val, val_labels=val_y)

@@ -372,3 +372,53 @@ def test_fge_warns_when_a_run_takes_one_snapshot_and_names_its_start_files(works
     assert r.exit_code == 0 and "snapshot per run" not in r.output, r.output
     assert "from epoch 1 of seeds [0, 1]" in r.output
     assert json.loads((tmp_path / "metrics/fge.run.json").read_text())["warnings"] == {}
+
+
+# ------------------------------------------------------------------ stored predictions that are not what a stage reads
+
+
+def _copy_predictions(workspace, tmp_path):
+    """The endpoints' stored predictions (test and validation), copied out of the session's workspace."""
+    import shutil
+
+    endpoints = tmp_path / "endpoints"
+    for seed in (0, 1):
+        (endpoints / f"seed_{seed}").mkdir(parents=True)
+        for name in ("test_logprobs.pt", "val_logprobs.pt"):
+            shutil.copy(workspace / f"data/endpoints/seed_{seed}" / name, endpoints / f"seed_{seed}" / name)
+    return endpoints
+
+
+def test_compare_names_an_endpoint_predictions_file_it_cannot_use(workspace, tmp_path, monkeypatch):
+    """An endpoint's test_logprobs.pt without labels, of another format, or whose log-probabilities are not one
+    row per label: an error naming the file and the stage that writes it, no traceback, nothing written."""
+    endpoints = _copy_predictions(workspace, tmp_path)
+    snapshots = ("--fge", workspace / "data/fge/snapshots.pt", "--sse", workspace / "data/sse/snapshots.pt")
+    bad = endpoints / "seed_1/test_logprobs.pt"
+    good = torch.load(bad, weights_only=True)
+    for blob, says in (
+        ({"logprobs": good["logprobs"]}, "has no labels tensor"),
+        (torch.zeros(3), "has no logprobs or labels tensor"),
+        ({"logprobs": good["logprobs"][1:], "labels": good["labels"]}, f"for {len(good['labels'])} labels"),
+    ):
+        torch.save(blob, bad)
+        out = _bad(tmp_path, monkeypatch, compare, "--endpoints", endpoints, *snapshots)
+        assert "seed_1/test_logprobs.pt" in out and says in out and "train_endpoint" in out, out
+        assert "Traceback" not in out and not (tmp_path / "metrics/compare.json").exists()
+
+
+def test_path_ensembles_names_a_curve_predictions_file_of_another_size(workspace, tmp_path, monkeypatch):
+    """eval_curve's curve.pt whose predictions are of fewer test points than its labels, or not one row per t:
+    an error naming the file and eval_curve, before any network is evaluated."""
+    import shutil
+
+    curve_eval = tmp_path / "curve_eval"
+    shutil.copytree(workspace / "data/curve_eval", curve_eval)
+    good = torch.load(curve_eval / "curve.pt", weights_only=True)
+    args = ("--prepared", workspace / "data/prepared", "--curve", workspace / "data/curve", "--curve-eval", curve_eval)
+    fewer_points, fewer_t = dict(logprobs=good["logprobs"][:, 1:]), dict(t=good["t"][1:])
+    for change, says in ((fewer_points, f"for {len(good['labels'])} labels"), (fewer_t, "points t")):
+        torch.save(dict(good, **change), curve_eval / "curve.pt")
+        out = _bad(tmp_path, monkeypatch, path_ensembles, *args, "--device", "cpu")
+        assert "curve_eval/curve.pt" in out and says in out and "eval_curve" in out, out
+        assert "Traceback" not in out and not (tmp_path / "metrics/path_ensembles.json").exists()

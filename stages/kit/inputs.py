@@ -11,13 +11,13 @@ import torch
 
 from modeconn.data import EVAL_BATCH, EvalBatches, Loader, Prepared, eval_batches, load_prepared, read_info
 from modeconn.errors import CheckpointError, ConfigError
-from modeconn.io import load_checkpoint
+from modeconn.io import load_checkpoint, load_file
 from modeconn.models import from_spec, load_weights, read_weights
 from modeconn.runtime import Runtime
 
 from .config import read_sections
 from .launch import FaultyBatches, fault_step
-from .layout import ENDPOINT_HINT, PREPARED_HINT
+from .layout import CURVE_EVAL_HINT, ENDPOINT_HINT, PREPARED_HINT
 
 
 def prepared_data(prepared: Path, runtime: Runtime) -> Prepared:
@@ -71,6 +71,50 @@ def measurement_batches(data: Prepared, cfg: Any, runtime: Runtime) -> EvalBatch
 def endpoint_checkpoint(path: Path) -> dict:
     """An endpoint checkpoint written by train_endpoint."""
     return load_checkpoint(path, ENDPOINT_HINT)
+
+
+def read_predictions(path: Path, what: str, hint: str, points: bool = False) -> dict:
+    """A stored predictions file: a dict with ``logprobs`` [N, K] and ``labels`` [N] (with ``points``, one of
+    eval_curve's files of a path: ``t`` [P] and ``logprobs`` [P, N, K]). A file that is not one (a key missing,
+    sizes that disagree) is a CheckpointError naming it, what is wrong and ``hint`` (how to make it again)."""
+    blob = load_file(path, what, hint)
+    keys = ("t", "logprobs", "labels") if points else ("logprobs", "labels")
+    missing = [k for k in keys if not (isinstance(blob, dict) and torch.is_tensor(blob.get(k)))]
+    if missing:
+        raise CheckpointError(
+            f"{what} {path} has no {' or '.join(missing)} tensor: it is not a predictions file. {hint}"
+        )
+    logprobs, labels = blob["logprobs"], blob["labels"]
+    lead = (blob["t"].numel(),) if points else ()
+    if labels.dim() != 1 or logprobs.dim() != len(lead) + 2 or logprobs.shape[:-1] != (*lead, labels.numel()):
+        expected = ", ".join(map(str, (*lead, labels.numel(), "K")))
+        raise CheckpointError(
+            f"{what} {path} holds log-probabilities of shape {tuple(logprobs.shape)} for {labels.numel()} labels"
+            f"{f' at {lead[0]} points t' if points else ''} (expected [{expected}]): delete it. {hint}"
+        )
+    return blob
+
+
+def path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict]:
+    """eval_curve's t grid [P], test log-probs per path [P, N, K], the test labels [N], and the validation
+    log-probs per path [P, N_val, K] (empty where the run has no validation split)."""
+    blobs = {
+        name: read_predictions(curve_eval / f"{name}.pt", f"{name} evaluation", CURVE_EVAL_HINT, points=True)
+        for name in ("curve", "segment")
+    }
+    c, s = blobs["curve"], blobs["segment"]
+    if not (torch.equal(c["t"], s["t"]) and torch.equal(c["labels"], s["labels"])):
+        raise CheckpointError(
+            f"{curve_eval}: curve.pt and segment.pt are of different t grids or test sets: rerun `dvc repro eval_curve`"
+        )
+    val = {name: b["val_logprobs"] for name, b in blobs.items() if b.get("val_logprobs") is not None}
+    for name, lp in val.items():
+        if not torch.is_tensor(lp) or lp.dim() != 3 or lp.shape[0] != c["t"].numel():
+            raise CheckpointError(
+                f"{curve_eval / f'{name}.pt'}: its validation log-probabilities are not one row per t: "
+                "rerun `dvc repro eval_curve`"
+            )
+    return c["t"].double(), {"curve": c["logprobs"], "segment": s["logprobs"]}, c["labels"], val
 
 
 def user_checkpoints(paths: typing.Sequence[Path], params: Path, prepared: Path, key: str, new_head: bool) -> list:
