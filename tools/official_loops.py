@@ -32,7 +32,7 @@ import copy
 import itertools
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -201,6 +201,20 @@ def batches_forever(loader: Batches) -> Iterator[tuple[torch.Tensor, torch.Tenso
         yield from loader
 
 
+def warm_then_time(
+    model: nn.Module, stream: Iterator, train: Callable[[Iterator, int], float], warmup: int, n: int
+) -> float:
+    """``model`` in train mode, ``train(stream, warmup)`` untimed, then what ``train(stream, n)`` returns (its
+    images/s). The stream is closed at the end, so a DataLoader's workers start in the warm-up and are gone
+    before the next measurement."""
+    model.train()
+    try:
+        train(stream, warmup)
+        return train(stream, n)
+    finally:
+        stream.close()
+
+
 class OfficialTrainer:
     """``utils.train`` over ``n`` batches of a per-sample DataLoader, after ``warmup`` untimed ones."""
 
@@ -229,13 +243,7 @@ class OfficialTrainer:
         return images / (time.perf_counter() - start)
 
     def run(self, n: int) -> float:
-        self.model.train()
-        stream = batches_forever(self.loader)
-        try:
-            self._train(stream, self.warmup)
-            return self._train(stream, n)
-        finally:
-            stream.close()
+        return warm_then_time(self.model, batches_forever(self.loader), self._train, self.warmup, n)
 
 
 def update_bn(loader: Batches, model: CurveNet, device: torch.device, **kwargs) -> int:

@@ -17,6 +17,7 @@ from modeconn.errors import ConfigError
 from modeconn.points import measure
 from modeconn.runtime import Runtime
 from modeconn.train import cross_entropy_step, make_sgd, predict, train_epoch
+from tools.official_loops import warm_then_time
 
 from .settings import BATCH, WARMUP, Batches
 
@@ -67,13 +68,7 @@ class Trainer:
         return stats.images_per_s  # train_epoch ends with .item(): the device has finished
 
     def run(self, n: int) -> float:
-        self.module.train()
-        stream = forever(self.batches)
-        try:
-            self._train(stream, self.warmup)
-            return self._train(stream, n)
-        finally:
-            stream.close()  # a DataLoader's workers exit here and are reaped
+        return warm_then_time(self.module, forever(self.batches), self._train, self.warmup, n)
 
 
 def interleaved_steps(trainers: list[Trainer], n: int, runtime: Runtime) -> list[float]:
