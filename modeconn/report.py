@@ -500,3 +500,41 @@ def markdown(
         *sources_section(sources),
     ]
     return "\n".join(L) + "\n"
+
+
+# The headline of a pipeline without a report (own/, the width experiment): the numbers `dvc exp show` lists.
+
+
+def curve_headline(curve: dict) -> dict:
+    """From eval_curve's summary: the worst test error along the curve, the segment and the aligned segment, the
+    length ratio (named as in :func:`headline`), the curve's barriers (its worst value above the straight line
+    between its ends), and the accuracy of the ensemble along the curve against that of the two endpoints."""
+    out = {
+        "curve_max_test_error": curve["curve"]["test_error"]["max"],
+        "segment_max_test_error": curve["segment"]["test_error"]["max"],
+    }
+    if "aligned" in curve:
+        out["aligned_max_test_error"] = curve["aligned"]["test_error"]["max"]
+    barrier, ens = curve["barrier"]["curve"], curve["ensemble"]
+    out["length_ratio"] = curve["length"]["ratio"]
+    out["curve_barrier"] = {"test_error": barrier["test_error"], "train_loss": barrier["train_loss"]}
+    out["ensemble_accuracy"] = {"curve": ens["curve"]["accuracy"], "endpoints": ens["endpoints"]["accuracy"]}
+    return out
+
+
+FGE_HEADLINE = ("start_accuracy", "ensemble_accuracy", "start_nll", "ensemble_nll")
+
+
+def fge_headline(fge: dict) -> dict:
+    """From FGE's summary: the ensemble's test accuracy and NLL, beside the start network's (measured before any
+    FGE step) where it was measured."""
+    return {"fge": {k: fge[k] for k in FGE_HEADLINE if k in fge}}
+
+
+WIDTH_HEADLINE = ("length_ratio", "train_loss_barrier", "test_error_barrier")
+
+
+def width_headline(width: dict) -> dict:
+    """From the width experiment's summary: per width factor K (``k<K>``), the curve's length ratio and its
+    barriers."""
+    return {k: {key: row[key] for key in WIDTH_HEADLINE} for k, row in width.items() if k.startswith("k")}

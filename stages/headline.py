@@ -5,7 +5,8 @@ the repository, so each pipeline declares one small headline file and nothing el
 summary along t, every budget, every seed) is a plain output that the report and the tests read. The root
 pipeline's headline is the report's (metrics/headline.json); this stage writes the headline of a pipeline
 without a report: own/ (the curve between your checkpoints and FGE from yours) and the width experiment (per
-width factor K). Each option names one stage's file; the headline has a section for each file given.
+width factor K). Each option names one stage's file; the headline has a section for each file given, its numbers
+chosen by modeconn.report (curve_headline, fge_headline, width_headline).
 """
 
 from __future__ import annotations
@@ -15,43 +16,10 @@ from pathlib import Path
 import typer
 
 from modeconn.errors import ConfigError
+from modeconn.report import curve_headline, fge_headline, width_headline
 
 from .kit.cli import console, stage_app
 from .kit.records import read_json, write_json
-
-
-def curve_numbers(curve: dict) -> dict:
-    """eval_curve's file: the worst test error along the curve, the segment and the aligned segment, the length
-    ratio (named as in the root's headline), the curve's barriers (its worst value above the straight line
-    between its ends), and the accuracy of the ensemble along the curve against that of the two endpoints."""
-    out = {
-        "curve_max_test_error": curve["curve"]["test_error"]["max"],
-        "segment_max_test_error": curve["segment"]["test_error"]["max"],
-    }
-    if "aligned" in curve:
-        out["aligned_max_test_error"] = curve["aligned"]["test_error"]["max"]
-    barrier, ens = curve["barrier"]["curve"], curve["ensemble"]
-    out["length_ratio"] = curve["length"]["ratio"]
-    out["curve_barrier"] = {"test_error": barrier["test_error"], "train_loss": barrier["train_loss"]}
-    out["ensemble_accuracy"] = {"curve": ens["curve"]["accuracy"], "endpoints": ens["endpoints"]["accuracy"]}
-    return out
-
-
-FGE_KEYS = ("start_accuracy", "ensemble_accuracy", "start_nll", "ensemble_nll")
-
-
-def fge_numbers(fge: dict) -> dict:
-    """The fge stage's file: the ensemble's test accuracy and NLL, beside the start network's (measured before any
-    FGE step) where it was measured."""
-    return {"fge": {k: fge[k] for k in FGE_KEYS if k in fge}}
-
-
-WIDTH_KEYS = ("length_ratio", "train_loss_barrier", "test_error_barrier")
-
-
-def width_numbers(width: dict) -> dict:
-    """The width summary: per width factor K (``k<K>``), the curve's length ratio and its barriers."""
-    return {k: {key: row[key] for key in WIDTH_KEYS} for k, row in width.items() if k.startswith("k")}
 
 
 def main(
@@ -63,9 +31,9 @@ def main(
     """Write the headline metrics of a pipeline from its stages' files."""
     numbers: dict = {}
     for path, stage, pick in (
-        (curve, "eval_curve", curve_numbers),
-        (fge, "fge", fge_numbers),
-        (width, "summary", width_numbers),
+        (curve, "eval_curve", curve_headline),
+        (fge, "fge", fge_headline),
+        (width, "summary", width_headline),
     ):
         if path is not None:
             numbers.update(pick(read_json(path, f"Run `dvc repro {stage}` first.")))
