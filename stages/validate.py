@@ -29,6 +29,19 @@ from .kit.config import OTHER_SECTIONS, SECTIONS, SubsetConfig, check_batch_size
 MARKER = "params validated: every other stage depends on this file; its text never changes\n"
 ALL_SECTIONS: dict[str, type] = {**SECTIONS, **OTHER_SECTIONS}  # the width experiment's sections too
 TRAINING = ("train", "curve", "fge", "sse")  # the sections with a batch_size drawn from the training images
+FILES = (("model", "weights"), ("curve", "endpoint_files"), ("curve", "init"), ("fge", "start_files"))  # user files
+
+
+def check_files(raw: dict, path: Path) -> None:
+    """The files of the user's own that the params name exist (a stage would find it only after DVC deleted its
+    outputs). Paths are relative to the folder the pipeline runs in."""
+    for name, key in FILES:
+        value = (raw.get(name) or {}).get(key)
+        for file in [value] if isinstance(value, str) else value or []:
+            if not (key == "init" and file == "linear"):
+                require(
+                    Path(file).is_file(), f"{name}.{key}: {file} not found (in {path}): put it there or fix the path"
+                )
 
 
 def training_images(params: dict, path: Path, prepared: Path | None) -> int | None:
@@ -69,6 +82,7 @@ def main(
     raw = read_params(params)  # unknown (misspelt) sections are errors
     for name in raw:
         section(raw, name, ALL_SECTIONS[name], params)
+    check_files(raw, params)
     names = [n for n in batch_sizes.split(",") if n]
     unknown = sorted(set(names) - set(TRAINING))
     if unknown:

@@ -56,6 +56,27 @@ def test_a_missing_key_names_the_key_and_the_file(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"fge__start_files": ["checkpoints/a.pt"]}, "fge.start_files: checkpoints/a.pt not found"),
+        ({"curve__endpoint_files": ["a.pt", "b.pt"]}, "curve.endpoint_files: a.pt not found"),
+        ({"curve__init": "curves/old.pt"}, "curve.init: curves/old.pt not found"),
+        ({"model__weights": "w.pt"}, "model.weights: w.pt not found"),
+    ],
+)
+def test_a_missing_file_of_the_users_own_stops_the_params_check(tmp_path, monkeypatch, changes, said):
+    monkeypatch.chdir(tmp_path)  # paths are relative to the folder the pipeline runs in
+    code, output, out = check(tmp_path, tiny_params(**changes))
+    assert code == 1 and said in output and "Traceback" not in output, output
+    assert not out.exists()
+    for file in ("a.pt", "b.pt", "w.pt", "checkpoints/a.pt", "curves/old.pt"):
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file).write_bytes(b"")
+    code, output, out = check(tmp_path, tiny_params(**changes))  # present: the params check passes
+    assert code == 0, output
+
+
 def test_batch_sizes_must_fit_the_training_images(tmp_path):
     big = tiny_params(curve__batch_size=100_000)
     code, output, out = check(tmp_path, big, "--batch-sizes", "train,curve,fge,sse")
