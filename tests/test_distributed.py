@@ -140,6 +140,23 @@ def test_the_launcher_names_the_rank_of_torchruns_root_cause():
     assert launch.failed_rank("no summary") == ""
 
 
+def test_the_launcher_tells_a_preemption_from_a_failure():
+    def report(*exits: tuple[int, int]) -> str:
+        rows = [
+            f"[{i}]:\n  rank      : {r} (local_rank: {r})\n  exitcode  : {c} (pid: 4{i})\n"
+            for i, (r, c) in enumerate(exits)
+        ]
+        head = "E0 api.py:1] failed (exitcode: 75) local_rank: 1 (pid: 1)\nFailures:\n"
+        return head + "".join(rows[1:]) + "Root Cause (first observed failure):\n" + rows[0]
+
+    assert launch.preempted(report((0, 75), (1, 75))) and launch.preempted(report((1, 75), (0, 75)))
+    assert launch.preempted(report((0, 75), (1, -15)))  # rank 1 ended by torchrun's SIGTERM
+    assert launch.preempted(report((1, 75), (0, -15)))
+    assert not launch.preempted(report((1, -15), (0, 75)))  # rank 1 was ended first by a signal from elsewhere
+    assert not launch.preempted(report((0, 75), (1, 1))) and not launch.preempted(report((0, 1)))
+    assert not launch.preempted("no summary")
+
+
 def test_a_resume_state_of_another_process_count_is_kept_and_named(tmp_path, monkeypatch):
     monkeypatch.setenv("MODECONN_RESUME_DIR", str(tmp_path))
     monkeypatch.setattr(Runtime, "all_gather", lambda self, obj: [obj] * self.world_size)  # no process group here
@@ -352,6 +369,22 @@ def test_a_preempted_two_process_run_resumes(workspace, tmp_path):
         weights(ws / "data/endpoints/seed_1/model.pt", "state_dict"),
         "resumed 2-process vs 1-process",
     )
+
+
+@slow
+def test_a_preempted_run_started_by_the_command_exits_75_without_a_traceback(workspace, tmp_path):
+    """With $MODECONN_NPROC=2 the command starts torchrun itself; the preemption drill stops both ranks with
+    PREEMPTED_EXIT after saving the state, and the command ends with that code and one line saying so, not
+    torchrun's traceback of a failed child."""
+    env = {**ENV, "MODECONN_NPROC": "2", "MODECONN_STOP_AFTER_EPOCHS": "1", "MODECONN_RESUME_DIR": str(tmp_path)}
+    proc = launched("train_endpoint", "preempted", "--seed", "0", env=env, cwd=workspace)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == launch.PREEMPTED_EXIT, err[-3000:]
+    assert "Traceback" not in err and "ChildFailedError" not in err and "Nothing was written" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if "2-process run of stages.train_endpoint" in x]
+    assert "preempted" in line and "rerun the same command" in line, line
+    assert list(tmp_path.glob("train_endpoint/seed_0/processes_2/*.pt")), "no state was saved"
+    assert not (workspace / "data/preempted").exists() and not (workspace / "metrics/preempted.json").exists()
 
 
 def test_each_rank_resumes_with_its_own_random_states(tmp_path, monkeypatch):

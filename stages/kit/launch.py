@@ -72,12 +72,19 @@ class FaultyBatches:
             yield batch
 
 
+# torchrun's own report of a failure (after every rank has ended or been sent SIGTERM): its log lines, its
+# traceback and its table of failures, each rank's exit code on an "exitcode : C" line.
+TORCHRUN_REPORT = re.compile(r"torch/distributed/elastic/.*\] (Sending process \d+ closing signal|failed \(exitcode)")
+
+
 def launch(module: str, nproc: int) -> int:
     """Run this command again under ``torchrun --standalone --nproc-per-node nproc``; its exit code.
 
     torchrun starts the processes, joins them, and ends them all when one fails (raises, or is killed). Its
     output passes through; on a failure the last line names the rank that failed first and how (torchrun's
-    "Root Cause" record), so that the one line a log reader looks at says which process to read above."""
+    "Root Cause" record), so that the one line a log reader looks at says which process to read above. Ranks
+    that stop on purpose after saving their state (exit code PREEMPTED_EXIT, the preemption drill) are no
+    failure: torchrun's report gives way to one line saying so, and the exit code is PREEMPTED_EXIT."""
     cmd = [
         sys.executable,
         "-m",
@@ -91,18 +98,43 @@ def launch(module: str, nproc: int) -> int:
     log.info("starting %d processes: %s", nproc, " ".join(cmd[1:]))
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
     seen: list[str] = []
+    report: list[str] = []  # torchrun's report of a failure, held until it is known whether to show it
     assert proc.stderr is not None
     for line in proc.stderr:  # until torchrun and every rank have closed it
-        sys.stderr.write(line)
         seen.append(line)
+        if report or TORCHRUN_REPORT.search(line):
+            report.append(line)
+        else:
+            sys.stderr.write(line)
     code = proc.wait()
+    err = Console(stderr=True, soft_wrap=True)
+    if code and preempted("".join(seen)):
+        err.print(
+            f"[bold yellow]preempted:[/] the {nproc}-process run of {module} stopped after saving its state "
+            f"(exit code {PREEMPTED_EXIT}); rerun the same command to continue.",
+            highlight=False,
+        )
+        return PREEMPTED_EXIT
+    sys.stderr.write("".join(report))
     if code:
-        Console(stderr=True, soft_wrap=True).print(
+        err.print(
             f"[bold red]error:[/] the {nproc}-process run of {module} failed{failed_rank(''.join(seen))} "
             f"(torchrun exit code {code}); the failing rank's message is above. Nothing was written.",
             highlight=False,
         )
     return code
+
+
+def preempted(torchrun_output: str) -> bool:
+    """Whether torchrun's report says the run was preempted: the rank that ended first exited with
+    PREEMPTED_EXIT and no rank failed otherwise (the others exited so too, or by torchrun's SIGTERM)."""
+    _, found, table = torchrun_output.rpartition("Failures:")
+    _, _, cause = table.rpartition("Root Cause")
+    first = re.search(r"exitcode\s*:\s*(-?\d+)", cause) if found else None
+    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", table)]
+    return (
+        first is not None and int(first.group(1)) == PREEMPTED_EXIT and all(c == PREEMPTED_EXIT or c < 0 for c in codes)
+    )
 
 
 def failed_rank(torchrun_output: str) -> str:
