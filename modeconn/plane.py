@@ -21,11 +21,15 @@ network at ŵ1, ŵ2, θ and every grid point (:func:`modeconn.points.measure`:
 BatchNorm recalibrated at each). An aligned segment ŵ1 → π(ŵ2)
 (:mod:`modeconn.align`) is in general not in the plane: its orthogonal
 projection is drawn, and its distance from the plane reported.
+
+:func:`measure_points_plane` is the plane through any three networks (Fig. 1, left: three independently
+trained endpoints), with the first as origin and the second along α; the same grid, measured the same way
+(:func:`measure_grid`, the one loop over grid points), with the triangle's centroid measured beside the three.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -49,11 +53,12 @@ class Basis(NamedTuple):
     coords: torch.Tensor  # (3, 2) (α, β) of ŵ1, ŵ2, θ
 
 
-def basis(w1: torch.Tensor, w2: torch.Tensor, theta: torch.Tensor) -> Basis:
+def basis(w1: torch.Tensor, w2: torch.Tensor, theta: torch.Tensor, names: Sequence[str] | None = None) -> Basis:
     """Orthonormal basis of the plane through ``w1``, ``w2``, ``theta`` (flat vectors, computed in float64).
 
     Raises a ModeconnError when the three points do not span a plane (the
-    endpoints coincide, or the bend lies on the segment, e.g. an untrained curve).
+    endpoints coincide, or the bend lies on the segment, e.g. an untrained curve); with ``names`` (any three
+    points, not a curve's), the message names the points.
     """
     w1, w2, theta = (x.detach().double().reshape(-1) for x in (w1, w2, theta))
     if not (w1.shape == w2.shape == theta.shape):
@@ -63,12 +68,19 @@ def basis(w1: torch.Tensor, w2: torch.Tensor, theta: torch.Tensor) -> Basis:
     d = w2 - w1
     dx = d.norm()
     if dx == 0:
+        if names is not None:
+            raise ModeconnError(f"plane: {names[0]} and {names[1]} are the same point; they span no plane")
         raise ModeconnError("plane: the two endpoints are the same point; they span no plane")
     u = d / dx
     r = theta - w1
     r = r - (r @ u) * u
     dy = r.norm()
     if dy <= 1e-5 * max(dx.item(), (theta - w1).norm().item()):  # float32 rounding of a point on the segment
+        if names is not None:
+            raise ModeconnError(
+                f"plane: {names[2]} lies on the line through {names[0]} and {names[1]} (or coincides with one of "
+                "them), so the three points span no plane"
+            )
         raise ModeconnError(
             "plane: the bend lies on the segment between the endpoints (is the curve trained? "
             "curve.init = linear puts the bends on the segment), so the three points span no plane"
@@ -128,15 +140,59 @@ def to_weights(
 
 
 @dataclass
-class PlaneResult:
-    """The plane of a curve measured on a grid: the basis, the axes, the grid of each measure, the three
-    points, and the curve, its segment (and an aligned segment) projected onto the plane at the t grid."""
+class PlaneGrid:
+    """A plane measured on a grid: the basis, the axes, the grid of each measure and the named points (the three
+    that span it, in the order of ``basis.coords``, then any other measured point, e.g. the centroid)."""
 
     basis: Basis
     alpha: torch.Tensor  # (G,)
     beta: torch.Tensor  # (G,)
     grids: dict[str, torch.Tensor]  # measure of MEASURES → (G, G), indexed [α, β]
-    points: dict[str, dict[str, float]]  # w1, w2, bend → alpha, beta and the measures there
+    points: dict[str, dict[str, float]]  # name → alpha, beta and the measures there
+
+    def names(self) -> tuple[str, str, str]:
+        """The three points that span the plane, in the order of ``basis.coords``."""
+        return tuple(self.points)[:3]
+
+    def as_dict(self) -> dict:
+        """The grid and the points as a dict of tensors and names (format ``modeconn.plane_points/1``): ``points``
+        the three names, ``coords`` [3, 2] their (α, β), ``centroid`` [2] where it was measured."""
+        centroid = {"centroid": torch.tensor([self.points["centroid"][k] for k in ("alpha", "beta")])}
+        return {
+            "format": "modeconn.plane_points/1",
+            "alpha": self.alpha,
+            "beta": self.beta,
+            **self.grids,
+            "points": self.names(),
+            "coords": self.basis.coords,
+            **(centroid if "centroid" in self.points else {}),
+        }
+
+    def extent(self) -> dict[str, list[float]]:
+        """The grid's first and last α and β."""
+        return {
+            "alpha": [self.alpha[0].item(), self.alpha[-1].item()],
+            "beta": [self.beta[0].item(), self.beta[-1].item()],
+        }
+
+    def summary(self) -> dict:
+        """Each measure's range over the grid, the named points, and the distance between each pair of the three
+        (the triangle's sides)."""
+        names, c = self.names(), self.basis.coords
+        sides = {f"{names[i]} to {names[j]}": (c[i] - c[j]).norm().item() for i, j in ((0, 1), (0, 2), (1, 2))}
+        return {
+            "grid": {m: {"min": g.min().item(), "max": g.max().item()} for m, g in self.grids.items()},
+            "points": self.points,
+            "distances": sides,
+        }
+
+
+@dataclass
+class PlaneResult(PlaneGrid):
+    """The plane of a curve measured on a grid: the basis, the axes, the grid of each measure, the three
+    points (w1, w2, bend), and the curve, its segment (and an aligned segment) projected onto the plane at the t
+    grid."""
+
     t: torch.Tensor  # (P,) float64
     curve: torch.Tensor  # (P, 2) (α, β) of φ(t)
     segment: torch.Tensor  # (P, 2) (α, β) of (1 − t) ŵ1 + t ŵ2
@@ -166,13 +222,6 @@ class PlaneResult:
             "num_bends": self.num_bends,
             "kind": self.kind,
             **(aligned if self.aligned is not None else {}),
-        }
-
-    def extent(self) -> dict[str, list[float]]:
-        """The grid's first and last α and β."""
-        return {
-            "alpha": [self.alpha[0].item(), self.alpha[-1].item()],
-            "beta": [self.beta[0].item(), self.beta[-1].item()],
         }
 
     def summary(self) -> dict:
@@ -247,15 +296,40 @@ def measure_plane(
             "aligned_distance": (end.double() - w1.double()).norm().item(),
         }
 
+    named = dict(zip(POINTS, b.coords.tolist()))
+    grids, at_points = measure_grid(template, b, alpha, beta, named, like, batches, runtime, wd=wd, progress=progress)
+    return PlaneResult(
+        b, alpha, beta, grids, at_points, ts, curve_xy, segment_xy, off_plane, bend, n, curve.kind, **aligned
+    )
+
+
+def measure_grid(
+    template: nn.Module,
+    b: Basis,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    named: Mapping[str, Sequence[float]],
+    like: dict[str, torch.Tensor],
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    wd: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
+    """``template`` measured at the ``named`` points (name → (α, β)), in their order, then at every point of the
+    grid ``alpha`` × ``beta`` ([G], [G']), row by row: (grids, points), each measure of MEASURES → [G, G'] indexed
+    [α, β], and each name → its alpha, beta and measures. A point w(α, β) of the plane of ``b`` has the names,
+    shapes, dtypes of ``like`` (on the runtime's device); BatchNorm is recalibrated at each on ``batches`` (their
+    validation split unused); the train loss has 0.5·``wd``·‖w‖². ``progress(message)`` after each point."""
     like = {k: v.to(runtime.device) for k, v in like.items()}
     batches = batches._replace(val=None)
 
     def at(a: float, bb: float) -> dict:
         return measure(template, to_weights(b.origin, b.u, b.v, a, bb, like), batches, runtime).row(wd)
 
-    grids = {m: torch.full((grid_points, grid_points), float("nan"), dtype=torch.float64) for m in MEASURES}
+    grids = {m: torch.full((len(alpha), len(beta)), float("nan"), dtype=torch.float64) for m in MEASURES}
     at_points = {}
-    for name, (a, bb) in zip(POINTS, b.coords.tolist()):
+    for name, (a, bb) in named.items():
         at_points[name] = {"alpha": a, "beta": bb, **at(a, bb)}
         if progress is not None:
             progress(f"{name}: test err {at_points[name]['test_error']:.4f}")
@@ -266,6 +340,38 @@ def measure_plane(
                 grids[m][i, j] = r[m]
             if progress is not None:
                 progress(f"α={a:.2f} β={bb:.2f} train loss {r['train_loss']:.3f} test err {r['test_error']:.3f}")
-    return PlaneResult(
-        b, alpha, beta, grids, at_points, ts, curve_xy, segment_xy, off_plane, bend, n, curve.kind, **aligned
-    )
+    return grids, at_points
+
+
+def measure_points_plane(
+    points: Mapping[str, dict[str, torch.Tensor]],
+    template: nn.Module,
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    grid_points: int = 21,
+    margin: float = 0.2,
+    wd: float = 0.0,
+    centroid: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> PlaneGrid:
+    """The plane through three networks (Fig. 1, left) measured on a ``grid_points`` × ``grid_points`` grid
+    covering them with ``margin`` × their extent on each side.
+
+    ``points``: three names → parameters of ``template`` (``dict(model.named_parameters())``, no buffers), in
+    order: the first is the origin, the second lies along α, the third at β > 0. Each is measured at its exact
+    coordinates, then (``centroid``) their mean as ``centroid``, then every grid point, on ``batches`` (BatchNorm
+    recalibrated at each; the train loss with 0.5·``wd``·‖w‖²). ``progress(message)`` after each point
+    (G² + 4 calls, G² + 3 without the centroid). A ModeconnError where the three span no plane.
+    """
+    if len(points) != 3 or (centroid and "centroid" in points):
+        raise ModeconnError(f"plane: three points other than 'centroid' span the plane, got {', '.join(points)}")
+    names = tuple(points)
+    like = dict(points[names[0]])
+    b = basis(*(flat(points[n]) for n in names), names=names)
+    alpha, beta = grid(b.coords, grid_points, margin)
+    named = dict(zip(names, b.coords.tolist()))
+    if centroid:
+        named["centroid"] = b.coords.mean(0).tolist()
+    grids, at_points = measure_grid(template, b, alpha, beta, named, like, batches, runtime, wd=wd, progress=progress)
+    return PlaneGrid(b, alpha, beta, grids, at_points)

@@ -71,14 +71,19 @@ def plane_contours(
     levels: int = 20,
     aligned=None,
     aligned_label: str = "aligned segment (projection)",
+    sides: bool = False,
+    axis_labels: tuple[str, str] = ("α (along ŵ2 − ŵ1)", "β (towards the bend)"),
+    markers: tuple[str, ...] = ("o", "o", "D", "s", "^"),
 ) -> None:
-    """Contours of a measure over the plane of ŵ1, ŵ2 and the bend (paper, Fig. 1).
+    """Contours of a measure over the plane of ŵ1, ŵ2 and the bend (paper, Fig. 1), or of any three points.
 
     ``values`` is [len(alpha), len(beta)] (values[i, j] at α_i, β_j); contour
     levels are log-spaced (a valley spanning orders of magnitude of loss stays
     visible). ``points`` maps a label to its (α, β); ``curve`` and ``segment``
-    are [P, 2] projected paths. Axes are equal, as (α, β) are distances in weight space, unless the
-    grid is more than 5 times longer one way than the other (a barely trained bend).
+    are [P, 2] projected paths (None: not drawn). ``sides``: the segments between the first three points (a
+    triangle) drawn dashed. ``markers``: one per point (``o`` white, others orange). Axes are equal, as (α, β)
+    are distances in weight space, unless the grid is more than 5 times longer one way than the other (a barely
+    trained bend).
     """
     import numpy as np
     from matplotlib.colors import LogNorm
@@ -98,17 +103,22 @@ def plane_contours(
     ax.contour(alpha, beta, z, levels=steps, norm=LogNorm(lo, hi), colors="k", linewidths=0.3, alpha=0.5)
     bar = fig.colorbar(cs, ax=ax, format="%.3g", orientation="horizontal", pad=0.2, aspect=40)
     bar.set_label(label + " (log scale)")
-    seg = np.asarray(segment, dtype=float)
-    ax.plot(seg[:, 0], seg[:, 1], "--", color="white", lw=1.8, label="segment")
-    cur = np.asarray(curve, dtype=float)
-    ax.plot(cur[:, 0], cur[:, 1], "-", color="tab:orange", lw=2.2, label="curve")
+    if segment is not None:
+        seg = np.asarray(segment, dtype=float)
+        ax.plot(seg[:, 0], seg[:, 1], "--", color="white", lw=1.8, label="segment")
+    if sides:  # the triangle of the first three points: closed, one legend entry
+        tri = np.asarray(list(points.values())[:3] + list(points.values())[:1], dtype=float)  # (4, 2)
+        ax.plot(tri[:, 0], tri[:, 1], "--", color="white", lw=1.8, label="segments")
+    if curve is not None:
+        cur = np.asarray(curve, dtype=float)
+        ax.plot(cur[:, 0], cur[:, 1], "-", color="tab:orange", lw=2.2, label="curve")
     if aligned is not None:  # [P, 2]: the projection of a path that leaves the plane (see ``aligned_label``)
         ali = np.asarray(aligned, dtype=float)
         ax.plot(ali[:, 0], ali[:, 1], ":", color="tab:red", lw=2.0, label=aligned_label)
         ax.plot(ali[-1:, 0], ali[-1:, 1], "x", color="tab:red", ms=8, mew=2, zorder=5)
         ax.set_xlim(alpha[0], alpha[-1])  # the grid, not the projection, sets the frame
         ax.set_ylim(beta[0], beta[-1])
-    for (name, (a, b)), marker in zip(points.items(), ("o", "o", "D", "s", "^")):
+    for (name, (a, b)), marker in zip(points.items(), markers):
         ax.plot([a], [b], marker, ms=8, mec="k", mfc="white" if marker == "o" else "tab:orange", zorder=5)
         ax.annotate(
             name,
@@ -119,12 +129,12 @@ def plane_contours(
             color="k",
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
         )
-    ax.set_xlabel("α (along ŵ2 − ŵ1)")
-    ax.set_ylabel("β (towards the bend)")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
     if equal:
         ax.set_aspect("equal", adjustable="box")  # true geometry: (α, β) are distances in weight space
     else:
-        ax.set_ylabel("β (towards the bend; axes not to scale)")
+        ax.set_ylabel(f"{axis_labels[1][:-1]}; axes not to scale)")
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, facecolor="0.8")
     fig.suptitle(title or f"{label} in the plane of the endpoints and the bend", fontsize=11)
     save(fig, path)
@@ -133,7 +143,10 @@ def plane_contours(
 def plane_figures(grid: dict, train_png: Path | str, error_png: Path | str, where: str = "") -> None:
     """The plane's two contour figures (paper, Fig. 1) from ``grid`` (:meth:`modeconn.plane.PlaneResult.as_dict`):
     train loss to ``train_png``, test error to ``error_png``; ``where`` (the path, model and data) in the titles.
-    An aligned segment in ``grid`` is drawn as its projection, labelled with how far it leaves the plane."""
+    An aligned segment in ``grid`` is drawn as its projection, labelled with how far it leaves the plane. A grid
+    of three points (:meth:`modeconn.plane.PlaneGrid.as_dict`, no curve) is drawn with its triangle's sides."""
+    if "curve" not in grid:
+        return points_plane_figures(grid, train_png, error_png, where)
     pts = {"ŵ1": grid["coords"][0].tolist(), "ŵ2": grid["coords"][1].tolist(), "θ (bend)": grid["coords"][2].tolist()}
     aligned = {}
     if "aligned" in grid:  # a projection: the aligned segment leaves the plane (by t · dist(π(ŵ2)))
@@ -147,6 +160,23 @@ def plane_figures(grid: dict, train_png: Path | str, error_png: Path | str, wher
         title = f"{label.split(' (')[0].capitalize()} in the plane: {where}"
         curves = (grid["curve"], grid["segment"])
         plane_contours(grid["alpha"], grid["beta"], grid[m], pts, *curves, png, label, title=title, **aligned)
+
+
+def points_plane_figures(grid: dict, train_png: Path | str, error_png: Path | str, where: str = "") -> None:
+    """The two contour figures of the plane through three points (paper, Fig. 1 left) from ``grid``
+    (:meth:`modeconn.plane.PlaneGrid.as_dict`): the three points, their triangle's sides and their centroid."""
+    a, b, c = grid["points"]
+    pts = dict(zip(grid["points"], grid["coords"].tolist()))
+    if "centroid" in grid:
+        pts["centroid"] = grid["centroid"].tolist()
+    axes = (f"α (along {b} − {a})", f"β (towards {c})")
+    for m, png, label in (
+        ("train_loss", train_png, "train loss (with L2 term)"),
+        ("test_error", error_png, "test error"),
+    ):
+        title = f"{label.split(' (')[0].capitalize()} in the plane of three networks: {where}"
+        drawn = dict(title=title, sides=True, axis_labels=axes, markers=("o", "o", "o", "s"))
+        plane_contours(grid["alpha"], grid["beta"], grid[m], pts, None, None, png, label, **drawn)
 
 
 def path_ensembles(rows: list[dict], path: Path | str, endpoint_error: float | None = None, title: str = "") -> None:

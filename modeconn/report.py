@@ -16,14 +16,24 @@ from __future__ import annotations
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from . import claims
 
 # The figures the report embeds, by name (the caller maps each to its link): along t (Fig. 2), the
-# two-network ensembles (Fig. 4), the plane (Fig. 1), accuracy against budget (Fig. 5), reliability diagrams.
-FIGURES = ("curve_along_t", "path_ensembles", "plane_train_loss", "plane_test_error", "compare", "reliability")
+# two-network ensembles (Fig. 4), the planes (Fig. 1: of the curve, and through three networks), accuracy against
+# budget (Fig. 5), reliability diagrams.
+FIGURES = (
+    "curve_along_t",
+    "path_ensembles",
+    "plane_train_loss",
+    "plane_test_error",
+    "plane_points_train_loss",
+    "plane_points_test_error",
+    "compare",
+    "reliability",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,8 @@ class Results:
     compare_run: dict
     compare_table: str  # the budget comparison's own Markdown (its table and the spread over seeds)
     runs: dict[str, dict]
+    plane_points: dict = field(default_factory=dict)  # Fig. 1 left: the plane through three networks
+    plane_points_run: dict = field(default_factory=dict)
 
 
 class Embedded(NamedTuple):
@@ -98,7 +110,15 @@ def headline(r: Results) -> dict:
             for m, x in cmp.get("val", {}).get("1B", {}).items()
             if isinstance(x, dict) and x["members"]
         },
+        **plane_points_headline(r.plane_points),
     }
+
+
+def plane_points_headline(pp: dict) -> dict:
+    """Between the three networks of the plane through them: the test error at their centroid (Fig. 1 left: high
+    between independent networks), where the run has that plane."""
+    centroid = pp.get("points", {}).get("centroid")
+    return {"plane_points_centroid_test_error": centroid["test_error"]} if centroid else {}
 
 
 def verdicts(r: Results) -> list[claims.Verdict]:
@@ -381,6 +401,38 @@ def plane_section(r: Results, figures: Mapping[str, str]) -> list[str]:
     ]
 
 
+def plane_points_section(r: Results, figures: Mapping[str, str]) -> list[str]:
+    """Fig. 1 left: the grid in the plane through three networks (by default the independent endpoints), beside
+    the curve's plane, and the values at the three and at their centroid."""
+    pp, run = r.plane_points, r.plane_points_run
+    if not pp:
+        return []
+    pts, g = pp["points"], pp["grid"]
+    sides = ", ".join(f"{k} {d:.2f}" for k, d in pp["distances"].items())
+    worst = max(x["test_error"] for name, x in pts.items() if name != "centroid")
+    between = f"their centroid {pct(pts['centroid']['test_error'])}, " if "centroid" in pts else ""
+    L = [
+        "## The plane through three networks (Fig. 1, left)",
+        "",
+        f"{run['grid_points']} × {run['grid_points']} grid, margin {run['margin']} ({run['seconds']:.0f} s); "
+        f"distances {sides}. Test error at {between}at the worst of the three {pct(worst)}.",
+        "",
+        "| | train loss | test error |",
+        "|---|---|---|",
+    ]
+    for name, x in pts.items():
+        L.append(f"| {name} | {num(x['train_loss'])} | {pct(x['test_error'])} |")
+    return [
+        *L,
+        f"| grid min | {num(g['train_loss']['min'])} | {pct(g['test_error']['min'])} |",
+        f"| grid max | {num(g['train_loss']['max'])} | {pct(g['test_error']['max'])} |",
+        "",
+        f"![Train loss in the plane through three networks]({figures['plane_points_train_loss']})",
+        f"![Test error in the plane through three networks]({figures['plane_points_test_error']})",
+        "",
+    ]
+
+
 def budgets_section(r: Results, figures: Mapping[str, str]) -> list[str]:
     """Sec. 5: Ind / SSE / FGE at equal budgets (the comparison's own table), FGE and SSE snapshots, FGE's
     start networks, SWA, and the reliability diagrams."""
@@ -494,6 +546,7 @@ def markdown(
         *barriers_section(r),
         *path_ensembles_section(r, figures),
         *plane_section(r, figures),
+        *plane_points_section(r, figures),
         *budgets_section(r, figures),
         *claims_section(r),
         *width_section(width),

@@ -53,6 +53,8 @@ def read_results(metrics: Path, seeds: list[int]) -> report.Results:
         *(record for pair in pairs for record in pair),
         compare_table=(metrics / "compare.md").read_text(),
         runs=runs,
+        plane_points=by["plane_points"][0],
+        plane_points_run=by["plane_points"][1],
     )
 
 

@@ -46,9 +46,21 @@ def tiny_data():
 def tiny_workspace(tmp_path_factory):
     """The stages of dvc.yaml after its params check, in its order, on ``tiny_params()``, run once for the
     session: prepared data, endpoints of seeds 0 and 1, the curve and its evaluation, FGE, SSE, the plane, the
-    path ensembles, compare and the report. Tests read it; one that runs a stage in it runs it with the same
-    params."""
-    from stages import compare, eval_curve, fge, fit_curve, path_ensembles, plane, prepare, report, sse, train_endpoint
+    plane through three networks, the path ensembles, compare and the report. Tests read it; one that runs a
+    stage in it runs it with the same params."""
+    from stages import (
+        compare,
+        eval_curve,
+        fge,
+        fit_curve,
+        path_ensembles,
+        plane,
+        plane_points,
+        prepare,
+        report,
+        sse,
+        train_endpoint,
+    )
 
     from .stage_utils import build_workspace
 
@@ -56,7 +68,7 @@ def tiny_workspace(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         steps = [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,)]
-        steps += [(eval_curve,), (fge,), (sse,), (plane,), (path_ensembles,), (compare,), (report,)]
+        steps += [(eval_curve,), (fge,), (sse,), (plane,), (plane_points,), (path_ensembles,), (compare,), (report,)]
         build_workspace(root, steps)
     return root
 

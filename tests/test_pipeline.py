@@ -53,6 +53,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "sse",
         "compare",
         "plane",
+        "plane_points",
         "path_ensembles",
         "report",
     }
@@ -71,6 +72,9 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "metrics/plane_train_loss.png",
         "metrics/plane_test_error.png",
         "data/plane/grid.pt",
+        "metrics/plane_points.json",
+        "metrics/plane_points_test_error.png",
+        "data/plane_points/grid.pt",
         "metrics/path_ensembles.csv",
         "metrics/path_ensembles.json",
         "metrics/path_ensembles.png",
@@ -95,7 +99,8 @@ def test_repro_then_only_changed_stages_rerun(repo):
     first = pd.read_csv(repo / "metrics/path_ensembles.csv").iloc[0]
     assert first["t"] == 0 and first["curve_error"] == first["segment_error"] == first["random_error"]
     report = (repo / "metrics/report.md").read_text()
-    assert "compare.png" in report and "plane_train_loss.png" in report
+    assert "compare.png" in report and "plane_train_loss.png" in report and "plane_points_test_error.png" in report
+    assert headline["plane_points_centroid_test_error"] >= 0
 
     # Nothing changed: nothing reruns.
     assert ran(run(dvc + ["repro"], repo)) == set()
@@ -119,6 +124,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "fge",
         "compare",
         "plane",
+        "plane_points",
         "path_ensembles",
         "report",
     }  # not prepare; not sse (it reads model and sse, not train.lr)
@@ -130,6 +136,10 @@ def test_repro_then_only_changed_stages_rerun(repo):
     # The number of bends: only the curve stages and what draws them.
     stages = ran(run(dvc + ["exp", "run", "-S", "curve.num_bends=4"], repo))
     assert stages == {"params", "fit_curve", "eval_curve", "plane", "path_ensembles", "report"}
+
+    # The plane through three networks: only that stage (and the report).
+    stages = ran(run(dvc + ["exp", "run", "-S", "plane_points.grid_points=2"], repo))
+    assert stages == {"params", "plane_points", "report"}
 
     diff = run(dvc + ["metrics", "diff"], repo)
     assert "metrics/headline.json" in diff and "metrics/curve.json" not in diff

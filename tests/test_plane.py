@@ -11,11 +11,12 @@ import torch
 
 from modeconn import plane as pl
 from modeconn.curves import Curve
+from modeconn.data import eval_batches
 from modeconn.errors import ModeconnError
-from modeconn.models import create_model
-from modeconn.points import MEASURES
+from modeconn.models import create_model, from_spec
+from modeconn.points import MEASURES, measure
 from modeconn.weights import flat, unflatten
-from stages import path_ensembles, plane
+from stages import path_ensembles, plane, plane_points
 
 from .stage_utils import invoke, tiny_params, write_params
 
@@ -95,16 +96,56 @@ def test_a_quadratic_bezier_lies_in_the_plane_longer_curves_do_not():
         assert (dist < 1e-4) == in_plane, f"{kind} with {n} bends: {dist}"
 
 
+def test_the_plane_through_three_networks_puts_each_at_its_grid_position_exactly(tiny_data):
+    """Three networks at (0, 0), (2, 0) and (1, 1) of the plane (w1 of multiples of 1/8, steps along two unit
+    axes: every number exact in float32 and float64). With no margin a 3 × 3 grid has nodes exactly at them: each
+    named point's measures are the grid's at its node, bit for bit, and the basis rebuilds each network exactly."""
+    template = create_model("mlp", 3, in_channels=1, input_size=12, width=8, depth=1, batch_norm=True)
+    g = torch.Generator().manual_seed(0)
+    w1 = {n: torch.randint(-8, 9, p.shape, generator=g).float() / 8 for n, p in template.named_parameters()}
+    w = flat(w1)
+    e = torch.zeros(2, w.numel())
+    e[0, 3], e[1, w.numel() - 5] = 1.0, 1.0  # two unit axes of weight space
+    nets = {"a": w1, "b": unflatten(w + 2 * e[0], w1), "c": unflatten(w + e[0] + e[1], w1)}
+    batches = eval_batches(tiny_data, 32, bn_samples=48, train_samples=48)
+    calls = []
+    r = pl.measure_points_plane(nets, template, batches, grid_points=3, margin=0.0, wd=1e-3, progress=calls.append)
+    assert len(calls) == 3 * 3 + 4
+    assert torch.equal(r.basis.coords, torch.tensor([[0.0, 0.0], [2.0, 0.0], [1.0, 1.0]], dtype=torch.float64))
+    assert r.alpha.tolist() == [0.0, 1.0, 2.0] and r.beta.tolist() == [0.0, 0.5, 1.0]
+    assert list(r.points) == ["a", "b", "c", "centroid"] and r.names() == ("a", "b", "c")
+    for (name, net), node in zip(nets.items(), ((0, 0), (2, 0), (1, 2))):
+        a, b = r.points[name]["alpha"], r.points[name]["beta"]
+        assert (r.alpha[node[0]].item(), r.beta[node[1]].item()) == (a, b), name
+        rebuilt = pl.to_weights(r.basis.origin, r.basis.u, r.basis.v, a, b, w1)
+        assert all(torch.equal(rebuilt[k], net[k]) for k in net), f"{name} not rebuilt exactly"
+        for m in MEASURES:
+            assert r.grids[m][node] == r.points[name][m], f"{name}: {m} at its grid node"
+        direct = measure(template, net, batches._replace(val=None)).row(1e-3)
+        assert all(direct[m] == r.points[name][m] for m in MEASURES), name
+    assert (r.points["centroid"]["alpha"], r.points["centroid"]["beta"]) == pytest.approx((1.0, 1 / 3), abs=1e-12)
+    d = r.as_dict()
+    assert d["format"] == "modeconn.plane_points/1" and d["points"] == ("a", "b", "c")
+    assert torch.equal(d["coords"], r.basis.coords) and d["test_error"].shape == (3, 3)
+    s = r.summary()
+    assert s["distances"] == pytest.approx({"a to b": 2.0, "a to c": math.sqrt(2), "b to c": math.sqrt(2)})
+    with pytest.raises(ModeconnError, match="c lies on the line through a and b"):
+        pl.measure_points_plane({**nets, "c": unflatten(w + e[0], w1)}, template, batches, grid_points=2)
+    with pytest.raises(ModeconnError, match="three points other than"):
+        pl.measure_points_plane({"a": w1, "b": nets["b"]}, template, batches)
+
+
 @pytest.fixture
 def curve_workspace(tiny_workspace):
     """The session's tiny workspace (conftest): the whole pipeline on the tiny config."""
     return tiny_workspace
 
 
-@pytest.mark.parametrize("module", [plane, path_ensembles], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [plane, plane_points, path_ensembles], ids=lambda m: m.__name__)
 def test_help(module):
     r = invoke(module, "--help")
-    assert r.exit_code == 0 and "--params" in r.output and "--device" in r.output and "--curve-eval" in r.output
+    option = "--endpoints" if module is plane_points else "--curve-eval"
+    assert r.exit_code == 0 and "--params" in r.output and "--device" in r.output and option in r.output
 
 
 def test_plane_stage(curve_workspace, monkeypatch):
@@ -130,6 +171,52 @@ def test_plane_stage(curve_workspace, monkeypatch):
     assert s["grid"]["train_loss"]["min"] <= s["grid"]["train_loss"]["max"]
     for png in ("plane_train_loss.png", "plane_test_error.png"):
         assert (curve_workspace / "metrics" / png).stat().st_size > 1000
+
+
+def test_plane_points_stage(curve_workspace, monkeypatch):
+    """The tiny run's plane through seeds 0 and 1 and a file of its own (seed 0's checkpoint of epoch 1)."""
+    monkeypatch.chdir(curve_workspace)
+    r = invoke(plane_points, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    G, cfg = tiny_params()["plane_points"]["grid_points"], tiny_params()["plane_points"]
+    g = torch.load(curve_workspace / "data/plane_points/grid.pt", weights_only=True)
+    names = ("seed_0", "seed_1", cfg["points"][2]["file"])
+    assert g["format"] == "modeconn.plane_points/1" and g["points"] == names and g["coords"].shape == (3, 2)
+    for m in MEASURES:
+        assert g[m].shape == (G, G) and torch.isfinite(g[m]).all(), m
+    assert g["coords"][0].tolist() == [0.0, 0.0] and g["coords"][1, 1] == 0 and g["coords"][2, 1] > 0
+    assert g["alpha"][0] < 0 < g["coords"][1, 0] < g["alpha"][-1]  # margins on both sides
+    s = json.loads((curve_workspace / "metrics/plane_points.json").read_text())
+    run = json.loads((curve_workspace / "metrics/plane_points.run.json").read_text())
+    assert list(s["points"]) == [*names, "centroid"] and run["grid_points"] == G and run["wd"] == 5e-4
+    ckpts = [torch.load(curve_workspace / f"data/endpoints/seed_{seed}/model.pt", weights_only=True) for seed in (0, 1)]
+    names_of = [n for n, _ in from_spec(ckpts[0]["spec"]).named_parameters()]  # parameters, not BN's buffers
+    w0, w1 = (flat({n: c["state_dict"][n] for n in names_of}).double() for c in ckpts)
+    assert s["distances"]["seed_0 to seed_1"] == pytest.approx((w1 - w0).norm().item(), rel=1e-9)
+    for png in ("plane_points_train_loss.png", "plane_points_test_error.png"):
+        assert (curve_workspace / "metrics" / png).stat().st_size > 1000
+    text = (curve_workspace / "metrics/report.md").read_text()
+    assert "## The plane through three networks" in text and "plane_points_test_error.png" in text
+    head = json.loads((curve_workspace / "metrics/headline.json").read_text())
+    assert head["plane_points_centroid_test_error"] == s["points"]["centroid"]["test_error"]
+
+
+def test_plane_points_errors_name_the_key(curve_workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ("--prepared", curve_workspace / "data/prepared", "--endpoints", curve_workspace / "data/endpoints")
+    two = [{"seed": 0}, {"seed": 1}]
+    for points, key in (
+        (two, "plane_points.points must name three networks"),
+        ([*two, {"seed": 0}], "plane_points.points[2] repeats an earlier point"),
+        ([*two, {"seed": -1}], "plane_points.points[2].seed must be a non-negative integer"),
+        ([*two, {"net": "a.pt"}], "plane_points.points[2] must be {seed: <an endpoint seed>} or {file:"),
+        ([{"seed": 0}, {"seed": 7}, {"seed": 1}], "plane_points.points[1].seed: no endpoint of seed 7"),
+        ([*two, {"file": "nowhere.pt"}], "plane_points.points[2].file: nowhere.pt not found"),
+    ):
+        write_params(tmp_path, tiny_params(plane_points__points=points))
+        r = invoke(plane_points, *args, "--device", "cpu")
+        assert r.exit_code == 1 and key in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "data/plane_points").exists()
 
 
 def test_path_ensembles_stage(curve_workspace, monkeypatch):

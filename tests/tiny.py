@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The shrinking: synthetic data (240 training images, 48 of them held out, 96 test, 4 classes of 1×28×28),
 # a small ConvFC with BatchNorm (so every stage recalibrates BN), seeds 0 and 1, B = 2 epochs of batch 32,
-# 3 points of t, a 3 × 3 plane. Augmentation stays on so the batched crop and flip run in every training
+# 3 points of t, a 3 × 3 plane, and a 3 × 3 plane through both endpoints and seed 0's checkpoint of epoch 1 (a
+# file point: the tiny run has two seeds). Augmentation stays on so the batched crop and flip run in every training
 # stage. Tests read some of these numbers (e.g. 240 − 48 = 192 training images, 2 FGE snapshots per run).
 SHRINK: dict[str, Any] = {
     "data.name": "synthetic",
@@ -54,6 +55,11 @@ SHRINK: dict[str, Any] = {
     "plane.batch_size": 64,
     "plane.bn_samples": 96,
     "plane.train_samples": 96,
+    "plane_points.points": [{"seed": 0}, {"seed": 1}, {"file": "data/endpoints/seed_0/epoch_1.pt"}],
+    "plane_points.grid_points": 3,
+    "plane_points.batch_size": 64,
+    "plane_points.bn_samples": 96,
+    "plane_points.train_samples": 96,
     "path_ensembles.batch_size": 64,
 }
 

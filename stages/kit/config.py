@@ -1,7 +1,7 @@
 """params.yaml: read it, and validate each section into a frozen dataclass whose errors name the bad key.
 
 One dataclass per section (``data``, ``model``, ``train``, ``curve``, ``eval``,
-``fge``, ``sse``, ``compare``, ``plane``, ``path_ensembles``, and the width
+``fge``, ``sse``, ``compare``, ``plane``, ``plane_points``, ``path_ensembles``, and the width
 experiment's ``subset`` and ``width``); a stage reads
 only the sections dvc.yaml lists for it. Unknown sections, unknown keys,
 missing keys, wrong types and out-of-range values are ConfigErrors that say
@@ -442,6 +442,44 @@ class PlaneConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlanePointsConfig:
+    """``plane_points``: the three networks the plane goes through (each ``{seed: s}``, an endpoint of
+    train.seeds, or ``{file: path}``, a checkpoint of your own), the grid and evaluation sizes as in ``plane``."""
+
+    points: tuple[dict, ...]
+    grid_points: int
+    margin: float
+    batch_size: int
+    bn_samples: int
+    train_samples: int
+    test_samples: int
+    seed: int
+
+    def __post_init__(self):
+        require(len(self.points) == 3, f"plane_points.points must name three networks, got {len(self.points)}")
+        for i, p in enumerate(self.points):
+            key = f"plane_points.points[{i}]"
+            require(
+                isinstance(p, dict) and len(p) == 1 and set(p) <= {"seed", "file"},
+                f"{key} must be {{seed: <an endpoint seed>}} or {{file: <a checkpoint>}}, got {p!r}",
+            )
+            if "seed" in p:
+                seed = p["seed"]
+                ok = isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+                require(ok, f"{key}.seed must be a non-negative integer (one of train.seeds), got {seed!r}")
+            else:
+                require(isinstance(p["file"], str) and p["file"], f"{key}.file must be a path, got {p['file']!r}")
+        for i, p in enumerate(self.points):
+            require(p not in self.points[:i], f"plane_points.points[{i}] repeats an earlier point: {p!r}")
+        require(self.grid_points >= 2, f"plane_points.grid_points must be at least 2, got {self.grid_points}")
+        require(self.margin >= 0, f"plane_points.margin must be non-negative, got {self.margin}")
+        require(self.batch_size >= 1, f"plane_points.batch_size must be at least 1, got {self.batch_size}")
+        for key in ("bn_samples", "train_samples", "test_samples"):
+            n = getattr(self, key)
+            require(n >= 0, f"plane_points.{key} must be 0 (all) or positive, got {n}")
+
+
+@dataclasses.dataclass(frozen=True)
 class PathEnsemblesConfig:
     """``path_ensembles``: how members are combined, the random direction's seed, BN recalibration size."""
 
@@ -469,6 +507,7 @@ SECTIONS: dict[str, type] = {
     "sse": SseConfig,
     "compare": CompareConfig,
     "plane": PlaneConfig,
+    "plane_points": PlanePointsConfig,
     "path_ensembles": PathEnsemblesConfig,
 }
 
