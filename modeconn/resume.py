@@ -303,6 +303,7 @@ class ResumeState:
             atomic_torch_save(saved, self.path)
         self.done_here += 1
         if self.stop_after is not None and self.done_here >= self.stop_after:
+            self.runtime.barrier()  # every rank stops at once, after rank 0 has saved: none is killed mid-save
             raise Preempted(
                 f"stopped after {self.done_here} epoch(s) (epoch {epoch}) as {STOP_ENV} asks; the state "
                 f"is in {self.path}: rerun the same command to continue"
