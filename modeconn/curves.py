@@ -103,7 +103,7 @@ class FlatPoints(nn.Module):
     def combine(self, c: list[float]) -> torch.Tensor:
         """Σ_k c_k θ_k as a new flat float32 vector [P], without autograd: one scaled copy and one in-place
         add per further control point (elementwise: about twice as fast on this CPU as the ``addmv`` it
-        replaced, README "Speed"). Control points with c_k = 0 (the far end at t = 0 or 1, the hats of a
+        replaced, docs/speed.md). Control points with c_k = 0 (the far end at t = 0 or 1, the hats of a
         chain away from t) are skipped, so φ_θ(0) and φ_θ(1) are the endpoints exactly."""
         with torch.no_grad():
             rows = self.rows()
@@ -198,7 +198,7 @@ class FlatPoints(nn.Module):
         the tensors of ``w`` when it is a list in :attr:`names` order.
 
         What ``torch.func.functional_call`` does, in a fraction of its time per call (a curve step pays it
-        every batch; README "Speed" has the curve/plain figures before and after): the tensors are put
+        every batch; docs/speed.md has the curve step against a plain one): the tensors are put
         in the modules' parameter slots for the forward and the parameters put back after it, also on error.
         """
         views = list(self.unflat(w).values()) if isinstance(w, torch.Tensor) else w
@@ -366,7 +366,7 @@ class _CurvePoint(torch.autograd.Function):
     order (strided views of one flat float32 point in the curve's layout), and the squared norm (0-d; an
     empty tensor without ``l2``). The gradient is what autograd gives through :meth:`Curve.point`,
     :meth:`Curve.unflat` and ``dot``, in fewer passes over the P weights and far fewer autograd nodes (the
-    cost a curve step adds to a plain step, README "Speed"): the forward is :meth:`Curve.combine`
+    cost a curve step adds to a plain step, docs/speed.md): the forward is :meth:`Curve.combine`
     (elementwise, no matrix-vector product), and the backward writes each parameter's gradient g straight
     into its slice of the bends' gradient as g + 2 · ∂L/∂‖φ‖² · φ (one ``addcmul``), then scales by c_k —
     instead of autograd's concatenation of the gradients, the norm's gradient, their sum and a matrix

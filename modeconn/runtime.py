@@ -5,7 +5,7 @@ The memory layout is channels_last (NHWC) on both, chosen by measurement: on
 CUDA it is what tensor cores want; on the CPU `make bench` (its paired
 channels_last / contiguous figures) measured the default ConvFC's training
 1.25× and BN recalibration 1.78× faster in channels_last on this project's
-2-core machine (README "Speed"). Networks without 4-D weights are unaffected
+2-core machine (docs/speed.md). Networks without 4-D weights are unaffected
 but for the input batch's strides. Every part can be forced by the
 caller (the stages take ``--device``, ``--precision``, ``--channels-last`` and
 the environment variables ``MODECONN_DEVICE``, ``MODECONN_PRECISION``,

@@ -169,7 +169,7 @@ def test_bench_cli_reports_every_figure(tmp_path):
         "device cpu",
         "runtime: device cpu",
         "precision fp32",
-        "memory format channels_last",  # the CPU default too (measured faster: README "Speed")
+        "memory format channels_last",  # the CPU default too (measured faster: docs/speed.md)
         "synthetic",
         "best (highest median images/s) for training:",
         "Loader / best DataLoader",

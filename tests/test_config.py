@@ -57,7 +57,7 @@ def test_sections_missing_unknown_and_ranges():
 
 # ------------------------------------------------------------------ every key required; the file named
 
-# The keys a params file may leave out, each meaning "not used" when absent (README "params.yaml" lists them).
+# The keys a params file may leave out, each meaning "not used" when absent (the README lists them).
 OPTIONAL = {
     "data": ("synthetic", "imagefolder"),
     "model": ("args", "weights"),

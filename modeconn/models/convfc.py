@@ -35,7 +35,7 @@ class ConvFC(nn.Module):
                 conv_layers.append(nn.BatchNorm2d(c_out))
             # Pool, then ReLU: the same function and the same gradients as the paper's ReLU-then-pool (max and
             # ReLU commute; where a window's max is ≤ 0 both give 0), with the ReLU on a 4.6x smaller tensor:
-            # a training step 4-7% faster on this CPU (README "Speed"), loss and gradients equal bit for bit.
+            # a training step 4-7% faster on this CPU (docs/speed.md), loss and gradients equal bit for bit.
             conv_layers += [nn.MaxPool2d(kernel_size=3, stride=2), nn.ReLU()]
             require(
                 size >= 3,

@@ -83,7 +83,7 @@ def measure_default(
     )
     eval_loader = Loader(data.test, info, EVAL_BATCH, train=False, channels_last=channels_last)
     # The other memory layout, same initialisation and data, timed in the same rounds: the measurement behind
-    # the runtime's layout default (README "Speed"). Not probed: it runs off the runtime on purpose.
+    # the runtime's layout default (docs/speed.md). Not probed: it runs off the runtime on purpose.
     other = dataclasses.replace(runtime, channels_last=not channels_last)
     torch.manual_seed(settings.seed)
     other_model = other.prepare(build(model_cfg, info))
