@@ -16,22 +16,10 @@ import torch
 
 from . import schedules
 from .curves import Curve, curve_loss
-from .errors import CheckpointError
 from .loop import History, Progress, Training, advancing, run_epochs
 from .resume import ResumeState
 from .runtime import CPU, Runtime
 from .train import Batches, make_sgd
-
-
-def same_architecture(checkpoints: list[dict], names: tuple[str, str], hint: str) -> dict:
-    """The spec (architecture and arguments) of the two checkpoints a curve joins; a :class:`CheckpointError`
-    naming them (``names``), ending with ``hint``, where their specs differ."""
-    a, b = checkpoints
-    if a["spec"] != b["spec"]:
-        raise CheckpointError(
-            f"{names[0]} and {names[1]} are of different architectures ({a['spec']} vs {b['spec']}): {hint}"
-        )
-    return a["spec"]
 
 
 def fit_curve(

@@ -128,3 +128,16 @@ def build_from_checkpoint(ckpt: dict, path: Path | str = "<checkpoint>") -> torc
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match model spec {spec}: {exc}") from None
     return model
+
+
+def same_architecture(checkpoints: list[dict], names: list[str] | tuple[str, ...], hint: str) -> dict:
+    """The spec (architecture and arguments) shared by ``checkpoints`` (the networks a curve or a plane joins); a
+    :class:`CheckpointError` naming the first and the first that differs from it (``names``), ending with
+    ``hint``, where the specs differ."""
+    spec = checkpoints[0]["spec"]
+    for name, ckpt in zip(names[1:], checkpoints[1:]):
+        if ckpt["spec"] != spec:
+            raise CheckpointError(
+                f"{names[0]} and {name} are of different architectures ({spec} vs {ckpt['spec']}): {hint}"
+            )
+    return spec

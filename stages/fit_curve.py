@@ -15,8 +15,9 @@ from pathlib import Path
 
 import typer
 
-from modeconn.curve_fit import fit_curve, same_architecture
+from modeconn.curve_fit import fit_curve
 from modeconn.curves import Curve, load_curve, save_curve
+from modeconn.io import same_architecture
 from modeconn.models import from_spec
 from modeconn.runtime import CPU, Runtime, seed_everything
 

@@ -15,7 +15,7 @@ import typer
 
 from modeconn.bn import has_bn
 from modeconn.errors import CheckpointError
-from modeconn.io import atomic_dir, atomic_torch_save
+from modeconn.io import atomic_dir, atomic_torch_save, same_architecture
 from modeconn.models import from_spec
 from modeconn.plane import measure_points_plane
 from modeconn.plots import plane_figures
@@ -43,12 +43,8 @@ def load_points(cfg: PlanePointsConfig, endpoints: Path, params: Path, prepared:
             ckpts[f"seed_{p['seed']}"] = endpoint_checkpoint(path)
         else:
             ckpts[p["file"]] = user_checkpoints([Path(p["file"])], params, prepared, f"{key}.file", new_head=False)[0]
-    (first, spec), *others = ((name, c["spec"]) for name, c in ckpts.items())
-    for name, other in others:
-        if other != spec:
-            raise CheckpointError(
-                f"plane_points.points: {first} and {name} are of different models ({spec} vs {other})"
-            )
+    hint = "the plane runs through networks of one model"
+    spec = same_architecture(list(ckpts.values()), [f"plane_points.points: {n}" for n in ckpts], hint)
     return spec, ckpts
 
 

@@ -409,3 +409,12 @@ def test_segment_runs_under_autograd_with_nothing_to_train():
     assert torch.equal(logits, expected) and torch.equal(sq, expected_sq)
     assert not logits.requires_grad and not sq.requires_grad
     assert sq.item() == pytest.approx(sq_norm(segment.weights(0.4)).item(), rel=1e-6)
+
+
+def test_same_architecture_names_the_first_checkpoint_that_differs():
+    from modeconn.io import same_architecture
+
+    a, b = {"spec": {"name": "mlp", "width": 8}}, {"spec": {"name": "mlp", "width": 16}}
+    assert same_architecture([a, a, a], ["x", "y", "z"], "fix it") == a["spec"]
+    with pytest.raises(CheckpointError, match=r"^x and z are of different architectures .*: fix it$"):
+        same_architecture([a, a, b], ["x", "y", "z"], "fix it")
