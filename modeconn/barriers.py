@@ -59,11 +59,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .curves import Curve
 from .data import EvalBatches
 from .errors import ModeconnError
-from .path import PathResult, Points, loss_barrier
-from .points import MEASURES, check_parameters, forward_at, score
+from .path import PathResult, Points, loss_barrier, parameters_along
+from .points import MEASURES, forward_at, score
 from .runtime import CPU, Runtime
 
 STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier height is below 2%
@@ -260,15 +259,12 @@ def measure_path_interpolated_bn(
     :func:`barrier_card`'s ``interpolated``.
     """
     buffers_at = interpolated_buffers(*buffers) if isinstance(buffers, tuple) else buffers
-    weights_at = points.weights if isinstance(points, Curve) else points
     template_buffers = {name: b for name, b in template.named_buffers() if b is not None}
     was_training = template.training
     template.eval()
     rows = []
     try:
-        for t in (float(t) for t in ts):
-            weights = {k: v.detach() for k, v in weights_at(t).items()}
-            check_parameters(template, weights)
+        for t, weights in parameters_along(template, points, ts):
             stats = buffers_at(t)
             missing = [k for k in template_buffers if k not in stats]
             if missing:

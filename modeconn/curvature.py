@@ -74,6 +74,7 @@ from torch.func import functional_call, grad, jvp, vjp
 
 from .curves import Curve
 from .errors import ConfigError, ModeconnError
+from .path import parameters_along
 from .points import at_point, check_parameters
 from .runtime import CPU, Runtime
 
@@ -437,17 +438,15 @@ def curvature_along(
     In a data-parallel run every process passes the same ``bn_batches`` (the statistics must be the same on every
     rank: gloo has no SyncBatchNorm) and its own shard of ``loss_batches``.
     """
-    weights_at = points_at_t.weights if isinstance(points_at_t, Curve) else points_at_t
     rows = []
-    for t in ts:
-        weights = {k: v.detach() for k, v in weights_at(float(t)).items()}
-        at_point(template, weights, bn_batches, runtime)  # refuses a state dict; BN recalibrated at the point
+    for t, weights in parameters_along(template, points_at_t, ts):
+        at_point(template, weights, bn_batches, runtime)  # BN recalibrated at the point
         op = HessianOperator(template, weights, loss_batches, loss=loss, runtime=runtime, wd=wd, hvp=hvp)
         top = op.top_eigenvalue(method=method, iters=iters, tol=tol, seed=seed)
         trace = op.trace(probes=probes, seed=seed)
         rows.append(
             {
-                "t": float(t),
+                "t": t,
                 "loss": op.loss,
                 "top_eigenvalue": top.value,
                 "trace": trace.mean,
@@ -456,5 +455,5 @@ def curvature_along(
             }
         )
         if progress is not None:
-            progress(f"t={float(t):.2f} λ_max {top.value:.4g} tr(H) {trace.mean:.4g} ± {trace.stderr:.2g}")
+            progress(f"t={t:.2f} λ_max {top.value:.4g} tr(H) {trace.mean:.4g} ± {trace.stderr:.2g}")
     return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -14,7 +14,7 @@ arc-length average); and its barrier, the largest rise above the straight line b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -53,6 +53,17 @@ class PathResult:
         return {"t": self.t, "logprobs": self.logprobs, "val_logprobs": self.val_logprobs, "arc": self.arc}
 
 
+def parameters_along(template: nn.Module, points: Points, ts: Sequence[float]) -> Iterator[tuple[float, dict]]:
+    """(t, the path's parameters at t, detached) for each t of ``ts``: ``points`` is a Curve (its
+    ``weights(t)``) or any ``t ↦ parameters`` of ``template``; a dict with buffers is refused
+    (:func:`modeconn.points.check_parameters`)."""
+    weights_at = points.weights if isinstance(points, Curve) else points
+    for t in map(float, ts):
+        weights = {k: v.detach() for k, v in weights_at(t).items()}
+        check_parameters(template, weights)
+        yield t, weights
+
+
 @torch.no_grad()
 def measure_path(
     template: nn.Module,
@@ -72,11 +83,8 @@ def measure_path(
     after each point.
     """
     ts = [float(t) for t in ts]
-    weights_at = points.weights if isinstance(points, Curve) else points
     rows, test_lp, val_lp, arc, prev, r = [], [], [], [0.0], None, None
-    for t in ts:
-        weights = {k: v.detach() for k, v in weights_at(t).items()}
-        check_parameters(template, weights)
+    for t, weights in parameters_along(template, points, ts):
         point = flat(weights)
         if prev is not None:
             arc.append(arc[-1] + (point - prev).norm().item())
