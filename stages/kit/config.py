@@ -1,7 +1,7 @@
 """params.yaml: read it, and validate each section into a frozen dataclass whose errors name the bad key.
 
 One dataclass per section (``data``, ``model``, ``train``, ``curve``, ``eval``,
-``fge``, ``sse``, ``compare``, ``plane``, ``plane_points``, ``path_ensembles``, and the width
+``fge``, ``sse``, ``compare``, ``plane``, ``plane_points``, ``path_ensembles``, ``barriers``, and the width
 experiment's ``subset`` and ``width``); a stage reads
 only the sections dvc.yaml lists for it. Unknown sections, unknown keys,
 missing keys, wrong types and out-of-range values are ConfigErrors that say
@@ -497,6 +497,39 @@ class PathEnsemblesConfig:
         require(self.bn_samples >= 0, f"path_ensembles.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
 
 
+@dataclasses.dataclass(frozen=True)
+class BarriersConfig:
+    """``barriers``: the barrier card of the paths between every pair of networks (train.seeds' endpoints, or
+    ``files`` of your own): the t grid, the evaluation sizes, which paths, Frankle et al.'s threshold."""
+
+    num_points: int
+    batch_size: int
+    bn_samples: int  # training images for BN recalibration and REPAIR's statistics at each t (0 = all)
+    train_samples: int
+    test_samples: int
+    align: bool  # the aligned segment (weight matching)
+    repair: bool  # the aligned segment with REPAIR at each t (needs align)
+    threshold: float  # stable when the error barrier (max − mean of the ends) is below it (Frankle et al.: 0.02)
+    seed: int
+    files: tuple[str, ...] = ()  # optional: checkpoints of your own (two or more) instead of train.seeds' endpoints
+
+    def __post_init__(self):
+        require(self.num_points >= 2, f"barriers.num_points must be at least 2 (both ends), got {self.num_points}")
+        require(self.batch_size >= 1, f"barriers.batch_size must be at least 1, got {self.batch_size}")
+        for key in ("bn_samples", "train_samples", "test_samples"):
+            n = getattr(self, key)
+            require(n >= 0, f"barriers.{key} must be 0 (all) or positive, got {n}")
+        require(
+            not self.repair or self.align,
+            "barriers.repair needs barriers.align: true (REPAIR is applied to the aligned segment)",
+        )
+        require(0 < self.threshold < 1, f"barriers.threshold must be an error fraction in (0, 1), got {self.threshold}")
+        require(
+            len(self.files) != 1 and len(set(self.files)) == len(self.files),
+            f"barriers.files must name two or more different checkpoints (or none), got {list(self.files)}",
+        )
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -509,6 +542,7 @@ SECTIONS: dict[str, type] = {
     "plane": PlaneConfig,
     "plane_points": PlanePointsConfig,
     "path_ensembles": PathEnsemblesConfig,
+    "barriers": BarriersConfig,
 }
 
 
