@@ -1,8 +1,8 @@
 """params.yaml: read it, and validate each section into a frozen dataclass whose errors name the bad key.
 
 One dataclass per section (``data``, ``model``, ``train``, ``curve``, ``eval``,
-``fge``, ``sse``, ``compare``, ``plane``, ``plane_points``, ``path_ensembles``, ``barriers``, and the width
-experiment's ``subset`` and ``width``); a stage reads
+``fge``, ``sse``, ``compare``, ``plane``, ``plane_points``, ``path_ensembles``, ``barriers``, and the
+experiments' ``subset``, ``width`` and ``instability``); a stage reads
 only the sections dvc.yaml lists for it. Unknown sections, unknown keys,
 missing keys, wrong types and out-of-range values are ConfigErrors that say
 ``section.key``, the params file and what is allowed. Every key must be set:
@@ -581,8 +581,44 @@ class WidthConfig:
             )
 
 
-# Sections of the width experiment's own params file (experiments/width/params.yaml, stages.width).
-OTHER_SECTIONS: dict[str, type] = {"subset": SubsetConfig, "width": WidthConfig}
+@dataclasses.dataclass(frozen=True)
+class InstabilityConfig:
+    """``instability``: Frankle et al. 2020's instability analysis (modeconn.instability): the steps k (iterations)
+    where the parent of each seed splits into two children, the run they share (the endpoints' schedule) and the
+    segment measured between the children (``num_points`` α; BN recalibrated on ``bn_samples`` training images, the
+    train error on ``train_samples``; 0 = all)."""
+
+    ks: tuple[int, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    wd: float
+    num_points: int
+    eval_batch_size: int
+    bn_samples: int
+    train_samples: int
+
+    def __post_init__(self):
+        require(len(self.ks) >= 1, "instability.ks must list at least one step k")
+        require(all(k >= 0 for k in self.ks), f"instability.ks must be iterations >= 0, got {list(self.ks)}")
+        require(len(set(self.ks)) == len(self.ks), f"instability.ks has a step twice: {list(self.ks)}")
+        require(len(self.seeds) >= 1, "instability.seeds must list at least one parent seed")
+        require(len(set(self.seeds)) == len(self.seeds), f"instability.seeds has a seed twice: {list(self.seeds)}")
+        require(self.epochs >= 1, f"instability.epochs must be at least 1, got {self.epochs}")
+        check_sgd("instability", self)
+        require(self.num_points >= 2, f"instability.num_points must be at least 2 (both ends), got {self.num_points}")
+        require(self.eval_batch_size >= 1, f"instability.eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        require(self.bn_samples >= 0, f"instability.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
+        require(
+            self.train_samples >= 0, f"instability.train_samples must be 0 (all) or positive, got {self.train_samples}"
+        )
+
+
+# Sections of the experiments' own params files (experiments/width/params.yaml, stages.width;
+# experiments/instability/params.yaml, stages.instability).
+OTHER_SECTIONS: dict[str, type] = {"subset": SubsetConfig, "width": WidthConfig, "instability": InstabilityConfig}
 KNOWN_SECTIONS = (*SECTIONS, *OTHER_SECTIONS)
 
 
