@@ -609,7 +609,9 @@ class InstabilityConfig:
         require(self.epochs >= 1, f"instability.epochs must be at least 1, got {self.epochs}")
         check_sgd("instability", self)
         require(self.num_points >= 2, f"instability.num_points must be at least 2 (both ends), got {self.num_points}")
-        require(self.eval_batch_size >= 1, f"instability.eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        require(
+            self.eval_batch_size >= 1, f"instability.eval_batch_size must be at least 1, got {self.eval_batch_size}"
+        )
         require(self.bn_samples >= 0, f"instability.bn_samples must be 0 (all) or positive, got {self.bn_samples}")
         require(
             self.train_samples >= 0, f"instability.train_samples must be 0 (all) or positive, got {self.train_samples}"
