@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: help run test check fast lint format bench data clean-venv width
+.PHONY: help run test check fast lint format bench data clean-venv width instability
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ run: $(STAMP) data  ## install, then run the whole pipeline (dvc repro)
 width: $(STAMP) data  ## install, then run the width experiment (its own pipeline, experiments/width)
 	test -d .git || git init -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro experiments/width/dvc.yaml
+
+instability: $(STAMP) data  ## install, then run the instability experiment (its own pipeline, experiments/instability)
+	test -d .git || git init -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro experiments/instability/dvc.yaml
 
 test: $(STAMP) lint  ## install, lint (ruff), then run the test suite (pytest)
 	$(BIN)/python -m pytest -q
