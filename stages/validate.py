@@ -27,8 +27,8 @@ from .kit.cli import ParamsOpt, console, stage_app
 from .kit.config import OTHER_SECTIONS, SECTIONS, SubsetConfig, check_batch_size, read_params, require, section
 
 MARKER = "params validated: every other stage depends on this file; its text never changes\n"
-ALL_SECTIONS: dict[str, type] = {**SECTIONS, **OTHER_SECTIONS}  # the width experiment's sections too
-TRAINING = ("train", "curve", "fge", "sse")  # the sections with a batch_size drawn from the training images
+ALL_SECTIONS: dict[str, type] = {**SECTIONS, **OTHER_SECTIONS}  # the experiments' sections too
+TRAINING = ("train", "curve", "fge", "sse", "instability")  # sections whose batch_size draws training images
 FILES = (("model", "weights"), ("curve", "endpoint_files"), ("curve", "init"), ("fge", "start_files"))  # user files
 
 
