@@ -1,7 +1,7 @@
 """params.yaml: read it, and validate each section into a frozen dataclass whose errors name the bad key.
 
 One dataclass per section (``data``, ``model``, ``train``, ``curve``, ``eval``,
-``fge``, ``sse``, ``compare``, ``plane``, ``plane_points``, ``path_ensembles``, ``barriers``, and the
+``fge``, ``sse``, ``compare``, ``plane``, ``plane_points``, ``path_ensembles``, ``barriers``, ``curvature``, and the
 experiments' ``subset``, ``width`` and ``instability``); a stage reads
 only the sections dvc.yaml lists for it. Unknown sections, unknown keys,
 missing keys, wrong types and out-of-range values are ConfigErrors that say
@@ -530,6 +530,29 @@ class BarriersConfig:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class CurvatureConfig:
+    """``curvature``: the points of t per path, the training images of the Hessian (one fixed subset) and of BN
+    recalibration, the Lanczos steps and Hutchinson probes per point, the seed of subset, start vector and probes."""
+
+    num_points: int
+    batch_size: int
+    bn_samples: int
+    train_samples: int
+    iters: int
+    probes: int
+    seed: int
+
+    def __post_init__(self):
+        require(self.num_points >= 2, f"curvature.num_points must be at least 2 (the ends), got {self.num_points}")
+        require(self.batch_size >= 1, f"curvature.batch_size must be at least 1, got {self.batch_size}")
+        for key in ("bn_samples", "train_samples"):
+            n = getattr(self, key)
+            require(n >= 0, f"curvature.{key} must be 0 (all) or positive, got {n}")
+        require(self.iters >= 1, f"curvature.iters (Lanczos steps) must be at least 1, got {self.iters}")
+        require(self.probes >= 2, f"curvature.probes must be at least 2 (for a standard error), got {self.probes}")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -543,6 +566,7 @@ SECTIONS: dict[str, type] = {
     "plane_points": PlanePointsConfig,
     "path_ensembles": PathEnsemblesConfig,
     "barriers": BarriersConfig,
+    "curvature": CurvatureConfig,
 }
 
 
