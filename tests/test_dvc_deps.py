@@ -16,7 +16,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("modeconn", "stages", "tools")
-PIPELINES = ("dvc.yaml", "experiments/width/dvc.yaml", "own/dvc.template.yaml")  # own/: copied to own/dvc.yaml
+PIPELINES = (
+    "dvc.yaml",
+    "experiments/width/dvc.yaml",
+    "experiments/instability/dvc.yaml",
+    "own/dvc.template.yaml",  # copied to own/dvc.yaml
+)
 
 
 def module_file(name: str) -> Path | None:
