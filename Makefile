@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: help run test check fast lint format bench data clean-venv width instability
+.PHONY: help run test check fast lint format bench data clean-venv width instability bn
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ width: $(STAMP) data  ## install, then run the width experiment (its own pipelin
 instability: $(STAMP) data  ## install, then run the instability experiment (its own pipeline, experiments/instability)
 	test -d .git || git init -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro experiments/instability/dvc.yaml
+
+bn: $(STAMP) data  ## install, then run the BN experiment (barrier card with BatchNorm, REPAIR; experiments/bn)
+	test -d .git || git init -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro experiments/bn/dvc.yaml
 
 test: $(STAMP) lint  ## install, lint (ruff), then run the test suite (pytest)
 	$(BIN)/python -m pytest -q

@@ -48,6 +48,16 @@ puts both side by side: ``bn = "recalibrated"`` and ``bn = "interpolated"``.
 
 :func:`barrier_card` gives one path's card (one row per measure and BN treatment, the definitions as columns),
 :func:`card_over_pairs` the cards of several endpoint pairs with their mean and standard deviation over pairs.
+
+**Every path between two networks** (:func:`measure_pair`): the straight segment, the aligned segment (θ_B's hidden
+units permuted into line with θ_A by weight matching, Ainsworth et al. 2023; :func:`modeconn.align.align_endpoints`)
+and the aligned segment with REPAIR at every point (Jordan et al. 2023; :func:`modeconn.repair.measure_path_repaired`),
+each with BatchNorm recalibrated and, for a network with BatchNorm, with the endpoints' statistics interpolated
+(for the aligned segment, θ_B's permuted with its units). For a network with BatchNorm, Jordan et al.'s "RESET" is
+the recalibration: the aligned segment's ``recalibrated`` rows are its RESET, its ``interpolated`` rows the plain
+interpolation of the two checkpoints. A network without BatchNorm has one treatment, labelled ``none``.
+:func:`path_cards` gives every path's card over the pairs, :func:`card_summary` the same as nested dicts,
+:func:`repair_effect` the barrier without and with REPAIR, :func:`card_record` all of it for a report.
 """
 
 from __future__ import annotations
@@ -59,10 +69,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .align import align_endpoints, apply_permutation, permutation_spec
+from .bn import has_bn
+from .curves import Curve
 from .data import EvalBatches
 from .errors import ModeconnError
-from .path import PathResult, Points, loss_barrier, parameters_along
+from .path import PathResult, Points, loss_barrier, measure_path, parameters_along
 from .points import MEASURES, forward_at, score
+from .repair import measure_path_repaired
 from .runtime import CPU, Runtime
 
 STABLE_BELOW = 0.02  # Frankle et al. 2020: stable when the error barrier height is below 2%
@@ -76,6 +90,14 @@ DEFINITIONS = {
 CARD_COLUMNS = ("bn", "measure", "start", "end", "worst", "worst_t", "barrier_mean_ends", "barrier_linear", "stable")
 VALUE_COLUMNS = ("start", "end", "worst", "worst_t", "barrier_mean_ends", "barrier_linear")
 BN_LABELS = ("recalibrated", "interpolated")
+NO_BN = "none"  # the one BN treatment of a network without BatchNorm (recalibrated and interpolated coincide)
+# The paths between two networks that :func:`measure_pair` measures (and the fitted curve, measured elsewhere).
+PATHS = {
+    "segment": "the straight segment (1 − t) θ_A + t θ_B",
+    "aligned": "the aligned segment (1 − t) θ_A + t π(θ_B), π by weight matching (Ainsworth et al. 2023)",
+    "aligned_repair": "the aligned segment with REPAIR at each t (Jordan et al. 2023)",
+    "curve": "the fitted curve (Garipov et al. 2018)",
+}
 
 
 def worst(t: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
@@ -278,3 +300,193 @@ def measure_path_interpolated_bn(
     finally:
         template.train(was_training)
     return pd.DataFrame(rows)
+
+
+def measure_pair(
+    make_template: Callable[[], nn.Module],
+    start: Mapping[str, torch.Tensor],
+    end: Mapping[str, torch.Tensor],
+    ts: Sequence[float],
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    buffers: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
+    example: torch.Tensor | None = None,
+    seed: int = 0,
+    repair: bool = True,
+    wd: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, dict[str, pd.DataFrame]], dict[str, float]]:
+    """The paths between the networks ``start`` = θ_A and ``end`` = θ_B (parameter dicts of ``make_template()``)
+    measured at each t of ``ts`` for their barrier cards (module docstring): ``segment``, and with ``example``
+    inputs to trace the network on (CPU), ``aligned`` (weight matching from ``seed``) and, with ``repair``,
+    ``aligned_repair``.
+
+    Returns (path → BN treatment → rows: ``t`` and :data:`modeconn.points.MEASURES`, the alignment's numbers
+    from :func:`modeconn.align.align_endpoints`, empty without ``example``). The treatments: ``recalibrated`` and,
+    with the endpoints' ``buffers`` (:func:`buffers_of` their checkpoints), ``interpolated``, for a network with
+    BatchNorm (REPAIR's path: ``recalibrated`` only, as its statistics are set with BatchNorm recalibrated);
+    :data:`NO_BN` for one without. Each curve is put on the runtime's device; ``wd`` weighs the train loss's
+    L2 term; ``progress(message)`` after each point, led by the path's name.
+    """
+    template = make_template()
+    bn = has_bn(template)
+    if bn and buffers is None:
+        raise ModeconnError("measure_pair: the network has BatchNorm; pass the endpoints' buffers (buffers_of)")
+    eval_only = batches._replace(val=None)  # the card's measures are train and test
+
+    def say(name: str):
+        return None if progress is None else (lambda message: progress(f"{name} {message}"))
+
+    def segment_to(b: Mapping[str, torch.Tensor]) -> Curve:
+        return runtime.prepare(Curve(make_template(), dict(start), dict(b), "bezier", 2))
+
+    def measured(name: str, path: Curve, ends: tuple | None) -> dict[str, pd.DataFrame]:
+        rows = measure_path(path.template, path, ts, eval_only, runtime, wd=wd, progress=say(name)).rows
+        out = {BN_LABELS[0] if bn else NO_BN: rows[["t", *MEASURES]]}
+        if bn:
+            out[BN_LABELS[1]] = measure_path_interpolated_bn(
+                path.template, path, ts, eval_only, ends, runtime, wd=wd, progress=say(f"{name} (BN interpolated)")
+            )
+        return out
+
+    paths = {"segment": measured("segment", segment_to(end), buffers)}
+    alignment: dict[str, float] = {}
+    if example is not None:
+        end_aligned, perms, alignment = align_endpoints(template, dict(start), dict(end), example, seed=seed)
+        aligned = segment_to(end_aligned)
+        ends = (
+            (buffers[0], apply_permutation(permutation_spec(template, example), dict(buffers[1]), perms))
+            if bn
+            else None
+        )
+        paths["aligned"] = measured("aligned", aligned, ends)
+        if repair:
+            r = measure_path_repaired(aligned.template, aligned, ts, eval_only, runtime, wd=wd, progress=say("REPAIR"))
+            paths["aligned_repair"] = {BN_LABELS[0] if bn else NO_BN: r.rows[["t", *MEASURES]]}
+    return paths, alignment
+
+
+def curve_rows(
+    curve: Curve,
+    rows: pd.DataFrame,
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    buffers: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
+    wd: float = 0.0,
+) -> dict[str, pd.DataFrame]:
+    """A fitted curve's rows for its card, BN treatment → rows, from ``rows`` measured already with BatchNorm
+    recalibrated (``t`` and the measures; e.g. eval_curve's): a network without BatchNorm has those alone
+    (:data:`NO_BN`); one with BatchNorm adds the curve measured at the same t with the endpoints' ``buffers``
+    interpolated (:func:`measure_path_interpolated_bn`)."""
+    rows = rows.sort_values("t").reset_index(drop=True)[["t", *MEASURES]]
+    if not has_bn(curve.template):
+        return {NO_BN: rows}
+    if buffers is None:
+        raise ModeconnError("curve_rows: the network has BatchNorm; pass the endpoints' buffers (buffers_of)")
+    ts = rows["t"].tolist()
+    interpolated = measure_path_interpolated_bn(curve.template, curve, ts, batches, buffers, runtime, wd=wd)
+    return {BN_LABELS[0]: rows, BN_LABELS[1]: interpolated}
+
+
+def _card_of(by_bn: Mapping[str, pd.DataFrame | PathResult], threshold: float) -> pd.DataFrame:
+    if NO_BN in by_bn:
+        return barrier_card(by_bn[NO_BN], threshold=threshold).assign(bn=NO_BN)
+    return barrier_card(by_bn[BN_LABELS[0]], by_bn.get(BN_LABELS[1]), threshold=threshold)
+
+
+def path_cards(
+    measured: Mapping[Hashable, Mapping[str, Mapping[str, pd.DataFrame | PathResult]]],
+    threshold: float = STABLE_BELOW,
+) -> pd.DataFrame:
+    """The cards of every path over the endpoint pairs: ``measured`` maps a pair (``(0, 1)``) to its paths (path →
+    BN treatment → rows, as :func:`measure_pair` returns them; a path may be missing in some pairs, e.g. the
+    fitted curve of one pair only). For each path in turn, :func:`card_over_pairs` of the pairs that have it,
+    with a first column ``path``."""
+    names = list(dict.fromkeys(p for paths in measured.values() for p in paths))
+    frames = []
+    for name in names:
+        cards = {pair: _card_of(paths[name], threshold) for pair, paths in measured.items() if name in paths}
+        frames.append(card_over_pairs(cards, threshold).assign(path=name))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["path", *[c for c in out.columns if c != "path"]]]
+
+
+def _plain(value):
+    if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def card_summary(cards: pd.DataFrame) -> dict:
+    """:func:`path_cards`' table as nested dicts: ``{"mean" | "std" | <pair>: {path: {bn: {measure: {column:
+    value}}}}}`` (NaN and <NA> as None), the columns those of :data:`CARD_COLUMNS` after ``bn`` and ``measure``."""
+    out: dict = {}
+    for row in cards.to_dict("records"):
+        node = out.setdefault(row["pair"], {}).setdefault(row["path"], {}).setdefault(row["bn"], {})
+        node[row["measure"]] = {c: _plain(row[c]) for c in CARD_COLUMNS[2:]}
+    return out
+
+
+def card_record(cards: pd.DataFrame, threshold: float = STABLE_BELOW, alignment: Mapping | None = None) -> dict:
+    """:func:`path_cards`' table as one record for a report: ``card`` (:func:`card_summary`), ``bn`` (whether
+    the network has BatchNorm), ``pairs``, ``paths`` (each with its description), ``threshold``, ``definitions``
+    (:data:`DEFINITIONS`), ``alignment`` (per pair, as given) and, where the card has the aligned segment with
+    REPAIR, ``repair``: :func:`repair_effect` on the test error and the train loss."""
+    summary = card_summary(cards)
+    record = {
+        "card": summary,
+        "bn": NO_BN not in set(cards["bn"]),
+        "pairs": [p for p in dict.fromkeys(cards["pair"]) if p not in ("mean", "std")],
+        "paths": {p: PATHS.get(p, p) for p in dict.fromkeys(cards["path"])},
+        "threshold": threshold,
+        "definitions": DEFINITIONS,
+        "alignment": dict(alignment or {}),
+    }
+    if "aligned_repair" in record["paths"]:
+        record["repair"] = {m: repair_effect(summary, m) for m in ("test_error", "train_loss")}
+    return record
+
+
+def repair_effect(
+    summary: Mapping, measure: str = "test_error", definition: str = "barrier_mean_ends", over: str = "mean"
+) -> dict[str, float | None]:
+    """The aligned segment's barrier (``definition`` of ``measure``, the ``over`` row of :func:`card_summary`)
+    without and with REPAIR: ``none`` (no correction: the endpoints' BatchNorm statistics interpolated where the
+    network has BatchNorm, else the aligned segment as it is), ``reset`` (BatchNorm recalibrated; None without
+    BatchNorm), ``repair``, and ``reduction`` = 1 − repair / none (Jordan et al. report 60–100%)."""
+    paths = summary[over]
+    if "aligned" not in paths or "aligned_repair" not in paths:
+        raise ModeconnError("repair_effect: the card has no aligned segment with and without REPAIR")
+    aligned, repaired = paths["aligned"], paths["aligned_repair"]
+    bn = NO_BN not in aligned
+    none = aligned[BN_LABELS[1] if bn and BN_LABELS[1] in aligned else (BN_LABELS[0] if bn else NO_BN)]
+    value = none[measure][definition]
+    repair = repaired[BN_LABELS[0] if bn else NO_BN][measure][definition]
+    reset = aligned[BN_LABELS[0]][measure][definition] if bn else None
+    reduction = 1 - repair / value if value else None
+    return {"none": value, "reset": reset, "repair": repair, "reduction": reduction}
+
+
+def along_t_rows(measured: Mapping[Hashable, Mapping[str, Mapping[str, pd.DataFrame | PathResult]]]) -> pd.DataFrame:
+    """Every measured row in one long table: ``pair``, ``path``, ``bn``, then ``t`` and the measures."""
+    frames = [
+        _rows_of(rows).assign(pair=pair_label(pair), path=path, bn=bn)
+        for pair, paths in measured.items()
+        for path, by_bn in paths.items()
+        for bn, rows in by_bn.items()
+    ]
+    out = pd.concat(frames, ignore_index=True)
+    return out[["pair", "path", "bn", "t", *[m for m in MEASURES if m in out.columns]]]
+
+
+def along_t_mean(rows: pd.DataFrame) -> pd.DataFrame:
+    """:func:`along_t_rows` averaged over pairs, one row per t (rounded to 1e-6, so grids of the same points
+    join), a column ``<path>_<bn>_<measure>`` per path, treatment and measure (empty where a path has no
+    point at that t): the table a plot of the paths along t reads."""
+    rows = rows.assign(t=rows["t"].round(6))
+    measures = [m for m in MEASURES if m in rows.columns]
+    wide = rows.pivot_table(index="t", columns=["path", "bn"], values=measures, aggfunc="mean", sort=False)
+    wide.columns = [f"{path}_{bn}_{m}" for m, path, bn in wide.columns]
+    return wide.sort_index().reset_index()

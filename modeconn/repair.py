@@ -40,6 +40,12 @@ so these are nearly REPAIR's targets at the BatchNorm outputs: exact for the mea
 γ_B have the same sign, up to BN's running variance being an average of per-batch variances and its ε.
 ``method="repair"`` (the default) sets the statistics exactly, at the BatchNorms.
 
+Along a whole path (:func:`repaired_path`, :func:`measure_path_repaired`): the endpoints' statistics are those of
+the path's ends, θ(0) and θ(1), measured once; every point θ(t) is repaired towards their interpolation at its t,
+then measured as any point is (BatchNorm recalibrated there, on the same images). Any path: the aligned segment
+(Jordan et al.'s case), the plain segment, a curve (its bends have no statistics of their own: the targets are
+still the ends', linear in t).
+
 Runtime: the forward passes run under the runtime's autocast (bf16 on CUDA); statistics and corrections are
 float64 on the CPU; folded parameters keep their dtype, device and memory layout.
 """
@@ -47,7 +53,7 @@ float64 on the CPU; folded parameters keep their dtype, device and memory layout
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +62,10 @@ from torch.func import functional_call
 
 from .align import permutation_spec
 from .bn import has_bn
+from .curves import Curve
+from .data import EvalBatches
 from .errors import ModeconnError
+from .path import PathResult, Points, measure_path
 from .points import at_point, check_parameters
 from .runtime import CPU, Runtime
 from .train import Batches
@@ -71,7 +80,9 @@ __all__ = [
     "default_layers",
     "fold",
     "interpolate_stats",
+    "measure_path_repaired",
     "repair",
+    "repaired_path",
 ]
 
 METHODS = ("repair", "reset")
@@ -419,3 +430,54 @@ def repair(
         corrections[name] = Correction.between(measured, targets[name])
         params = fold(template, params, {name: corrections[name]})
     return Repaired(params, corrections, method)
+
+
+def repaired_path(
+    template: nn.Module,
+    points: Points,
+    batches: Batches,
+    runtime: Runtime = CPU,
+    *,
+    layers: Sequence[str] | None = None,
+    method: str = "repair",
+) -> Callable[[float], dict[str, torch.Tensor]]:
+    """The path ``points`` (a Curve, or ``t ↦ parameters`` of ``template``) with REPAIR at every point:
+    ``t ↦`` :func:`repair` of its parameters at t, towards the statistics of its ends θ(0), θ(1) interpolated at t
+    (:func:`activation_stats` of both, measured once here on ``batches``; module docstring).
+
+    ``layers`` defaults to :func:`default_layers`; ``method="reset"`` gives the path as it is (networks with
+    BatchNorm: the recalibration every measuring call does). What it returns is a path for
+    :func:`modeconn.path.measure_path`; pass the images ``batches`` that each point's BatchNorm is recalibrated on
+    there, so that the repaired statistics hold exactly where the point is measured.
+    """
+    weights_at = points.weights if isinstance(points, Curve) else points
+
+    def at(t: float) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in weights_at(float(t)).items()}
+
+    if method == "reset":
+        return lambda t: repair(template, at(t), {}, {}, t, batches, [], runtime, method).params
+    if layers is None:
+        layers = default_layers(template, _first_input(batches))
+    stats_a, stats_b = (activation_stats(template, at(t), batches, layers, runtime) for t in (0.0, 1.0))
+    return lambda t: repair(template, at(t), stats_a, stats_b, t, batches, layers, runtime, method).params
+
+
+def measure_path_repaired(
+    template: nn.Module,
+    points: Points,
+    ts: Sequence[float],
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    layers: Sequence[str] | None = None,
+    method: str = "repair",
+    wd: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> PathResult:
+    """The path ``points`` measured at each t of ``ts`` with REPAIR at every point (:func:`repaired_path`, its
+    statistics on ``batches.bn``, the images each point's BatchNorm is recalibrated on): the
+    :func:`modeconn.path.measure_path` of the repaired path (``wd``, ``progress`` as there). Its rows are ready for
+    :func:`modeconn.barriers.barrier_card`."""
+    path = repaired_path(template, points, batches.bn, runtime, layers=layers, method=method)
+    return measure_path(template, path, ts, batches, runtime, wd=wd, progress=progress)

@@ -62,6 +62,7 @@ class Results:
     runs: dict[str, dict]
     plane_points: dict = field(default_factory=dict)  # Fig. 1 left: the plane through three networks
     plane_points_run: dict = field(default_factory=dict)
+    barriers: dict = field(default_factory=dict)  # the barrier card of every path and pair (modeconn.barriers)
 
 
 class Embedded(NamedTuple):
@@ -111,6 +112,7 @@ def headline(r: Results) -> dict:
             if isinstance(x, dict) and x["members"]
         },
         **plane_points_headline(r.plane_points),
+        **(barriers_headline(r.barriers) if r.barriers else {}),
     }
 
 
@@ -346,6 +348,87 @@ def barriers_section(r: Results) -> list[str]:
     return [*L, ""]
 
 
+CARD_PATHS = {
+    "segment": "segment",
+    "aligned": "aligned segment",
+    "aligned_repair": "aligned + REPAIR",
+    "curve": "curve",
+}
+
+
+def _pm(mean: dict, std: dict | None, key: str, fmt) -> str:
+    s = None if std is None else std.get(key)
+    return fmt(mean[key]) + ("" if s is None else f" ± {fmt(s)}")
+
+
+def barrier_card_lines(b: dict, level: int = 2) -> list[str]:
+    """The barrier card (:mod:`modeconn.barriers`; the barriers stage's JSON ``b``) as one table: per path and BN
+    treatment, the test error's and the train loss's worst value and both barriers, mean ± std over the pairs,
+    and Frankle et al.'s verdict per pair; then REPAIR's effect on the aligned segment. ``level``: the heading's."""
+    mean, std = b["card"]["mean"], b["card"].get("std", {})
+    pairs, thr = _seq(b["pairs"]), b["threshold"]
+    L = [
+        f"{'#' * level} Barrier card: every path, every pair of endpoints, each definition",
+        "",
+        f"Over the {len(pairs)} pair{'s' * (len(pairs) > 1)} {', '.join(pairs)} (mean ± std over pairs; the curve: its "
+        "pair only). Worst = max_t f(t) (Garipov et al.); Frankle = max_t f(t) − ½(f(0) + f(1)) (Frankle et al. 2020, "
+        "Ainsworth et al. 2023); Entezari = max_t [f(t) − ((1 − t) f(0) + t f(1))] (Entezari et al. 2022). Stable: "
+        f"the test error's Frankle barrier below {pct(thr)}, in how many pairs.",
+        "",
+        "| path | BN | test error worst | test error Frankle | test error Entezari | stable | train loss worst "
+        "| train loss Frankle | train loss Entezari |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path, by_bn in mean.items():
+        for bn, m in by_bn.items():
+            e, lo = m["test_error"], m["train_loss"]
+            se, sl = (std.get(path, {}).get(bn, {}).get(k) for k in ("test_error", "train_loss"))
+            stable = [b["card"][p][path][bn]["test_error"]["stable"] for p in pairs if path in b["card"].get(p, {})]
+            L.append(
+                f"| {CARD_PATHS.get(path, path)} | {bn} | {_pm(e, se, 'worst', pct)} | "
+                f"{_pm(e, se, 'barrier_mean_ends', pct)} | {_pm(e, se, 'barrier_linear', pct)} | "
+                f"{sum(map(bool, stable))}/{len(stable)} | {_pm(lo, sl, 'worst', num)} | "
+                f"{_pm(lo, sl, 'barrier_mean_ends', num)} | {_pm(lo, sl, 'barrier_linear', num)} |"
+            )
+    L.append("")
+    if b["bn"]:
+        L.append(
+            'BN: `recalibrated` at each t on training images (for the aligned segment, REPAIR\'s "reset"), or '
+            "`interpolated`, the two endpoints' running statistics interpolated with the weights (what evaluating "
+            "the interpolated checkpoints gives)."
+        )
+    else:
+        L.append("BN `none`: the network has no BatchNorm, so recalibrated and interpolated statistics coincide.")
+    rep = b.get("repair", {}).get("test_error")
+    if rep and rep.get("none") is not None:
+        without = "with the endpoints' BN statistics interpolated" if b["bn"] else "without REPAIR"
+        reset = f", {pct(rep['reset'])} with BN recalibrated (reset)" if rep.get("reset") is not None else ""
+        r = rep.get("reduction")
+        cut = "" if r is None else f" ({abs(r):.0%} {'lower' if r >= 0 else 'higher'})"
+        L += [
+            "",
+            f"REPAIR (Jordan et al. 2023) on the aligned segment: mean test error barrier (Frankle) {pct(rep['none'])} "
+            f"{without}{reset}, {pct(rep['repair'])} with REPAIR{cut}.",
+        ]
+    return [*L, ""]
+
+
+def barriers_headline(b: dict) -> dict:
+    """From the barrier card: the mean over pairs of the test error barrier max_t f(t) − ½(f(0) + f(1)) of the
+    segment (BN recalibrated), of the aligned segment without REPAIR (the endpoints' BN statistics interpolated
+    where the network has BatchNorm) and with REPAIR."""
+    seg = b["card"]["mean"].get("segment", {})
+    bn = next(iter(seg), None)
+    rep = b.get("repair", {}).get("test_error", {})
+    return {
+        "barriers": {
+            "segment_test_error": seg[bn]["test_error"]["barrier_mean_ends"] if bn else None,
+            "aligned_test_error": rep.get("none"),
+            "aligned_repair_test_error": rep.get("repair"),
+        }
+    }
+
+
 def path_ensembles_section(r: Results, figures: Mapping[str, str]) -> list[str]:
     """Fig. 4: the ensemble of ŵ1 with one point of the curve, of the segment and of a random direction, by t."""
     pe = r.path_ensembles
@@ -519,6 +602,22 @@ def width_section(width: Embedded | None) -> list[str]:
     ]
 
 
+def bn_section(bn: Embedded | None) -> list[str]:
+    """The BN experiment's barrier card (a ConvFC with BatchNorm: REPAIR against BN recalibration), when there is
+    one."""
+    if bn is None:
+        return []
+    return [
+        "## With BatchNorm: REPAIR, reset and interpolated statistics",
+        "",
+        "From the BN experiment's own pipeline (`make bn`, experiments/bn/dvc.yaml), not from this run: a ConvFC with "
+        f"BatchNorm ([barriers.md]({bn.link})); after rerunning it, rerun `dvc repro -f report`.",
+        "",
+        re.sub(r"^## ", "### ", bn.text.strip(), flags=re.M),  # its card's heading, one level down
+        "",
+    ]
+
+
 def sources_section(sources: Sequence[tuple[str, str, str]]) -> list[str]:
     """The files the report was drawn from: (name, link, the step that writes it) each."""
     L = ["## Sources", "", "This report was generated from:", ""]
@@ -530,9 +629,11 @@ def markdown(
     figures: Mapping[str, str],
     sources: Sequence[tuple[str, str, str]],
     width: Embedded | None = None,
+    bn: Embedded | None = None,
 ) -> str:
     """The whole report: ``figures`` maps each name of :data:`FIGURES` to its link, ``sources`` lists the
-    files read as (name, link, step), ``width`` the width experiment's summary where there is one."""
+    files read as (name, link, step), ``width`` the width experiment's summary and ``bn`` the BN experiment's
+    barrier card where there are ones."""
     L = [
         "# modeconn run report",
         "",
@@ -544,12 +645,14 @@ def markdown(
         *endpoints_section(r),
         *curve_section(r, figures),
         *barriers_section(r),
+        *(barrier_card_lines(r.barriers) if r.barriers else []),
         *path_ensembles_section(r, figures),
         *plane_section(r, figures),
         *plane_points_section(r, figures),
         *budgets_section(r, figures),
         *claims_section(r),
         *width_section(width),
+        *bn_section(bn),
         *sources_section(sources),
     ]
     return "\n".join(L) + "\n"

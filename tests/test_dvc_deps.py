@@ -20,6 +20,7 @@ PIPELINES = (
     "dvc.yaml",
     "experiments/width/dvc.yaml",
     "experiments/instability/dvc.yaml",
+    "experiments/bn/dvc.yaml",
     "own/dvc.template.yaml",  # copied to own/dvc.yaml
 )
 

@@ -61,6 +61,10 @@ SHRINK: dict[str, Any] = {
     "plane_points.bn_samples": 96,
     "plane_points.train_samples": 96,
     "path_ensembles.batch_size": 64,
+    "barriers.num_points": 3,
+    "barriers.batch_size": 64,
+    "barriers.bn_samples": 96,
+    "barriers.train_samples": 96,
 }
 
 

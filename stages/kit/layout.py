@@ -78,6 +78,7 @@ REPORT_SOURCES = {
     "curve_along_t.png": "eval_curve",
     "path_ensembles.json": "path_ensembles",
     "path_ensembles.png": "path_ensembles",
+    "barriers.json": "barriers",
     "plane.json": "plane",
     "plane_train_loss.png": "plane",
     "plane_test_error.png": "plane",
@@ -92,6 +93,7 @@ REPORT_SOURCES = {
     "reliability.png": "compare",
 }
 WIDTH_SUMMARY = ("width.md", "width.png")  # experiments/width/dvc.yaml's summary stage, in its metrics folder
+BN_SUMMARY = ("barriers.md",)  # experiments/bn/dvc.yaml's barriers stage, in its metrics folder
 
 
 def report_sources(metrics: Path, seeds) -> dict[Path, str]:
