@@ -618,6 +618,23 @@ def bn_section(bn: Embedded | None) -> list[str]:
     ]
 
 
+def instability_section(instability: Embedded | None) -> list[str]:
+    """The instability analysis (Frankle et al. 2020) from its own pipeline's summary, when there is one."""
+    if instability is None:
+        return []
+    return [
+        "## Instability: when does training become stable to SGD noise? (Frankle et al. 2020)",
+        "",
+        "From the instability experiment's own pipeline (`make instability`, experiments/instability/dvc.yaml), not "
+        f"from this run ([instability.md]({instability.link})); after rerunning it, rerun `dvc repro -f report`.",
+        "",
+        instability.text.strip(),
+        "",
+        f"![Error barrier between the two children against the step k where they split]({instability.figure})",
+        "",
+    ]
+
+
 def sources_section(sources: Sequence[tuple[str, str, str]]) -> list[str]:
     """The files the report was drawn from: (name, link, the step that writes it) each."""
     L = ["## Sources", "", "This report was generated from:", ""]
@@ -630,10 +647,11 @@ def markdown(
     sources: Sequence[tuple[str, str, str]],
     width: Embedded | None = None,
     bn: Embedded | None = None,
+    instability: Embedded | None = None,
 ) -> str:
     """The whole report: ``figures`` maps each name of :data:`FIGURES` to its link, ``sources`` lists the
-    files read as (name, link, step), ``width`` the width experiment's summary and ``bn`` the BN experiment's
-    barrier card where there are ones."""
+    files read as (name, link, step), ``width`` the width experiment's summary, ``bn`` the BN experiment's
+    barrier card and ``instability`` the instability experiment's summary where there are ones."""
     L = [
         "# modeconn run report",
         "",
@@ -653,6 +671,7 @@ def markdown(
         *claims_section(r),
         *width_section(width),
         *bn_section(bn),
+        *instability_section(instability),
         *sources_section(sources),
     ]
     return "\n".join(L) + "\n"

@@ -1,8 +1,8 @@
 """Stage report: metrics/report.md, the run's results in one page (modeconn.report), and metrics/headline.json.
 
 Every file it reads is a dependency (stages.kit.layout.report_sources): a missing one is an error naming the file
-and the stage that writes it. The width and BN experiments' summaries are embedded when their own pipelines have
-made them; they are not dependencies, or `dvc repro` would run those experiments too.
+and the stage that writes it. The width, BN and instability experiments' summaries are embedded when their own
+pipelines have made them; they are not dependencies, or `dvc repro` would run those experiments too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from modeconn.io import atomic_write_text
 
 from .kit.cli import ParamsOpt, console, stage_app
 from .kit.config import read_sections
-from .kit.layout import BN_SUMMARY, METRICS, REPORT_SOURCES, WIDTH_SUMMARY, endpoint_metrics, report_sources
+from .kit.layout import EMBEDDED, METRICS, REPORT_SOURCES, endpoint_metrics, report_sources
 from .kit.records import read_json, run_info_path, write_json
 
 
@@ -59,8 +59,9 @@ def read_results(metrics: Path, seeds: list[int]) -> report.Results:
     )
 
 
-def build(metrics: Path, out: Path, seeds: list[int], width: Path | None = None, bn: Path | None = None):
-    """The report's Markdown (links relative to ``out``'s folder) and the headline metrics."""
+def build(metrics: Path, out: Path, seeds: list[int], *folders: Path | None):
+    """The report's Markdown (links relative to ``out``'s folder) and the headline metrics; ``folders``: where
+    the experiments of ``EMBEDDED`` keep their summaries, in its order (None: not embedded)."""
     files = report_sources(metrics, seeds)
     check_sources(files)
 
@@ -71,11 +72,11 @@ def build(metrics: Path, out: Path, seeds: list[int], width: Path | None = None,
     figures = {name: rel(metrics / f"{name}.png") for name in report.FIGURES}
     sources = [(path.relative_to(metrics).as_posix(), rel(path), stage) for path, stage in files.items()]
     embedded = {}
-    for name, folder, files in (("width", width, WIDTH_SUMMARY), ("bn", bn, BN_SUMMARY)):
-        if folder is not None and all((folder / f).is_file() for f in files):
-            md, *png = (folder / f for f in files)
+    for name, folder in zip(EMBEDDED, folders):
+        if folder is not None and all((folder / f).is_file() for f in EMBEDDED[name]):
+            md, *png = (folder / f for f in EMBEDDED[name])
             embedded[name] = report.Embedded(md.read_text(), rel(md), rel(png[0]) if png else "")
-    text = report.markdown(results, figures, sources, embedded.get("width"), embedded.get("bn"))
+    text = report.markdown(results, figures, sources, **embedded)
     return text, report.headline(results)
 
 
@@ -90,10 +91,13 @@ def main(
         None, "--width", help="Folder of the width experiment's width.md and width.png, embedded when present."
     ),
     bn: Path = typer.Option(None, "--bn", help="Folder of the BN experiment's barriers.md, embedded when present."),
+    instability: Path = typer.Option(
+        None, "--instability", help="Folder of the instability experiment's summary, embedded when present."
+    ),
 ) -> None:
     """Write the run report and the headline metrics from the metrics files (params: train.seeds)."""
     (train,) = read_sections(params, "train")
-    text, head = build(metrics, out, list(train.seeds), width, bn)
+    text, head = build(metrics, out, list(train.seeds), width, bn, instability)
     atomic_write_text(out, text)
     write_json(headline_json, head)
     console.print(f"report of {len(report.links(text))} linked files → {out}; headline metrics → {headline_json}")

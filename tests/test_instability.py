@@ -215,3 +215,28 @@ def test_the_stages_through_the_cli(tmp_path, monkeypatch):
     big = write_params(tmp_path / "m", {**tiny_params(), "instability": {**INSTABILITY, "batch_size": 500}})
     r = invoke(validate, "--params", big, "--out", "ok", "--batch-sizes", "instability")
     assert "instability.batch_size" in one_line_error(r)
+
+
+def test_the_report_embeds_the_instability_summary_when_present(tmp_path, monkeypatch):
+    """The root report's build passes this experiment's table and figure on where both are there, and its section
+    shows them (the main run's own files stubbed out)."""
+    from modeconn import report as library
+    from stages import report
+
+    seen = {}
+    monkeypatch.setattr(report, "report_sources", lambda metrics, seeds: {})
+    monkeypatch.setattr(report, "read_results", lambda metrics, seeds: None)
+    monkeypatch.setattr(report.report, "markdown", lambda *args, **embedded: seen.update(embedded) or "")
+    monkeypatch.setattr(report.report, "headline", lambda results: {})
+    folder = tmp_path / "experiments" / "instability" / "metrics"
+    folder.mkdir(parents=True)
+    (folder / "instability.md").write_text("| k (iterations) | barrier |\n|---|---|\n| 0 | 5.0 |\n")
+    report.build(tmp_path / "metrics", tmp_path / "metrics" / "report.md", [0], None, None, folder)
+    assert seen == {}, "both instability.md and instability.png are needed"
+    (folder / "instability.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    report.build(tmp_path / "metrics", tmp_path / "metrics" / "report.md", [0], None, None, folder)
+    embedded = seen["instability"]
+    assert embedded.figure == "../experiments/instability/metrics/instability.png"
+    text = "\n".join(library.instability_section(embedded))
+    assert text.startswith("## Instability") and "| 0 | 5.0 |" in text and f"]({embedded.figure})" in text
+    assert library.instability_section(None) == []

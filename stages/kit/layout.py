@@ -94,6 +94,8 @@ REPORT_SOURCES = {
 }
 WIDTH_SUMMARY = ("width.md", "width.png")  # experiments/width/dvc.yaml's summary stage, in its metrics folder
 BN_SUMMARY = ("barriers.md",)  # experiments/bn/dvc.yaml's barriers stage, in its metrics folder
+INSTABILITY_SUMMARY = ("instability.md", "instability.png")  # experiments/instability/dvc.yaml's summary stage
+EMBEDDED = {"width": WIDTH_SUMMARY, "bn": BN_SUMMARY, "instability": INSTABILITY_SUMMARY}  # what the report embeds
 
 
 def report_sources(metrics: Path, seeds) -> dict[Path, str]:
