@@ -30,7 +30,7 @@ from modeconn.train import make_sgd, predict
 from .stage_utils import DVC, ROOT, init_repo, tiny_params, tool_env
 from .test_pipeline import ran, run
 
-OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge", "headline"}
+OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge", "barriers", "headline"}
 TEMPLATE = "dvc.template.yaml"  # in own/; the user's copy is own/dvc.yaml
 
 
@@ -59,7 +59,7 @@ def test_own_stages_list_what_the_root_stages_list():
         if name == "prepare":
             want = ["${data.imagefolder.root}", *want]
         assert sorted(o["deps"]) == sorted(want), name
-        extra = ["model"] if name in ("fit_curve", "fge") else []
+        extra = ["model"] if name in ("fit_curve", "fge", "barriers") else []
         assert o["params"] == extra + r["params"], name
         for key in ("outs", "metrics", "plots"):
             assert o.get(key) == r.get(key), (name, key)
@@ -157,6 +157,7 @@ def _own_params() -> dict:
         curve__batch_size=6,
         curve__endpoint_files=["checkpoints/a.pt", "checkpoints/b.pt"],
         fge__start_files=["checkpoints/a.pt"],
+        barriers__files=["checkpoints/a.pt", "checkpoints/b.pt"],
         fge__start_epoch=1,
         fge__epochs=2,
         fge__cycle=0.5,

@@ -13,7 +13,9 @@ from torch import nn
 from torch.func import functional_call
 
 from modeconn.align import align_endpoints
+from modeconn.data import EvalBatches
 from modeconn.errors import ModeconnError
+from modeconn.path import measure_path
 from modeconn.points import at_point
 from modeconn.repair import (
     ChannelStats,
@@ -22,7 +24,9 @@ from modeconn.repair import (
     default_layers,
     fold,
     interpolate_stats,
+    measure_path_repaired,
     repair,
+    repaired_path,
 )
 from modeconn.runtime import Runtime, as_channels_last
 
@@ -290,3 +294,35 @@ def test_repair_lowers_the_train_loss_of_the_aligned_midpoint():
     assert loss(repaired.params) < loss(midpoint) - 0.2 * (loss(midpoint) - ends_loss), (
         f"midpoint {loss(midpoint):.4f}, repaired {loss(repaired.params):.4f}, endpoints {ends_loss:.4f}"
     )
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_along_a_path_each_point_gets_the_ends_statistics_interpolated_and_the_ends_stay(net):
+    """repaired_path / measure_path_repaired: the ends' statistics measured once, each point repaired towards their
+    interpolation at its own t (checked against activation_stats of the repaired point), the ends unchanged."""
+    build, layers = NETS[net]
+    template, data = build(), batches()
+    a, b = params_of(build, 0), params_of(build, 1, spread=1.5)
+
+    def path(t: float) -> dict[str, torch.Tensor]:
+        return {k: torch.lerp(a[k], b[k], t) for k in a}
+
+    at = repaired_path(template, path, data)
+    ends = [activation_stats(template, path(t), data, layers) for t in (0.0, 1.0)]
+    for t in (0.0, 0.3, 1.0):
+        got = activation_stats(template, at(t), data, layers)
+        for name in layers:
+            want = interpolate_stats(ends[0][name], ends[1][name], t)
+            torch.testing.assert_close(got[name].mean, want.mean, atol=1e-5, rtol=1e-5, msg=f"{name} at t={t}")
+            torch.testing.assert_close(got[name].std, want.std, atol=1e-5, rtol=1e-5, msg=f"{name} at t={t}")
+    for t in (0.0, 1.0):
+        torch.testing.assert_close(outputs(template, at(t), data), outputs(template, path(t), data),
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip
+    r = measure_path_repaired(template, path, [0.0, 0.5, 1.0], EvalBatches(data, data, data, None))
+    plain = measure_path(template, path, [0.0, 1.0], EvalBatches(data, data, data, None))
+    assert list(r.rows["t"]) == [0.0, 0.5, 1.0]
+    for i, j in ((0, 0), (2, 1)):  # the ends measure as the unrepaired ends
+        assert r.rows["test_nll"][i] == pytest.approx(plain.rows["test_nll"][j], rel=1e-4), net
+    if net == "bn_convnet":  # the reset variant is the path as it is (BN recalibration happens when measuring)
+        reset = repaired_path(template, path, data, method="reset")
+        assert all(torch.equal(reset(0.5)[k], path(0.5)[k]) for k in a)
