@@ -55,6 +55,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "plane",
         "plane_points",
         "path_ensembles",
+        "barriers",
         "report",
     }
     for f in [
@@ -76,6 +77,8 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "metrics/plane_points_test_error.png",
         "data/plane_points/grid.pt",
         "metrics/path_ensembles.csv",
+        "metrics/barriers.json",
+        "metrics/barriers.csv",
         "metrics/path_ensembles.json",
         "metrics/path_ensembles.png",
         "metrics/report.md",
@@ -126,6 +129,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "plane",
         "plane_points",
         "path_ensembles",
+        "barriers",
         "report",
     }  # not prepare; not sse (it reads model and sse, not train.lr)
 
@@ -135,7 +139,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
 
     # The number of bends: only the curve stages and what draws them.
     stages = ran(run(dvc + ["exp", "run", "-S", "curve.num_bends=4"], repo))
-    assert stages == {"params", "fit_curve", "eval_curve", "plane", "path_ensembles", "report"}
+    assert stages == {"params", "fit_curve", "eval_curve", "plane", "path_ensembles", "barriers", "report"}
 
     # The plane through three networks: only that stage (and the report).
     stages = ran(run(dvc + ["exp", "run", "-S", "plane_points.grid_points=2"], repo))
