@@ -30,23 +30,29 @@ on it, and the regulariser sums the log volumes of the faces that hold a free ve
 
 ESPRO: an ensemble of points sampled uniformly from one or several independently trained simplexes
 (:func:`sample_points`, :func:`measure_samples`); its members' test probabilities combine as any other ensemble's
-(:mod:`modeconn.ensemble`). A point is parameters only (DESIGN decision 11): :meth:`Simplex.weights` goes to
+(:mod:`modeconn.ensemble`). :func:`measure_simplex` measures a simplex's vertices and sampled interior points
+together (:class:`SimplexMeasure`: volume, vertices against interior, the sampled points' ensemble and stored
+predictions); :func:`save_simplex` / :func:`load_simplex` keep one on disk. A point is parameters only (DESIGN decision 11): :meth:`Simplex.weights` goes to
 :func:`modeconn.points.measure` or :func:`modeconn.path.measure_path`, BatchNorm recalibrated there.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import schedules
+from . import ensemble, schedules
 from .curves import FlatPoints, check_compatible
 from .data import EvalBatches
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
+from .io import atomic_torch_save, load_file
 from .loop import History, Progress, Training, advancing, run_epochs
 from .points import PointResult, measure
 from .resume import ResumeState
@@ -335,3 +341,134 @@ def measure_samples(
     interior's loss and error, and, through their ``test_logprobs``, ESPRO's ensemble of them all."""
     simplexes = [simplexes] if isinstance(simplexes, Simplex) else list(simplexes)
     return [measure(s.template, w, batches, runtime) for s in simplexes for w in sample_points(s, n, generator)]
+
+
+@dataclass
+class SimplexMeasure:
+    """A simplex measured (:func:`measure_simplex`): its faces' volumes, each vertex, and ``n`` points sampled
+    uniformly from it (their coefficients over all vertices, and each point's predictions)."""
+
+    volumes: list[float]  # V of each face
+    vertices: list[PointResult]  # fixed vertices first
+    coefficients: list[list[float]]  # (n, k): each sampled point's barycentric weights over all vertices
+    samples: list[PointResult]
+
+    @staticmethod
+    def row(r: PointResult, wd: float) -> dict[str, float]:
+        """The paper's measures at one point (:meth:`PointResult.row`) and, with a validation split, its val
+        NLL and error."""
+        out = r.row(wd)
+        if r.val_logprobs is not None and r.val_labels is not None:
+            out.update(
+                val_nll=ensemble.nll(r.val_logprobs, r.val_labels),
+                val_error=ensemble.error(r.val_logprobs, r.val_labels),
+            )
+        return out
+
+    def rows(self, wd: float) -> list[dict]:
+        """One row per measured point: the vertices (``point`` vertex_<i>), then the samples (sample_<j>, with
+        their barycentric weights alpha_<i>)."""
+        k = len(self.vertices)
+        out = [
+            {"point": f"vertex_{i}", **{f"alpha_{j}": float(i == j) for j in range(k)}, **self.row(r, wd)}
+            for i, r in enumerate(self.vertices)
+        ]
+        out += [
+            {"point": f"sample_{n}", **{f"alpha_{j}": a for j, a in enumerate(c)}, **self.row(r, wd)}
+            for n, (c, r) in enumerate(zip(self.coefficients, self.samples))
+        ]
+        return out
+
+    def summary(self, wd: float, method: str = "probs") -> dict:
+        """The volume (of face 0; ``volumes``: every face), each vertex's measures and their mean, the interior's
+        (the sampled points') mean, std, min and max of each measure, and the ensemble of the sampled points
+        (ESPRO over this simplex: its test, and val, error and NLL, members combined by ``method``)."""
+        vertices = [self.row(r, wd) for r in self.vertices]
+        samples = [self.row(r, wd) for r in self.samples]
+
+        def stats(values: list[float]) -> dict[str, float]:
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            return {"mean": statistics.fmean(values), "std": sd, "min": min(values), "max": max(values)}
+
+        out: dict = {"volume": self.volumes[0], "volumes": list(self.volumes), "samples": len(samples)}
+        out["vertices"] = {f"vertex_{i}": r for i, r in enumerate(vertices)}
+        out["vertex_mean"] = {key: statistics.fmean(r[key] for r in vertices) for key in vertices[0]}
+        if samples:
+            out["interior"] = {key: stats([r[key] for r in samples]) for key in samples[0]}
+            test = ensemble.combine([r.test_logprobs for r in self.samples], method)
+            labels = self.samples[0].test_labels
+            ens = {"test_nll": ensemble.nll(test, labels), "test_error": ensemble.error(test, labels)}
+            if all(r.val_logprobs is not None for r in self.samples):
+                val, val_labels = (
+                    ensemble.combine([r.val_logprobs for r in self.samples], method),
+                    self.samples[0].val_labels,
+                )
+                ens.update(val_nll=ensemble.nll(val, val_labels), val_error=ensemble.error(val, val_labels))
+            out["interior_ensemble"] = ens
+        return out
+
+    def predictions(self) -> dict:
+        """The sampled points' stored predictions (ESPRO's members, DESIGN decision 3): ``logprobs`` [n, N, K] and
+        ``labels`` [N] on test, ``val_logprobs`` [n, N_val, K] and ``val_labels`` where there is a validation
+        split, and the points' ``coefficients`` [n, k]."""
+        out = {
+            "logprobs": torch.stack([r.test_logprobs for r in self.samples]),
+            "labels": self.samples[0].test_labels,
+            "coefficients": torch.tensor(self.coefficients, dtype=torch.float64),
+        }
+        if all(r.val_logprobs is not None for r in self.samples):
+            out.update(
+                val_logprobs=torch.stack([r.val_logprobs for r in self.samples]), val_labels=self.samples[0].val_labels
+            )
+        return out
+
+
+def measure_simplex(
+    simplex: Simplex,
+    n: int,
+    generator: torch.Generator,
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    progress: Callable[[str], None] | None = None,
+) -> SimplexMeasure:
+    """Each vertex and ``n`` points drawn uniformly from ``simplex`` (:meth:`Simplex.sample`, from ``generator``:
+    the points :func:`measure_samples` measures), each measured with BatchNorm recalibrated at the point
+    (:func:`modeconn.points.measure`); ``progress(message)`` after each point."""
+    if n < 1:
+        raise ConfigError(f"measure_simplex: n = {n}; sample at least one interior point")
+    advance = progress or (lambda message="": None)
+    vertices = []
+    for i in range(simplex.num_vertices):
+        vertices.append(measure(simplex.template, simplex.vertex(i), batches, runtime))
+        advance(f"vertex {i}: test error {vertices[-1].test_error:.4f}")
+    coefficients, samples = [], []
+    for j in range(n):
+        coefficients.append(simplex.sample(generator))
+        samples.append(measure(simplex.template, simplex.unflat(simplex.combine(coefficients[-1])), batches, runtime))
+        advance(f"sample {j}: test error {samples[-1].test_error:.4f}")
+    volumes = [simplex.volume(s) for s in range(len(simplex.simplexes))]
+    return SimplexMeasure(volumes, vertices, coefficients, samples)
+
+
+def save_simplex(path: Path | str, simplex: Simplex, spec: dict, **extra) -> None:
+    """Write a simplex atomically: the model spec, every vertex as a parameter dict (fixed ones first, in the
+    standard layout whatever the simplex's memory layout), the number of fixed ones and the faces."""
+    vertices = [
+        {k: v.detach().contiguous().cpu() for k, v in simplex.vertex(i).items()} for i in range(simplex.num_vertices)
+    ]
+    blob = {"format": "modeconn.simplex/1", "spec": spec, "vertices": vertices, "num_fixed": simplex.num_fixed}
+    atomic_torch_save({**blob, "simplexes": simplex.simplexes, **extra}, path)
+
+
+def load_simplex(
+    path: Path | str,
+    build_template: Callable[[dict], nn.Module],
+    hint: str = "Fit it again and save it with save_simplex.",
+) -> tuple[Simplex, dict]:
+    """Read a simplex written by :func:`save_simplex`; ``build_template(spec)`` makes the network. ``hint`` ends
+    the error message of a missing or corrupt file."""
+    blob = load_file(path, "simplex file", hint)
+    if not isinstance(blob, dict) or blob.get("format") != "modeconn.simplex/1":
+        raise CheckpointError(f"{path} is not a modeconn simplex file. {hint}")
+    f, vertices = blob["num_fixed"], blob["vertices"]
+    return Simplex(build_template(blob["spec"]), vertices[:f], vertices[f:], blob["simplexes"]), blob

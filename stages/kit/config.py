@@ -1,8 +1,8 @@
 """params.yaml: read it, and validate each section into a frozen dataclass whose errors name the bad key.
 
 One dataclass per section (``data``, ``model``, ``train``, ``curve``, ``eval``,
-``fge``, ``sse``, ``compare``, ``plane``, ``plane_points``, ``path_ensembles``, ``barriers``, ``curvature``, and the
-experiments' ``subset``, ``width`` and ``instability``); a stage reads
+``fge``, ``sse``, ``compare``, ``plane``, ``plane_points``, ``path_ensembles``, ``barriers``, ``curvature``,
+``simplex``, and the experiments' ``subset``, ``width`` and ``instability``); a stage reads
 only the sections dvc.yaml lists for it. Unknown sections, unknown keys,
 missing keys, wrong types and out-of-range values are ConfigErrors that say
 ``section.key``, the params file and what is allowed. Every key must be set:
@@ -553,6 +553,49 @@ class CurvatureConfig:
         require(self.probes >= 2, f"curvature.probes must be at least 2 (for a standard error), got {self.probes}")
 
 
+@dataclasses.dataclass(frozen=True)
+class SimplexConfig:
+    """``simplex``: loss-surface simplexes (Benton et al. 2021: SPRO, and ESPRO ensembles of their points). One per
+    seed of ``seeds``: its fixed vertex that endpoint's checkpoint at ``start_epoch`` (in train.save_epochs, or
+    train.epochs: the final network), ``free`` free vertices trained ``epochs`` epochs with the volume
+    regulariser ``volume_weight``; ``samples`` interior points measured (and ESPRO's members); ``triangle``: the
+    endpoint seeds whose final networks span the contrast, a simplex of fixed vertices only."""
+
+    seeds: tuple[int, ...]
+    start_epoch: int
+    free: int
+    epochs: int
+    lr: float
+    volume_weight: float
+    batch_size: int
+    momentum: float
+    wd: float
+    samples: int
+    triangle: tuple[int, ...]
+    eval_batch_size: int
+    bn_samples: int
+    train_samples: int
+    seed: int
+
+    def __post_init__(self):
+        require(len(self.seeds) >= 1, "simplex.seeds must list at least one endpoint seed")
+        require(len(set(self.seeds)) == len(self.seeds), f"simplex.seeds has a seed twice: {list(self.seeds)}")
+        require(self.start_epoch >= 1, f"simplex.start_epoch must be at least 1, got {self.start_epoch}")
+        require(self.free >= 1, f"simplex.free must be at least 1 (a free vertex to train), got {self.free}")
+        require(self.epochs >= 1, f"simplex.epochs must be at least 1, got {self.epochs}")
+        require(self.volume_weight >= 0, f"simplex.volume_weight must be non-negative, got {self.volume_weight}")
+        check_sgd("simplex", self)
+        require(self.samples >= 1, f"simplex.samples must be at least 1 (interior points measured), got {self.samples}")
+        require(
+            len(self.triangle) >= 2 and len(set(self.triangle)) == len(self.triangle),
+            f"simplex.triangle must name two or more different endpoint seeds, got {list(self.triangle)}",
+        )
+        require(self.eval_batch_size >= 1, f"simplex.eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        for key in ("bn_samples", "train_samples"):
+            n = getattr(self, key)
+            require(n >= 0, f"simplex.{key} must be 0 (all) or positive, got {n}")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -567,6 +610,7 @@ SECTIONS: dict[str, type] = {
     "path_ensembles": PathEnsemblesConfig,
     "barriers": BarriersConfig,
     "curvature": CurvatureConfig,
+    "simplex": SimplexConfig,
 }
 
 

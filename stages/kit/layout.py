@@ -28,6 +28,10 @@ CURVE_HINT = "Run `dvc repro fit_curve` to create it."  # the fitted curve, curv
 CURVE_EVAL_HINT = "Run `dvc repro eval_curve` to create it."  # its evaluation: curve.pt, segment.pt, aligned.pt
 
 
+SIMPLEX = Path("data/simplex")  # simplex@<s>: one folder seed_<s> per seed (simplex.pt, predictions.pt)
+SIMPLEX_HINT = "Run `dvc repro simplex` (the seed must be in simplex.seeds)."
+
+
 def prepared_files(prepared: Path) -> tuple[Path, Path]:
     """The files of the prepare stage's folder (what a resume fingerprint reads)."""
     return prepared / "data.pt", prepared / "meta.json"
@@ -65,6 +69,17 @@ def endpoint_checkpoint_at(endpoints: Path, seed: int, epoch: int) -> Path:
     )
 
 
+def simplex_dir(simplex: Path, seed: int) -> Path:
+    """The folder of the simplex fitted from seed ``seed``'s endpoint in ``simplex`` (:data:`SIMPLEX`): simplex.pt
+    and predictions.pt (its sampled points', ESPRO's members)."""
+    return Path(simplex) / f"seed_{seed}"
+
+
+def simplex_run(seed: int) -> str:
+    """The name of the simplex training run from seed ``seed`` (where it keeps its resume state)."""
+    return f"simplex/seed_{seed}"
+
+
 def endpoint_metrics(metrics: Path, seed: int) -> Path:
     """The metrics JSON of seed ``seed``'s endpoint in the folder ``metrics`` (:data:`ENDPOINT_METRICS`)."""
     return Path(metrics) / f"seed_{seed}.json"
@@ -79,6 +94,8 @@ REPORT_SOURCES = {
     "path_ensembles.json": "path_ensembles",
     "path_ensembles.png": "path_ensembles",
     "barriers.json": "barriers",
+    "curvature.json": "curvature",
+    "curvature_along_t.png": "curvature",
     "plane.json": "plane",
     "plane_train_loss.png": "plane",
     "plane_test_error.png": "plane",
