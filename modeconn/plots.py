@@ -58,6 +58,31 @@ def along_t(rows: list[dict], path: Path | str, title: str = "") -> None:
     save(fig, path)
 
 
+def curvature_along_t(rows: list[dict], path: Path | str, title: str = "") -> None:
+    """Train loss, top Hessian eigenvalue and Hessian trace (± Hutchinson's standard error) along t, beside each
+    other, for each path of ``rows`` (:func:`modeconn.curvature.curvature_paths`' tables, a ``path`` column added)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for name, style in (("curve", "-"), ("segment", "--"), ("aligned", ":")):
+        pts = [r for r in rows if r["path"] == name]
+        if not pts:
+            continue
+        t = [r["t"] for r in pts]
+        axes[0].plot(t, [r["loss"] for r in pts], style, marker=".", label=name)
+        axes[1].plot(t, [r["top_eigenvalue"] for r in pts], style, marker=".", label=name)
+        err = [0.0 if r["trace_stderr"] != r["trace_stderr"] else r["trace_stderr"] for r in pts]  # NaN: one probe
+        axes[2].errorbar(t, [r["trace"] for r in pts], yerr=err, fmt=style, marker=".", capsize=2, label=name)
+    axes[0].set_ylabel("train loss (with L2 term)")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("top Hessian eigenvalue λ_max")
+    axes[2].set_ylabel("Hessian trace (Hutchinson)")
+    for ax in axes:
+        ax.set_xlabel("t")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    save(fig, path)
+
+
 def plane_contours(
     alpha,
     beta,

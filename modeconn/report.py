@@ -33,6 +33,7 @@ FIGURES = (
     "plane_points_test_error",
     "compare",
     "reliability",
+    "curvature_along_t",
 )
 
 
@@ -63,6 +64,7 @@ class Results:
     plane_points: dict = field(default_factory=dict)  # Fig. 1 left: the plane through three networks
     plane_points_run: dict = field(default_factory=dict)
     barriers: dict = field(default_factory=dict)  # the barrier card of every path and pair (modeconn.barriers)
+    curvature: dict = field(default_factory=dict)  # λ_max and tr(H) along each path (modeconn.curvature)
 
 
 class Embedded(NamedTuple):
@@ -113,6 +115,7 @@ def headline(r: Results) -> dict:
         },
         **plane_points_headline(r.plane_points),
         **(barriers_headline(r.barriers) if r.barriers else {}),
+        **curvature_headline(r.curvature),
     }
 
 
@@ -516,6 +519,47 @@ def plane_points_section(r: Results, figures: Mapping[str, str]) -> list[str]:
     ]
 
 
+def curvature_headline(c: dict) -> dict:
+    """The sharpness of the endpoints (λ_max, the mean at ŵ1 and ŵ2) and the largest λ_max along the curve, where
+    the run measured the curvature (modeconn.curvature.curvature_summary)."""
+    if not c:
+        return {}
+    return {
+        "curvature_endpoint_top_eigenvalue": c["endpoints"]["top_eigenvalue"],
+        "curvature_curve_max_top_eigenvalue": c["curve"]["top_eigenvalue"]["max"],
+    }
+
+
+def curvature_section(r: Results, figures: Mapping[str, str]) -> list[str]:
+    """Curvature along the paths: λ_max and tr(H) of the train loss at the ends and their largest values along
+    each path (t where), the settings of the estimates, and the figure of loss and curvature along t."""
+    c, run = r.curvature, r.runs.get("curvature", {})
+    if not c:
+        return []
+    e = c["endpoints"]
+    note = "" if e["all_converged"] else " Some λ_max did not meet the tolerance: metrics/curvature.csv has residuals."
+    L = [
+        "## Curvature along the paths",
+        "",
+        f"Top Hessian eigenvalue λ_max (Lanczos, ≤ {run['iters']} products, tolerance {run['tol']:g}) and trace tr(H) "
+        f"(Hutchinson, {run['probes']} Rademacher probes) of the train loss with its L2 term over "
+        f"{run['train_samples']} training images, at {run['num_points']} points of t per path, BN recalibrated at "
+        f"each ({run['seconds']:.0f} s). At the endpoints (mean): λ_max {e['top_eigenvalue']:.4g}, tr(H) "
+        f"{e['trace']:.4g}.{note}",
+        "",
+        "| path | λ_max at t = 0 | λ_max max (t) | λ_max at t = 1 | tr(H) at t = 0 | tr(H) max (t) | tr(H) at t = 1 "
+        "| train loss max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in (n for n in c if n != "endpoints"):
+        lam, tr, loss = (c[name][m] for m in ("top_eigenvalue", "trace", "loss"))
+        L.append(
+            f"| {name} | {lam['start']:.4g} | {lam['max']:.4g} ({lam['max_t']:.2f}) | {lam['end']:.4g} "
+            f"| {tr['start']:.4g} | {tr['max']:.4g} ({tr['max_t']:.2f}) | {tr['end']:.4g} | {loss['max']:.4f} |"
+        )
+    return [*L, "", f"![Train loss, top Hessian eigenvalue and trace along t]({figures['curvature_along_t']})", ""]
+
+
 def budgets_section(r: Results, figures: Mapping[str, str]) -> list[str]:
     """Sec. 5: Ind / SSE / FGE at equal budgets (the comparison's own table), FGE and SSE snapshots, FGE's
     start networks, SWA, and the reliability diagrams."""
@@ -664,6 +708,7 @@ def markdown(
         *curve_section(r, figures),
         *barriers_section(r),
         *(barrier_card_lines(r.barriers) if r.barriers else []),
+        *curvature_section(r, figures),
         *path_ensembles_section(r, figures),
         *plane_section(r, figures),
         *plane_points_section(r, figures),

@@ -56,6 +56,7 @@ def read_results(metrics: Path, seeds: list[int]) -> report.Results:
         plane_points=by["plane_points"][0],
         plane_points_run=by["plane_points"][1],
         barriers=by["barriers"][0],
+        curvature=by["curvature"][0],
     )
 
 

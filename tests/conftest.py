@@ -46,11 +46,12 @@ def tiny_data():
 def tiny_workspace(tmp_path_factory):
     """The stages of dvc.yaml after its params check, in its order, on ``tiny_params()``, run once for the
     session: prepared data, endpoints of seeds 0 and 1, the curve and its evaluation, FGE, SSE, the plane, the
-    plane through three networks, the path ensembles, compare, the barrier card and the report. Tests read it; one
-    that runs a stage in it runs it with the same params."""
+    plane through three networks, the path ensembles, compare, the barrier card, the curvature along the paths and
+    the report. Tests read it; one that runs a stage in it runs it with the same params."""
     from stages import (
         barriers,
         compare,
+        curvature,
         eval_curve,
         fge,
         fit_curve,
@@ -70,7 +71,8 @@ def tiny_workspace(tmp_path_factory):
         mp.chdir(root)
         steps = [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,)]
         steps += [(eval_curve,), (fge,), (sse,), (plane,), (plane_points,), (path_ensembles,), (compare,)]
-        steps += [(barriers, "--curve", "data/curve", "--curve-table", "metrics/curve_eval.csv"), (report,)]
+        steps += [(barriers, "--curve", "data/curve", "--curve-table", "metrics/curve_eval.csv"), (curvature,)]
+        steps += [(report,)]
         build_workspace(root, steps)
     return root
 

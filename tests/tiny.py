@@ -65,6 +65,12 @@ SHRINK: dict[str, Any] = {
     "barriers.batch_size": 64,
     "barriers.bn_samples": 96,
     "barriers.train_samples": 96,
+    "curvature.num_points": 3,
+    "curvature.batch_size": 64,
+    "curvature.bn_samples": 96,
+    "curvature.train_samples": 96,
+    "curvature.iters": 6,
+    "curvature.probes": 3,
 }
 
 

@@ -96,6 +96,8 @@ REPORT_SOURCES = {
     "barriers.json": "barriers",
     "curvature.json": "curvature",
     "curvature_along_t.png": "curvature",
+    "curvature.json": "curvature",
+    "curvature_along_t.png": "curvature",
     "plane.json": "plane",
     "plane_train_loss.png": "plane",
     "plane_test_error.png": "plane",
