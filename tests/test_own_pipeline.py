@@ -30,7 +30,7 @@ from modeconn.train import make_sgd, predict
 from .stage_utils import DVC, ROOT, init_repo, tiny_params, tool_env
 from .test_pipeline import ran, run
 
-OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge", "barriers", "headline"}
+OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge", "barriers", "curvature", "headline"}
 TEMPLATE = "dvc.template.yaml"  # in own/; the user's copy is own/dvc.yaml
 
 
