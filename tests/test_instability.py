@@ -240,3 +240,22 @@ def test_the_report_embeds_the_instability_summary_when_present(tmp_path, monkey
     text = "\n".join(library.instability_section(embedded))
     assert text.startswith("## Instability") and "| 0 | 5.0 |" in text and f"]({embedded.figure})" in text
     assert library.instability_section(None) == []
+
+
+def test_the_experiments_params_and_the_paper_scale_settings_of_the_docs_validate():
+    import re
+
+    import yaml
+
+    from stages.kit.config import OTHER_SECTIONS, SECTIONS, read_sections, section
+
+    from .stage_utils import ROOT
+
+    cfg, model = read_sections(ROOT / "experiments/instability/params.yaml", "instability", "model")
+    assert len(cfg.seeds) >= 2 and cfg.ks[0] == 0 and list(cfg.ks) == sorted(cfg.ks) and model.args["batch_norm"]
+    doc = ROOT / "docs/instability.md"
+    (block,) = re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S)
+    paper = yaml.safe_load(block)
+    for name in ("data", "subset", "model", "instability"):
+        section(paper, name, {**SECTIONS, **OTHER_SECTIONS}[name], doc)
+    assert paper["instability"]["epochs"] * (50_000 // paper["instability"]["batch_size"]) == 62_790
