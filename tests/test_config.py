@@ -63,6 +63,7 @@ OPTIONAL = {
     "model": ("args", "weights"),
     "curve": ("endpoint_files",),
     "fge": ("start_files",),
+    "barriers": ("files",),
 }
 REQUIRED = [
     (name, f.name)
