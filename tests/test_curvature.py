@@ -1,6 +1,6 @@
 """Curvature (modeconn.curvature): the top Hessian eigenvalue and Hutchinson's trace against exact Hessians.
 
-References, none of them the code under test:
+References, none of them the code under test (and, at the end, Shard and curvature_paths' sharing of points):
 
 - ``torch.autograd.functional.hessian`` of the loss as a function of the flattened parameters (float64) on a
   small MLP, and on a convolutional network with BatchNorm at a point of a segment, its BN recalibrated by
@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -30,12 +31,15 @@ from modeconn.bn import recalibrate
 from modeconn.curvature import (
     COLUMNS,
     HessianOperator,
+    Shard,
     curvature_along,
+    curvature_paths,
     hessian_eigenvalue,
     hessian_trace,
     hutchinson_trace,
     top_eigenvalue,
 )
+from modeconn.curves import Curve
 from modeconn.errors import ConfigError, ModeconnError
 from modeconn.runtime import CPU, Runtime
 
@@ -225,7 +229,7 @@ def test_curvature_along_a_segment_recalibrates_bn_at_each_point():
     a plain copy holding the point, its BN recalibrated by torch.optim.swa_utils.update_bn, Hessian by
     torch.autograd.functional.hessian (float64): λ_max to 1e-4 relative, the trace within 3 standard errors.
     Without recalibration (the template's statistics from t = 0 at t = 0.5) λ_max would differ."""
-    a, b = conv_bn(0, torch.float64), conv_bn(1, torch.float64)
+    a, b = conv_bn(0, torch.float32), conv_bn(1, torch.float32)
     wa, wb = params_of(a), params_of(b)
     bn_batches = image_batches(torch.float64, sizes=(8, 8), seed=4)
     loss_batches = image_batches(torch.float64)
@@ -349,3 +353,54 @@ def test_two_processes_each_with_a_shard_give_the_curvature_of_one(tmp_path):
     for rank in range(2):
         result = torch.load(f"{out}.{rank}")
         assert result["top"] == pytest.approx(one, rel=1e-10) and result["trace"] == pytest.approx(one_trace, rel=1e-10)
+
+
+def test_a_shard_is_each_batch_split_over_the_processes():
+    """Shard(batches, r, w): rank r's slice of each batch; the slices of all ranks are the batch, in order, and a
+    rank whose slice of a small batch is empty skips it (the operator's sums weigh each slice by its size)."""
+    _, batches, _, _ = mlp_problem()  # batches of 7 and 5
+    batches = [*batches, (batches[0][0][:2], batches[0][1][:2])]  # and one of 2: rank 2 of 3 gets nothing
+    shards = [list(Shard(batches, r, 3)) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 2]
+    for i, (x, y) in enumerate(batches):
+        parts = [s[i] for s in shards if i < len(s)]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+    with pytest.raises(ConfigError, match="rank 3 of 3"):
+        Shard(batches, 3, 3)
+
+
+def test_curvature_paths_measures_a_point_two_paths_share_once():
+    """A curve and its segment share their ends: curvature_paths measures each end once (the rows equal, no more
+    products), and its tables are curvature_along's of each path."""
+    a, b = conv_bn(0, torch.float32), conv_bn(1, torch.float32)
+    bend = {k: v + 0.1 for k, v in params_of(conv_bn(2, torch.float32)).items()}
+    wa, wb = params_of(a), params_of(b)
+    curve = Curve(conv_bn(3, torch.float32), wa, wb, "bezier", 3)
+    with torch.no_grad():
+        curve.bends.copy_(torch.cat([bend[k].reshape(-1) for k in wa])[None])
+    segment = Curve(conv_bn(4, torch.float32), wa, wb, "bezier", 2)
+    calls = []
+
+    def counted(logits, y):
+        calls.append(1)
+        return F.cross_entropy(logits, y)
+
+    bn_batches, loss_batches = image_batches(torch.float32, sizes=(8,), seed=4), image_batches(torch.float32)
+    options = dict(loss=counted, iters=8, probes=3)
+    ts = [0.0, 0.5, 1.0]
+    tables = curvature_paths({"curve": curve, "segment": segment}, ts, bn_batches, loss_batches, **options)
+    both = len(calls)
+    calls.clear()
+    alone = {
+        n: curvature_along(p.template, p, ts, bn_batches, loss_batches, **options)
+        for n, p in (("curve", curve), ("segment", segment))
+    }
+    assert both < len(calls), "the shared ends were measured twice"
+    for name in ("curve", "segment"):
+        pd.testing.assert_frame_equal(tables[name], alone[name], check_exact=False, rtol=1e-9)
+    assert (
+        tables["curve"]
+        .iloc[[0, 2]]
+        .reset_index(drop=True)
+        .equals(tables["segment"].iloc[[0, 2]].reset_index(drop=True))
+    )
