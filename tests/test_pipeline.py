@@ -56,6 +56,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "plane_points",
         "path_ensembles",
         "barriers",
+        "curvature",
         "report",
     }
     for f in [
@@ -79,6 +80,9 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "metrics/path_ensembles.csv",
         "metrics/barriers.json",
         "metrics/barriers.csv",
+        "metrics/curvature.json",
+        "metrics/curvature.csv",
+        "metrics/curvature_along_t.png",
         "metrics/path_ensembles.json",
         "metrics/path_ensembles.png",
         "metrics/report.md",
@@ -104,6 +108,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
     report = (repo / "metrics/report.md").read_text()
     assert "compare.png" in report and "plane_train_loss.png" in report and "plane_points_test_error.png" in report
     assert headline["plane_points_centroid_test_error"] >= 0
+    assert "curvature_along_t.png" in report and headline["curvature_endpoint_top_eigenvalue"] > 0
 
     # Nothing changed: nothing reruns.
     assert ran(run(dvc + ["repro"], repo)) == set()
@@ -130,6 +135,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "plane_points",
         "path_ensembles",
         "barriers",
+        "curvature",
         "report",
     }  # not prepare; not sse (it reads model and sse, not train.lr)
 
@@ -139,11 +145,15 @@ def test_repro_then_only_changed_stages_rerun(repo):
 
     # The number of bends: only the curve stages and what draws them.
     stages = ran(run(dvc + ["exp", "run", "-S", "curve.num_bends=4"], repo))
-    assert stages == {"params", "fit_curve", "eval_curve", "plane", "path_ensembles", "barriers", "report"}
+    assert stages == {"params", "fit_curve", "eval_curve", "plane", "path_ensembles", "barriers", "curvature", "report"}
 
     # The plane through three networks: only that stage (and the report).
     stages = ran(run(dvc + ["exp", "run", "-S", "plane_points.grid_points=2"], repo))
     assert stages == {"params", "plane_points", "report"}
+
+    # The curvature's probes: only that stage (and the report).
+    stages = ran(run(dvc + ["exp", "run", "-S", "curvature.probes=2"], repo))
+    assert stages == {"params", "curvature", "report"}
 
     diff = run(dvc + ["metrics", "diff"], repo)
     assert "metrics/headline.json" in diff and "metrics/curve.json" not in diff
