@@ -12,6 +12,9 @@ it is the endpoint run's first epochs). Run r's SWA network (its snapshots' weig
 recalibrated) costs what its last snapshot costs: its averaging and BN pass, one forward pass over the
 training set, are not counted, as no evaluation pass is. At kB the ``swa`` method ensembles the SWA networks
 of the FGE runs that fit: at 1B the single SWA network of the first run, against that run's snapshot ensemble.
+ESPRO (Benton et al. 2021, where given): points sampled from simplexes trained one after another, simplex r's
+points costing the simplexes before it plus its own cost (its fixed vertex's training epochs, counted as FGE's
+pretraining is, and the epochs its free vertices trained); at 1B the points of the first simplex.
 :func:`compare_budgets` gives each method at each budget (error, NLL, expected calibration error, members),
 the spread over replicates at 1B and the ensemble after each member joins (the paper's Fig. 5).
 """
@@ -33,6 +36,7 @@ NAMES = {
     "sse": "SSE (Snapshot Ensembles)",
     "fge": "FGE",
     "swa": "SWA (FGE snapshots averaged)",
+    "espro": "ESPRO (points of trained simplexes)",
 }
 
 
@@ -109,6 +113,7 @@ class Pool:
     members: list[Member]
     singles: dict[str, list[list[Member]]]  # method → one list of members per replicate, costs from 0 (at 1B)
     splits: dict[str, torch.Tensor]  # "test" (and "val", when every member has validation predictions) → labels
+    methods: tuple[str, ...] = METHODS  # the methods compared: METHODS, and "espro" where there are simplexes
 
 
 def budget_members(
@@ -118,13 +123,16 @@ def budget_members(
     sse_runs: Sequence[dict],
     labels: torch.Tensor,
     val_labels: torch.Tensor | None = None,
+    espro_runs: Sequence[dict] = (),
 ) -> Pool:
     """The members of each method, costed in epochs with ``B`` the epochs of one standard training run.
 
     ``independent``: (test, validation or None) log-probabilities [N, K] of each independently trained network,
     in order; ``fge_runs`` and ``sse_runs``: the run records of :func:`modeconn.snapshots.train_runs` (each with
     ``start_epoch``, ``cost``, ``snapshots`` of ``epoch``, ``logprobs`` and ``val_logprobs``, and ``swa`` where
-    SWA was on). ``labels`` / ``val_labels``: of the test and validation splits.
+    SWA was on). ``labels`` / ``val_labels``: of the test and validation splits. ``espro_runs``: one per
+    simplex, in order, each with ``cost`` (all the epochs it took) and its sampled points' ``logprobs``
+    [n, N, K] (and ``val_logprobs`` [n, N_val, K] or None).
     """
     members: list[Member] = []
     singles: dict[str, list[list[Member]]] = {"ind": [], "fge": [], "swa": []}
@@ -151,10 +159,18 @@ def budget_members(
                     members.append(Member("swa", spent + cost, swa["logprobs"], swa.get("val_logprobs")))
                     singles["swa"].append([Member("swa", cost, swa["logprobs"], swa.get("val_logprobs"))])
             spent += run["cost"]
+    if espro_runs:
+        singles["espro"], spent = [], 0.0
+    for run in espro_runs:
+        val = run.get("val_logprobs")
+        points = [(lp, None if val is None else val[j]) for j, lp in enumerate(run["logprobs"])]
+        members += [Member("espro", spent + run["cost"], lp, val_lp) for lp, val_lp in points]
+        singles["espro"].append([Member("espro", run["cost"], lp, val_lp) for lp, val_lp in points])
+        spent += run["cost"]
     splits = {"test": labels}
     if val_labels is not None and all(m.val_logprobs is not None for m in members):
         splits["val"] = val_labels
-    return Pool(members, singles, splits)
+    return Pool(members, singles, splits, METHODS + (("espro",) if espro_runs else ()))
 
 
 @dataclass
@@ -180,7 +196,7 @@ def compare_budgets(pool: Pool, B: float, budgets: Sequence[int], method: str = 
             out[f"{k}B"] = {
                 m: at_budget([x for x in members if x.method == m], k * B, splits[split], method, split)
                 or {"members": 0}
-                for m in METHODS
+                for m in pool.methods
             }
         spread = {}
         for m, reps in pool.singles.items():
@@ -198,15 +214,17 @@ def compare_budgets(pool: Pool, B: float, budgets: Sequence[int], method: str = 
     tables = table("test")
     if "val" in splits:
         tables["val"] = table("val")
-    rows = {m: pd.DataFrame(over_cost([x for x in members if x.method == m], splits["test"], method)) for m in METHODS}
+    rows = {
+        m: pd.DataFrame(over_cost([x for x in members if x.method == m], splits["test"], method)) for m in pool.methods
+    }
     return BudgetComparison(tables, rows)
 
 
 def reliability_at(pool: Pool, budget: float, method: str = "probs") -> dict[str, calibration.Reliability]:
     """The reliability bins (test) of each method's ensemble at ``budget``, by the method's short name (Ind, SSE,
-    FGE, SWA); a method with no member within the budget left out."""
+    FGE, SWA, ESPRO); a method with no member within the budget left out."""
     out = {}
-    for m in METHODS:
+    for m in pool.methods:
         lp = ensemble_at([x for x in pool.members if x.method == m], budget, method)
         if lp is not None:
             out[NAMES[m].split(" (")[0]] = calibration.reliability(lp, pool.splits["test"])
@@ -233,7 +251,7 @@ def markdown(tables: dict, setup: dict, budgets: Sequence[int]) -> str:
         + " |",
         "|---|---" + "|---" * len(budgets) + "|",
     ]
-    for m in METHODS:
+    for m in (m for m in NAMES if m in tables[f"{budgets[0]}B"]):  # the methods compared, in NAMES' order
         for name, res, _ in splits:
             cells = []
             for k in budgets:

@@ -65,6 +65,8 @@ class Results:
     plane_points_run: dict = field(default_factory=dict)
     barriers: dict = field(default_factory=dict)  # the barrier card of every path and pair (modeconn.barriers)
     curvature: dict = field(default_factory=dict)  # λ_max and tr(H) along each path (modeconn.curvature)
+    simplexes: dict = field(default_factory=dict)  # seed → its simplex's summary (modeconn.simplex.SimplexMeasure)
+    triangle: dict = field(default_factory=dict)  # the simplex of independent endpoints, measured alike
 
 
 class Embedded(NamedTuple):
@@ -116,7 +118,52 @@ def headline(r: Results) -> dict:
         **plane_points_headline(r.plane_points),
         **(barriers_headline(r.barriers) if r.barriers else {}),
         **curvature_headline(r.curvature),
+        **simplex_headline(r.simplexes, r.triangle),
     }
+
+
+def simplex_headline(simplexes: Mapping, triangle: dict) -> dict:
+    """The mean test error over the sampled interior points of the trained simplexes (their mean over seeds) and of
+    the simplex of independent endpoints, where the run has them (low inside a trained simplex, high inside the
+    triangle: Benton et al. 2021)."""
+    out = {}
+    if simplexes:
+        out["simplex_interior_test_error"] = statistics.fmean(
+            x["interior"]["test_error"]["mean"] for x in simplexes.values()
+        )
+    if triangle:
+        out["triangle_interior_test_error"] = triangle["interior"]["test_error"]["mean"]
+    return out
+
+
+def simplex_section(r: Results) -> list[str]:
+    """Loss-surface simplexes (Benton et al. 2021): each trained simplex's volume, its vertices' and its sampled
+    interior points' test error and their ensemble, beside the simplex of independently trained endpoints."""
+    if not r.simplexes:
+        return []
+    x0 = next(iter(r.simplexes.values()))
+    L = [
+        "## Simplexes of low loss (Benton et al. 2021)",
+        "",
+        f"A simplex from each endpoint (its fixed vertex; the free ones trained with the volume regulariser), "
+        f"measured at its vertices and at {x0['samples']} points drawn uniformly from it (Dirichlet(1), BatchNorm "
+        "recalibrated at each point); their ensemble is ESPRO over that simplex (in the budget table above: the "
+        "simplexes' points at equal budgets). The contrast: the simplex whose vertices are independent endpoints.",
+        "",
+        "| simplex | volume | vertices' test error (mean) | interior test error, mean ± std (max) | "
+        "ensemble of the interior points |",
+        "|---|---|---|---|---|",
+    ]
+    named = {f"from seed {s}": x for s, x in r.simplexes.items()}
+    if r.triangle:
+        named["independent endpoints"] = r.triangle
+    for name, x in named.items():
+        i = x["interior"]["test_error"]
+        L.append(
+            f"| {name} | {num(x['volume'], 3)} | {pct(x['vertex_mean']['test_error'])} | {pct(i['mean'])} ± "
+            f"{pct(i['std'])} ({pct(i['max'])}) | {pct(x['interior_ensemble']['test_error'])} |"
+        )
+    return [*L, ""]
 
 
 def plane_points_headline(pp: dict) -> dict:
@@ -713,6 +760,7 @@ def markdown(
         *plane_section(r, figures),
         *plane_points_section(r, figures),
         *budgets_section(r, figures),
+        *simplex_section(r),
         *claims_section(r),
         *width_section(width),
         *bn_section(bn),

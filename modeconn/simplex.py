@@ -380,7 +380,7 @@ class SimplexMeasure:
         return out
 
     def summary(self, wd: float, method: str = "probs") -> dict:
-        """The volume (of face 0; ``volumes``: every face), each vertex's measures and their mean, the interior's
+        """The volume (of face 0; ``volumes``: every face of a complex), each vertex's measures and their mean, the interior's
         (the sampled points') mean, std, min and max of each measure, and the ensemble of the sampled points
         (ESPRO over this simplex: its test, and val, error and NLL, members combined by ``method``)."""
         vertices = [self.row(r, wd) for r in self.vertices]
@@ -390,7 +390,9 @@ class SimplexMeasure:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             return {"mean": statistics.fmean(values), "std": sd, "min": min(values), "max": max(values)}
 
-        out: dict = {"volume": self.volumes[0], "volumes": list(self.volumes), "samples": len(samples)}
+        out: dict = {"volume": self.volumes[0], "samples": len(samples)}
+        if len(self.volumes) > 1:  # a simplicial complex: every face's
+            out["volumes"] = list(self.volumes)
         out["vertices"] = {f"vertex_{i}": r for i, r in enumerate(vertices)}
         out["vertex_mean"] = {key: statistics.fmean(r[key] for r in vertices) for key in vertices[0]}
         if samples:

@@ -17,8 +17,8 @@ from modeconn.errors import CheckpointError
 from modeconn.io import atomic_write_text
 
 from .kit.cli import ParamsOpt, console, stage_app
-from .kit.config import read_sections
-from .kit.layout import EMBEDDED, METRICS, REPORT_SOURCES, endpoint_metrics, report_sources
+from .kit.config import read_params, read_sections
+from .kit.layout import EMBEDDED, METRICS, REPORT_SOURCES, endpoint_metrics, report_sources, simplex_sources
 from .kit.records import read_json, run_info_path, write_json
 
 
@@ -40,8 +40,11 @@ def load(path: Path, stage: str) -> tuple[dict, dict]:
     return read_json(path, hint), read_json(run_info_path(path), hint)
 
 
-def read_results(metrics: Path, seeds: list[int]) -> report.Results:
+def read_results(metrics: Path, seeds: list[int], simplex_seeds: tuple[int, ...] = ()) -> report.Results:
     """The records of the run in ``metrics``: each stage's metrics and run information, by stage."""
+    simplex = {
+        st: read_json(p, f"Rerun `dvc repro {st}`.") for p, st in simplex_sources(metrics, simplex_seeds).items()
+    }
     ends = {s: load(endpoint_metrics(metrics / "endpoints", s), f"train_endpoint@{s}") for s in seeds}
     by = {stage: load(metrics / name, stage) for name, stage in REPORT_SOURCES.items() if name.endswith(".json")}
     runs = {**{f"train_endpoint@{s}": r for s, (_, r) in ends.items()}, **{s: r for s, (_, r) in by.items()}}
@@ -57,19 +60,21 @@ def read_results(metrics: Path, seeds: list[int]) -> report.Results:
         plane_points_run=by["plane_points"][1],
         barriers=by["barriers"][0],
         curvature=by["curvature"][0],
+        simplexes={s: simplex[f"simplex@{s}"] for s in simplex_seeds},
+        triangle=simplex.get("triangle", {}),
     )
 
 
-def build(metrics: Path, out: Path, seeds: list[int], *folders: Path | None):
+def build(metrics: Path, out: Path, seeds: list[int], *folders: Path | None, simplex_seeds: tuple[int, ...] = ()):
     """The report's Markdown (links relative to ``out``'s folder) and the headline metrics; ``folders``: where
     the experiments of ``EMBEDDED`` keep their summaries, in its order (None: not embedded)."""
-    files = report_sources(metrics, seeds)
+    files = {**report_sources(metrics, seeds), **simplex_sources(metrics, simplex_seeds, run_info=True)}
     check_sources(files)
 
     def rel(path: Path) -> str:
         return Path(os.path.relpath(path, out.parent)).as_posix()
 
-    results = read_results(metrics, seeds)
+    results = read_results(metrics, seeds, simplex_seeds)
     figures = {name: rel(metrics / f"{name}.png") for name in report.FIGURES}
     sources = [(path.relative_to(metrics).as_posix(), rel(path), stage) for path, stage in files.items()]
     embedded = {}
@@ -96,9 +101,10 @@ def main(
         None, "--instability", help="Folder of the instability experiment's summary, embedded when present."
     ),
 ) -> None:
-    """Write the run report and the headline metrics from the metrics files (params: train.seeds)."""
+    """Write the run report and the headline metrics from the metrics files (params: train.seeds, simplex.seeds)."""
     (train,) = read_sections(params, "train")
-    text, head = build(metrics, out, list(train.seeds), width, bn, instability)
+    simplexes = read_sections(params, "simplex")[0].seeds if "simplex" in read_params(params) else ()
+    text, head = build(metrics, out, list(train.seeds), width, bn, instability, simplex_seeds=simplexes)
     atomic_write_text(out, text)
     write_json(headline_json, head)
     console.print(f"report of {len(report.links(text))} linked files → {out}; headline metrics → {headline_json}")

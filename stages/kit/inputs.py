@@ -17,7 +17,7 @@ from modeconn.runtime import Runtime
 
 from .config import read_sections
 from .launch import FaultyBatches, fault_step
-from .layout import CURVE_EVAL_HINT, ENDPOINT_HINT, PREPARED_HINT
+from .layout import CURVE_EVAL_HINT, ENDPOINT_HINT, PREPARED_HINT, SIMPLEX_HINT, simplex_dir
 
 
 def prepared_data(prepared: Path, runtime: Runtime) -> Prepared:
@@ -115,6 +115,22 @@ def path_predictions(curve_eval: Path) -> tuple[torch.Tensor, dict[str, torch.Te
                 "rerun `dvc repro eval_curve`"
             )
     return c["t"].double(), {"curve": c["logprobs"], "segment": s["logprobs"]}, c["labels"], val
+
+
+def simplex_predictions(simplex: Path, seeds: typing.Sequence[int]) -> list[dict]:
+    """The stored predictions of the simplex stage's sampled points (ESPRO's members), one dict per seed in order:
+    ``cost`` (epochs), ``logprobs`` [n, N, K], ``labels`` [N], ``val_logprobs`` [n, N_val, K] / ``val_labels``
+    (or None). A missing or malformed file is a CheckpointError naming it and the stage to rerun."""
+    runs = []
+    for seed in seeds:
+        path = simplex_dir(simplex, seed) / "predictions.pt"
+        what = f"predictions of the simplex of seed {seed}"
+        blob = load_file(path, what, SIMPLEX_HINT)
+        lp, y = (blob.get(k) if isinstance(blob, dict) else None for k in ("logprobs", "labels"))
+        if not (torch.is_tensor(lp) and torch.is_tensor(y) and lp.dim() == 3 and lp.shape[1] == y.numel()):
+            raise CheckpointError(f"{what} {path} is not a file of the simplex stage's sampled points. {SIMPLEX_HINT}")
+        runs.append({**blob, "val_logprobs": blob.get("val_logprobs"), "cost": float(blob["cost"])})
+    return runs
 
 
 def user_checkpoints(paths: typing.Sequence[Path], params: Path, prepared: Path, key: str, new_head: bool) -> list:

@@ -75,6 +75,14 @@ def simplex_dir(simplex: Path, seed: int) -> Path:
     return Path(simplex) / f"seed_{seed}"
 
 
+def simplex_sources(metrics: Path, seeds, run_info: bool = False) -> dict[Path, str]:
+    """The simplexes' metrics of ``seeds`` and the triangle's in the folder ``metrics`` (``run_info``: and their run
+    information) → the stage that writes each: what the report reads where there are simplexes (none without)."""
+    files = {Path(metrics) / "simplex" / f"seed_{s}.json": f"simplex@{s}" for s in seeds}
+    files.update({Path(metrics) / "triangle.json": "triangle"} if seeds else {})
+    return {**files, **({run_info_path(path): stage for path, stage in files.items()} if run_info else {})}
+
+
 def simplex_run(seed: int) -> str:
     """The name of the simplex training run from seed ``seed`` (where it keeps its resume state)."""
     return f"simplex/seed_{seed}"
@@ -94,8 +102,6 @@ REPORT_SOURCES = {
     "path_ensembles.json": "path_ensembles",
     "path_ensembles.png": "path_ensembles",
     "barriers.json": "barriers",
-    "curvature.json": "curvature",
-    "curvature_along_t.png": "curvature",
     "curvature.json": "curvature",
     "curvature_along_t.png": "curvature",
     "plane.json": "plane",
