@@ -460,23 +460,29 @@ def barrier_card_lines(b: dict, level: int = 2) -> list[str]:
             f"REPAIR (Jordan et al. 2023) on the aligned segment: mean test error barrier (Frankle) {pct(rep['none'])} "
             f"{without}{reset}, {pct(rep['repair'])} with REPAIR{cut}.",
         ]
+        if rep.get("reset") is not None:
+            L[-1] += (
+                f" REPAIR against reset: {100 * (rep['repair'] - rep['reset']):+.2f} points (a recalibrated BatchNorm "
+                "already gives its outputs nearly REPAIR's statistics)."
+            )
     return [*L, ""]
 
 
 def barriers_headline(b: dict) -> dict:
     """From the barrier card: the mean over pairs of the test error barrier max_t f(t) − ½(f(0) + f(1)) of the
-    segment (BN recalibrated), of the aligned segment without REPAIR (the endpoints' BN statistics interpolated
-    where the network has BatchNorm) and with REPAIR."""
-    seg = b["card"]["mean"].get("segment", {})
-    bn = next(iter(seg), None)
-    rep = b.get("repair", {}).get("test_error", {})
-    return {
-        "barriers": {
-            "segment_test_error": seg[bn]["test_error"]["barrier_mean_ends"] if bn else None,
-            "aligned_test_error": rep.get("none"),
-            "aligned_repair_test_error": rep.get("repair"),
-        }
-    }
+    segment, the aligned segment and the aligned segment with REPAIR, each with BatchNorm recalibrated at each t
+    (where the network has any: for the aligned segment, REPAIR's "reset"), and for a network with BatchNorm the
+    aligned segment's with the endpoints' statistics interpolated (the plain interpolation of the checkpoints)."""
+    mean = b["card"]["mean"]
+
+    def pick(path: str, bn: str) -> float | None:
+        return mean.get(path, {}).get(bn, {}).get("test_error", {}).get("barrier_mean_ends")
+
+    treatment = "recalibrated" if b["bn"] else "none"
+    out = {f"{p}_test_error": pick(p, treatment) for p in ("segment", "aligned", "aligned_repair")}
+    if b["bn"]:
+        out["aligned_bn_interpolated_test_error"] = pick("aligned", "interpolated")
+    return {"barriers": out}
 
 
 def path_ensembles_section(r: Results, figures: Mapping[str, str]) -> list[str]:

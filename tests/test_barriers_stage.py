@@ -62,8 +62,9 @@ def test_the_card_of_every_path_with_both_bn_treatments_and_the_report(tiny_work
     head = json.loads((m / "headline.json").read_text())["barriers"]
     assert head == {
         "segment_test_error": s["card"]["mean"]["segment"]["recalibrated"]["test_error"]["barrier_mean_ends"],
-        "aligned_test_error": rep["none"],
+        "aligned_test_error": rep["reset"],
         "aligned_repair_test_error": rep["repair"],
+        "aligned_bn_interpolated_test_error": rep["none"],
     }
 
 
