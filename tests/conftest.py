@@ -46,8 +46,9 @@ def tiny_data():
 def tiny_workspace(tmp_path_factory):
     """The stages of dvc.yaml after its params check, in its order, on ``tiny_params()``, run once for the
     session: prepared data, endpoints of seeds 0 and 1, the curve and its evaluation, FGE, SSE, the plane, the
-    plane through three networks, the path ensembles, compare, the barrier card, the curvature along the paths and
-    the report. Tests read it; one that runs a stage in it runs it with the same params."""
+    plane through three networks, the path ensembles, the simplexes and the triangle, compare, the barrier card,
+    the curvature along the paths and the report. Tests read it; one that runs a stage in it runs it with the same
+    params."""
     from stages import (
         barriers,
         compare,
@@ -60,8 +61,10 @@ def tiny_workspace(tmp_path_factory):
         plane_points,
         prepare,
         report,
+        simplex,
         sse,
         train_endpoint,
+        triangle,
     )
 
     from .stage_utils import build_workspace
@@ -70,7 +73,11 @@ def tiny_workspace(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         steps = [(prepare,), (train_endpoint, "--seed", 0), (train_endpoint, "--seed", 1), (fit_curve,)]
-        steps += [(eval_curve,), (fge,), (sse,), (plane,), (plane_points,), (path_ensembles,), (compare,)]
+        steps += [(eval_curve,), (fge,), (sse,), (plane,), (plane_points,), (path_ensembles,)]
+        for seed in (0, 1):  # as dvc.yaml's simplex@<seed>
+            out = ("--out", f"data/simplex/seed_{seed}", "--metrics", f"metrics/simplex/seed_{seed}.json")
+            steps += [(simplex, "--seed", seed, *out, "--table", f"metrics/simplex/seed_{seed}.csv")]
+        steps += [(triangle,), (compare, "--simplex", "data/simplex")]
         steps += [(barriers, "--curve", "data/curve", "--curve-table", "metrics/curve_eval.csv"), (curvature,)]
         steps += [(report,)]
         build_workspace(root, steps)

@@ -71,6 +71,16 @@ SHRINK: dict[str, Any] = {
     "curvature.train_samples": 96,
     "curvature.iters": 6,
     "curvature.probes": 3,
+    "simplex.seeds": [0, 1],
+    "simplex.start_epoch": 1,
+    "simplex.epochs": 1,
+    "simplex.lr": 0.02,
+    "simplex.batch_size": 32,
+    "simplex.samples": 3,
+    "simplex.triangle": [0, 1],
+    "simplex.eval_batch_size": 64,
+    "simplex.bn_samples": 96,
+    "simplex.train_samples": 96,
 }
 
 
