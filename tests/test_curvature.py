@@ -229,7 +229,7 @@ def test_curvature_along_a_segment_recalibrates_bn_at_each_point():
     a plain copy holding the point, its BN recalibrated by torch.optim.swa_utils.update_bn, Hessian by
     torch.autograd.functional.hessian (float64): λ_max to 1e-4 relative, the trace within 3 standard errors.
     Without recalibration (the template's statistics from t = 0 at t = 0.5) λ_max would differ."""
-    a, b = conv_bn(0, torch.float32), conv_bn(1, torch.float32)
+    a, b = conv_bn(0, torch.float64), conv_bn(1, torch.float64)
     wa, wb = params_of(a), params_of(b)
     bn_batches = image_batches(torch.float64, sizes=(8, 8), seed=4)
     loss_batches = image_batches(torch.float64)
