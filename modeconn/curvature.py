@@ -481,14 +481,15 @@ def curvature_along(
     included). Every point uses the same ``seed``, so the same start vector and probes: the differences
     along t are the path's, not the draws'. ``progress(message)`` is called after each point.
 
-    ``known``: (parameters, row) of points measured before, extended with each new one; a point whose parameters
-    equal one of them exactly (the shared endpoints of a curve and its segment) takes its row without measuring.
+    ``known``: (parameters, row) of the ends of paths measured before, extended with this path's (the ends only:
+    one copy of the parameters each); a point whose parameters equal one of them exactly (the shared endpoints of
+    a curve and its segment) takes its row without measuring.
 
     In a data-parallel run every process passes the same ``bn_batches`` (the statistics must be the same on every
     rank: gloo has no SyncBatchNorm) and its own shard of ``loss_batches`` (:class:`Shard`).
     """
-    rows, known = [], [] if known is None else known
-    for t, weights in parameters_along(template, points_at_t, ts):
+    rows, known, last = [], [] if known is None else known, len(ts) - 1
+    for i, (t, weights) in enumerate(parameters_along(template, points_at_t, ts)):
         row = next((dict(r) for w, r in known if _same(w, weights)), None)
         if row is None:
             at_point(template, weights, bn_batches, runtime)  # BN recalibrated at the point
@@ -504,7 +505,8 @@ def curvature_along(
                 "trace": trace.mean,
                 "trace_stderr": trace.stderr,
             }
-            known.append((weights, row))
+            if i in (0, last):
+                known.append((weights, row))
         rows.append({"t": t, **row})
         if progress is not None:
             progress(
@@ -524,9 +526,9 @@ def curvature_paths(
     **options,
 ) -> dict[str, pd.DataFrame]:
     """:func:`curvature_along` of each of ``paths`` (name → a Curve, each on its ``template``) at ``ts``, a point
-    met twice measured once (the endpoints of a curve and of its segment); ``options`` are curvature_along's
-    (``wd``, ``method``, ``iters``, ``tol``, ``probes``, ``seed``, ``hvp``, ``loss``). ``progress(message)`` after
-    each point, led by the path's name."""
+    at the ends of two paths measured once (the endpoints of a curve and of its segment); ``options`` are
+    curvature_along's (``wd``, ``method``, ``iters``, ``tol``, ``probes``, ``seed``, ``hvp``, ``loss``).
+    ``progress(message)`` after each point, led by the path's name."""
     known: list = []
     tables = {}
     for name, path in paths.items():
