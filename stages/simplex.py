@@ -1,7 +1,8 @@
 """Stage simplex: a loss-surface simplex from one endpoint (SPRO, Benton et al. 2021; modeconn.simplex.fit_simplex).
 
 Its fixed vertex is seed ``--seed``'s endpoint checkpoint at epoch ``simplex.start_epoch`` (by default FGE's start,
-epoch 4 of B = 6: the simplex's ``simplex.epochs`` then finish the budget of one run, as an FGE run's do); its
+epoch 4 of B = 6: the simplex's ``simplex.epochs`` then finish the budget of one run, as an FGE run's do), or the
+``--seed``-th file of ``simplex.start_files`` (checkpoints of your own, own/); its
 ``simplex.free`` free vertices start there and are trained with a fresh α ~ Dirichlet(1) per minibatch and the
 volume regulariser ``simplex.volume_weight``. Then each vertex and ``simplex.samples`` points drawn uniformly from
 the simplex are measured, BatchNorm recalibrated at each (:func:`modeconn.simplex.measure_simplex`). Writes the
@@ -26,8 +27,8 @@ from modeconn.runtime import CPU, Runtime, seed_everything
 from modeconn.simplex import Simplex, fit_simplex, measure_simplex, save_simplex
 
 from .kit.cli import ParamsOpt, PreparedOpt, console, log, progress, stage_app
-from .kit.config import check_batch_size, read_sections
-from .kit.inputs import endpoint_checkpoint, prepared_data, train_loader
+from .kit.config import check_batch_size, read_sections, require
+from .kit.inputs import endpoint_checkpoint, prepared_data, train_loader, user_checkpoints
 from .kit.layout import ENDPOINTS, endpoint_checkpoint_at, prepared_files, simplex_run
 from .kit.records import write_csv, write_metrics
 from .kit.resume_key import resume_state
@@ -47,8 +48,14 @@ def main(
     (cfg,) = read_sections(params, "simplex")
     t0 = time.perf_counter()
     seed_everything(cfg.seed + seed)
-    path = endpoint_checkpoint_at(endpoints, seed, cfg.start_epoch)
-    ckpt = endpoint_checkpoint(path)
+    if cfg.start_files:  # checkpoints of your own (own/): simplex r starts from the r-th file
+        key = f"simplex.start_files[{seed}]"
+        require(seed < len(cfg.start_files), f"--seed {seed}: {key} does not exist ({len(cfg.start_files)} files)")
+        path = Path(cfg.start_files[seed])
+        ckpt = user_checkpoints([path], params, prepared, key, new_head=False)[0]
+    else:
+        path = endpoint_checkpoint_at(endpoints, seed, cfg.start_epoch)
+        ckpt = endpoint_checkpoint(path)
     data = prepared_data(prepared, runtime)
     check_batch_size("simplex.batch_size", cfg.batch_size, len(data.train), prepared)
     template = from_spec(ckpt["spec"])

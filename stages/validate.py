@@ -30,6 +30,7 @@ MARKER = "params validated: every other stage depends on this file; its text nev
 ALL_SECTIONS: dict[str, type] = {**SECTIONS, **OTHER_SECTIONS}  # the experiments' sections too
 TRAINING = ("train", "curve", "fge", "sse", "instability")  # sections whose batch_size draws training images
 FILES = (("model", "weights"), ("curve", "endpoint_files"), ("curve", "init"), ("fge", "start_files"))  # user files
+FILES += (("simplex", "start_files"),)
 
 
 def check_files(raw: dict, path: Path) -> None:

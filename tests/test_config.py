@@ -64,6 +64,7 @@ OPTIONAL = {
     "curve": ("endpoint_files",),
     "fge": ("start_files",),
     "barriers": ("files",),
+    "simplex": ("start_files",),
 }
 REQUIRED = [
     (name, f.name)

@@ -30,7 +30,7 @@ from modeconn.train import make_sgd, predict
 from .stage_utils import DVC, ROOT, init_repo, tiny_params, tool_env
 from .test_pipeline import ran, run
 
-OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge", "barriers", "curvature", "headline"}
+OWN_STAGES = {"params", "prepare", "fit_curve", "eval_curve", "fge", "barriers", "curvature", "simplex", "headline"}
 TEMPLATE = "dvc.template.yaml"  # in own/; the user's copy is own/dvc.yaml
 
 
@@ -53,13 +53,14 @@ def test_own_stages_list_what_the_root_stages_list():
     assert set(own) == OWN_STAGES
     local = ("data/", "metrics/")
     for name in OWN_STAGES - {"headline"}:  # the root's headline is the report's
-        r, o = root[name], own[name]
+        r, o = root[name].get("do", root[name]), own[name].get("do", own[name])  # simplex: one per seed / file
         want = [d if d.startswith(local) else f"../{d}" for d in r["deps"]]
-        want = ["checkpoints" if d == "data/endpoints" else d for d in want]
+        want = ["checkpoints" if d in ("data/endpoints", "data/endpoints/seed_${item}") else d for d in want]
         if name == "prepare":
             want = ["${data.imagefolder.root}", *want]
         assert sorted(o["deps"]) == sorted(want), name
         extra = ["model"] if name in ("fit_curve", "fge", "barriers") else []
+        extra = ["model", "simplex.start_files"] if name == "simplex" else extra
         assert o["params"] == extra + r["params"], name
         for key in ("outs", "metrics", "plots"):
             assert o.get(key) == r.get(key), (name, key)
@@ -163,6 +164,10 @@ def _own_params() -> dict:
         fge__cycle=0.5,
         fge__batch_size=6,
         eval__train_samples=0,
+        simplex__seeds=[0],
+        simplex__start_files=["checkpoints/a.pt"],
+        simplex__start_epoch=1,
+        simplex__batch_size=6,
     )
 
 
@@ -188,7 +193,7 @@ def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
     dvc = [DVC]
     init_repo(repo, run, "own project")
 
-    assert ran(run(dvc + ["repro"], own)) == OWN_STAGES
+    assert ran(run(dvc + ["repro"], own)) == OWN_STAGES - {"simplex"} | {"simplex@0"}
     lock = (own / "dvc.lock").read_text()
     assert "../modeconn/fge.py" in lock and "checkpoints" in lock
 
@@ -223,6 +228,8 @@ def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
     assert headline["fge"]["start_accuracy"] == metrics["start_accuracy"]
     curve_max = json.loads((own / "metrics/curve.json").read_text())["curve"]["test_error"]["max"]
     assert headline["curve_max_test_error"] == curve_max
+    simplex = json.loads((own / "metrics/simplex/seed_0.json").read_text())  # from checkpoints/a.pt
+    assert headline["simplex_interior_test_error"] == simplex["interior"]["test_error"]["mean"]
     info = json.loads((own / "metrics/fge.run.json").read_text())
     assert info["start"]["0"]["accuracy"] == metrics["start_accuracy"]
 
@@ -231,7 +238,7 @@ def test_dvc_repro_in_own_joins_your_checkpoints_then_reruns_nothing(tmp_path):
     torch.manual_seed(12)
     torch.save(from_spec(spec).state_dict(), own / "checkpoints/c.pt")
     again = ran(run(dvc + ["repro"], own))
-    assert {"fit_curve", "fge"} <= again and "prepare" not in again
+    assert {"fit_curve", "fge", "simplex@0"} <= again and "prepare" not in again
 
 
 def _own_steps_doc() -> str:

@@ -57,6 +57,9 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "path_ensembles",
         "barriers",
         "curvature",
+        "simplex@0",
+        "simplex@1",
+        "triangle",
         "report",
     }
     for f in [
@@ -89,6 +92,9 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "metrics/headline.json",
         "metrics/curve.run.json",
         "metrics/compare.run.json",
+        "metrics/simplex/seed_1.json",
+        "data/simplex/seed_1/predictions.pt",
+        "metrics/triangle.json",
     ]:
         assert (repo / f).is_file(), f
     curve = json.loads((repo / "metrics/curve.json").read_text())
@@ -98,7 +104,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
     headline = json.loads((repo / "metrics/headline.json").read_text())
     assert headline["curve_max_test_error"] == curve["curve"]["test_error"]["max"]
     compared = json.loads((repo / "metrics/compare.json").read_text())
-    assert set(headline["test_error_1B"]) == set(headline["val_error_1B"]) == {"ind", "sse", "fge", "swa"}
+    assert set(headline["test_error_1B"]) == set(headline["val_error_1B"]) == {"ind", "sse", "fge", "swa", "espro"}
     assert headline["test_error_1B"]["swa"] == compared["1B"]["swa"]["test_error"]
     assert plane["curve_off_plane"]["max_relative"] < 1e-5  # a 3-bend Bezier lies in the plane
     import pandas as pd
@@ -109,6 +115,7 @@ def test_repro_then_only_changed_stages_rerun(repo):
     assert "compare.png" in report and "plane_train_loss.png" in report and "plane_points_test_error.png" in report
     assert headline["plane_points_centroid_test_error"] >= 0
     assert "curvature_along_t.png" in report and headline["curvature_endpoint_top_eigenvalue"] > 0
+    assert "## Simplexes of low loss" in report and 0 <= headline["triangle_interior_test_error"] <= 1
 
     # Nothing changed: nothing reruns.
     assert ran(run(dvc + ["repro"], repo)) == set()
@@ -136,6 +143,9 @@ def test_repro_then_only_changed_stages_rerun(repo):
         "path_ensembles",
         "barriers",
         "curvature",
+        "simplex@0",
+        "simplex@1",
+        "triangle",
         "report",
     }  # not prepare; not sse (it reads model and sse, not train.lr)
 
@@ -154,6 +164,10 @@ def test_repro_then_only_changed_stages_rerun(repo):
     # The curvature's probes: only that stage (and the report).
     stages = ran(run(dvc + ["exp", "run", "-S", "curvature.probes=2"], repo))
     assert stages == {"params", "curvature", "report"}
+
+    # The simplexes' volume weight: the simplexes, the ESPRO rows and the report; not the triangle.
+    stages = ran(run(dvc + ["exp", "run", "-S", "simplex.volume_weight=0.1"], repo))
+    assert stages == {"params", "simplex@0", "simplex@1", "compare", "report"}
 
     diff = run(dvc + ["metrics", "diff"], repo)
     assert "metrics/headline.json" in diff and "metrics/curve.json" not in diff

@@ -576,9 +576,15 @@ class SimplexConfig:
     bn_samples: int
     train_samples: int
     seed: int
+    start_files: tuple[str, ...] = ()  # optional: checkpoints of your own as fixed vertices (simplex r: the r-th)
+    # (start_epoch: their pretraining epochs, counted in the budget)
 
     def __post_init__(self):
         require(len(self.seeds) >= 1, "simplex.seeds must list at least one endpoint seed")
+        require(
+            len(set(self.start_files)) == len(self.start_files),
+            f"simplex.start_files names a file twice: {list(self.start_files)}",
+        )
         require(len(set(self.seeds)) == len(self.seeds), f"simplex.seeds has a seed twice: {list(self.seeds)}")
         require(self.start_epoch >= 1, f"simplex.start_epoch must be at least 1, got {self.start_epoch}")
         require(self.free >= 1, f"simplex.free must be at least 1 (a free vertex to train), got {self.free}")
