@@ -50,10 +50,6 @@ def load_networks(cfg: BarriersConfig, seeds, endpoints: Path, params: Path, pre
     return same_architecture(list(ckpts.values()), [f"network {n}" for n in ckpts], "a path joins one model"), ckpts
 
 
-def records(frame: pd.DataFrame) -> list[dict]:
-    return frame.astype(object).where(frame.notna(), None).to_dict("records")
-
-
 def main(
     params: Path = ParamsOpt,
     prepared: Path = PreparedOpt,
@@ -108,7 +104,7 @@ def main(
     run.update(train_samples=batches.train.n, test_samples=batches.test.n, **runtime.as_dict())
     long = bar.along_t_rows(measured)
     for path, frame in ((table, cards), (along, long), (wide, bar.along_t_mean(long))):
-        write_csv(path, records(frame))
+        write_csv(path, frame.to_dict("records"))  # NaN and <NA> as empty cells
     run["seconds"] = time.perf_counter() - t0
     write_metrics(metrics, summary, run)
     if markdown is not None:
