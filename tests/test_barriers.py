@@ -18,14 +18,22 @@ from torch.optim.swa_utils import update_bn
 from modeconn import ensemble
 from modeconn.barriers import (
     CARD_COLUMNS,
+    NO_BN,
+    PATHS,
     STABLE_BELOW,
+    along_t_mean,
+    along_t_rows,
     barrier_card,
     barrier_mean_ends,
     buffers_of,
     card_over_pairs,
+    card_record,
     interpolated_buffers,
     is_stable,
+    measure_pair,
     measure_path_interpolated_bn,
+    path_cards,
+    repair_effect,
     worst,
 )
 from modeconn.curves import Curve
@@ -321,3 +329,74 @@ def test_every_pair_and_the_mean_and_std_over_three_pairs():
     assert not at("mean", "test_error", "interpolated")["stable"]
     with pytest.raises(ValueError, match="one pair at least"):
         card_over_pairs({})
+
+
+# --- every path between two networks, the cards over pairs ----------------------------------------------------
+
+
+def test_measure_pair_aligned_ends_are_the_networks_with_their_own_statistics_and_one_network_has_no_barrier():
+    data = small_data()
+    a, b = endpoints(data)
+    names = [n for n, _ in a.named_parameters()]
+    params = {k: {n: v.detach() for n, v in net.named_parameters()} for k, net in (("a", a), ("b", b))}
+    buffers = {k: buffers_of(net, net.state_dict()) for k, net in (("a", a), ("b", b))}
+    batches, example = eval_batches(data, 16), data.test.x[:2].float()
+    ts = [0.0, 0.5, 1.0]
+    paths, alignment = measure_pair(
+        lambda: bn_convnet(5), params["a"], params["b"], ts, batches,
+        buffers=(buffers["a"], buffers["b"]), example=example,
+    )  # fmt: skip
+    assert list(paths) == ["segment", "aligned", "aligned_repair"] and alignment["hidden_units"] == 12
+    assert set(paths["aligned"]) == {"recalibrated", "interpolated"} and set(paths["aligned_repair"]) == {
+        "recalibrated"
+    }
+    # at t = 1 the aligned segment is π(θ_B) with its statistics permuted along: θ_B's own function, either way
+    for bn in ("recalibrated", "interpolated"):
+        seg, ali = paths["segment"][bn].iloc[-1], paths["aligned"][bn].iloc[-1]
+        assert ali["test_error"] == seg["test_error"] and ali["test_nll"] == pytest.approx(seg["test_nll"], rel=1e-5)
+    want = direct(naive_state(a, b, 1.0), data)  # B evaluated with its own running statistics
+    assert paths["aligned"]["interpolated"]["test_nll"].iloc[-1] == pytest.approx(want["test_nll"], rel=1e-5)
+
+    # one network at both ends: every path is that network, every barrier 0
+    same, _ = measure_pair(
+        lambda: bn_convnet(5), params["a"], params["a"], ts, batches,
+        buffers=(buffers["a"], buffers["a"]), example=example,
+    )  # fmt: skip
+    card = path_cards({("a", "a"): same})
+    each = card[card["pair"] == "a-a"]
+    assert len(each) == 5 * (2 + 2 + 1) and set(each["path"]) == {"segment", "aligned", "aligned_repair"}
+    assert each["barrier_mean_ends"].abs().max() < 1e-5 and each["barrier_linear"].abs().max() < 1e-5, each
+    assert each[each["measure"].str.endswith("error")]["stable"].all()
+    assert set(names) == set(params["a"])
+
+
+def test_cards_over_pairs_and_the_repair_effect_on_closed_forms():
+    def rows(h: float) -> pd.DataFrame:  # test error 0.1 + h·4t(1 − t): every barrier h, worst 0.1 + h at t = ½
+        return pd.DataFrame([{"t": t, **{m: 0.1 + h * 4 * t * (1 - t) for m in MEASURES}} for t in GRID])
+
+    measured = {
+        (0, 1): {"segment": {NO_BN: rows(0.8)}, "aligned": {NO_BN: rows(0.4)}, "aligned_repair": {NO_BN: rows(0.1)}},
+        (0, 2): {"segment": {NO_BN: rows(0.6)}, "aligned": {NO_BN: rows(0.6)}, "aligned_repair": {NO_BN: rows(0.3)}},
+        (1, 2): {"segment": {NO_BN: rows(0.7)}, "aligned": {NO_BN: rows(0.5)}, "aligned_repair": {NO_BN: rows(0.2)}},
+    }
+    measured[(0, 1)]["curve"] = {NO_BN: rows(0.01)}  # one pair only, as the fitted curve
+    card = path_cards(measured)
+    assert set(card["bn"]) == {NO_BN} and list(dict.fromkeys(card["path"])) == [*measured[(0, 1)]]
+    mean = card[(card["pair"] == "mean") & (card["measure"] == "test_error")].set_index("path")
+    assert mean.loc["segment", "barrier_mean_ends"] == pytest.approx(0.7)
+    assert mean.loc["aligned", "worst"] == pytest.approx(0.6) and mean.loc["aligned", "worst_t"] == 0.5
+    assert mean.loc["curve", "barrier_linear"] == pytest.approx(0.01) and bool(mean.loc["curve", "stable"])
+    std = card[(card["pair"] == "std") & (card["measure"] == "test_error")].set_index("path")
+    assert std.loc["aligned_repair", "barrier_mean_ends"] == pytest.approx(0.1) and math.isnan(
+        std.loc["curve", "barrier_mean_ends"]
+    )
+    record = card_record(card, alignment={"0-1": {"moved_fraction": 0.5}})
+    assert record["bn"] is False and record["pairs"] == ["0-1", "0-2", "1-2"] and set(record["paths"]) == set(PATHS)
+    effect = record["repair"]["test_error"]
+    assert effect["none"] == pytest.approx(0.5) and effect["repair"] == pytest.approx(0.2) and effect["reset"] is None
+    assert effect["reduction"] == pytest.approx(0.6)
+    assert repair_effect(record["card"], "train_loss")["reduction"] == pytest.approx(0.6)
+    long = along_t_rows(measured)
+    assert len(long) == (3 * 3 + 1) * len(GRID) and list(long.columns[:4]) == ["pair", "path", "bn", "t"]
+    wide = along_t_mean(long)
+    assert wide["segment_none_test_error"].tolist() == pytest.approx([0.1 + 0.7 * 4 * t * (1 - t) for t in GRID])
