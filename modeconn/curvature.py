@@ -540,7 +540,8 @@ def curvature_paths(
 
 
 def curvature_summary(tables: Mapping[str, pd.DataFrame]) -> dict:
-    """Per path, for the loss, λ_max and the trace: the values at the ends, the largest along t and where, the mean
+    """Per path, for the loss, λ_max and the trace: the values at the ends, the largest and the smallest along t and
+    where, the mean
     over uniform t (trapezoidal rule); and ``endpoints``: the mean of λ_max and of the trace at the two ends of the
     first path (ŵ1 and ŵ2), and whether every eigenvalue met its tolerance."""
     out: dict = {}
@@ -549,13 +550,15 @@ def curvature_summary(tables: Mapping[str, pd.DataFrame]) -> dict:
         out[name] = {}
         for measure in ("loss", "top_eigenvalue", "trace"):
             v = rows[measure].tolist()
-            worst = max(range(len(v)), key=v.__getitem__)
+            worst, least = max(range(len(v)), key=v.__getitem__), min(range(len(v)), key=v.__getitem__)
             mean_t = sum((t[i + 1] - t[i]) * (v[i] + v[i + 1]) / 2 for i in range(len(t) - 1)) / ((t[-1] - t[0]) or 1)
             out[name][measure] = {
                 "start": v[0],
                 "end": v[-1],
                 "max": v[worst],
                 "max_t": t[worst],
+                "min": v[least],
+                "min_t": t[least],
                 "mean_t": mean_t if len(t) > 1 else v[0],
             }
     first = next(iter(tables.values()))

@@ -591,25 +591,27 @@ def curvature_section(r: Results, figures: Mapping[str, str]) -> list[str]:
         return []
     e = c["endpoints"]
     note = "" if e["all_converged"] else " Some λ_max did not meet the tolerance: metrics/curvature.csv has residuals."
+    bn = f", BN recalibrated at each on {run['bn_samples']} images" if run.get("bn_samples") else ""
     L = [
         "## Curvature along the paths",
         "",
         f"Top Hessian eigenvalue λ_max (Lanczos, ≤ {run['iters']} products, tolerance {run['tol']:g}) and trace tr(H) "
         f"(Hutchinson, {run['probes']} Rademacher probes) of the train loss with its L2 term over "
-        f"{run['train_samples']} training images, at {run['num_points']} points of t per path, BN recalibrated at "
-        f"each ({run['seconds']:.0f} s). At the endpoints (mean): λ_max {e['top_eigenvalue']:.4g}, tr(H) "
+        f"{run['train_samples']} training images, at {run['num_points']} points of t per path{bn} "
+        f"({run['seconds']:.0f} s). At the endpoints (mean): λ_max {e['top_eigenvalue']:.4g}, tr(H) "
         f"{e['trace']:.4g}.{note}",
         "",
-        "| path | λ_max at t = 0 | λ_max max (t) | λ_max at t = 1 | tr(H) at t = 0 | tr(H) max (t) | tr(H) at t = 1 "
-        "| train loss max |",
+        "| path | λ_max at t = 0, 1 | λ_max min (t) | λ_max max (t) | tr(H) at t = 0, 1 | tr(H) min (t) "
+        "| tr(H) max (t) | train loss max |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in (n for n in c if n != "endpoints"):
         lam, tr, loss = (c[name][m] for m in ("top_eigenvalue", "trace", "loss"))
-        L.append(
-            f"| {name} | {lam['start']:.4g} | {lam['max']:.4g} ({lam['max_t']:.2f}) | {lam['end']:.4g} "
-            f"| {tr['start']:.4g} | {tr['max']:.4g} ({tr['max_t']:.2f}) | {tr['end']:.4g} | {loss['max']:.4f} |"
-        )
+        cells = [
+            f"{x['start']:.4g}, {x['end']:.4g} | {x['min']:.4g} ({x['min_t']:.2f}) | {x['max']:.4g} ({x['max_t']:.2f})"
+            for x in (lam, tr)
+        ]
+        L.append(f"| {name} | {cells[0]} | {cells[1]} | {loss['max']:.4f} |")
     return [*L, "", f"![Train loss, top Hessian eigenvalue and trace along t]({figures['curvature_along_t']})", ""]
 
 
