@@ -482,11 +482,11 @@ def along_t_rows(measured: Mapping[Hashable, Mapping[str, Mapping[str, pd.DataFr
 
 
 def along_t_mean(rows: pd.DataFrame) -> pd.DataFrame:
-    """:func:`along_t_rows` averaged over pairs, one row per t (rounded to 1e-6, so grids of the same points
-    join), a column ``<path>_<bn>_<measure>`` per path, treatment and measure (empty where a path has no
-    point at that t): the table a plot of the paths along t reads."""
+    """:func:`along_t_rows` averaged over pairs, one row per t that every path was measured at (t rounded to 1e-6,
+    so that grids of the same points join: the curve's 21 points hold the others' 11), a column
+    ``<path>_<bn>_<measure>`` per path, treatment and measure: the table a plot of the paths along t reads."""
     rows = rows.assign(t=rows["t"].round(6))
     measures = [m for m in MEASURES if m in rows.columns]
     wide = rows.pivot_table(index="t", columns=["path", "bn"], values=measures, aggfunc="mean", sort=False)
     wide.columns = [f"{path}_{bn}_{m}" for m, path, bn in wide.columns]
-    return wide.sort_index().reset_index()
+    return wide.dropna().sort_index().reset_index()
