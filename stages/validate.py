@@ -28,7 +28,7 @@ from .kit.config import OTHER_SECTIONS, SECTIONS, SubsetConfig, check_batch_size
 
 MARKER = "params validated: every other stage depends on this file; its text never changes\n"
 ALL_SECTIONS: dict[str, type] = {**SECTIONS, **OTHER_SECTIONS}  # the experiments' sections too
-TRAINING = ("train", "curve", "fge", "sse", "instability")  # sections whose batch_size draws training images
+TRAINING = ("train", "curve", "fge", "sse", "instability", "simplex")  # sections whose batch_size draws training images
 FILES = (("model", "weights"), ("curve", "endpoint_files"), ("curve", "init"), ("fge", "start_files"))  # user files
 FILES += (("simplex", "start_files"),)
 

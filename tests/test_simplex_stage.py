@@ -14,7 +14,7 @@ from modeconn import budget, ensemble
 from modeconn.data import eval_batches
 from modeconn.models import from_spec, model_spec
 from modeconn.simplex import Simplex, load_simplex, measure_samples, measure_simplex, save_simplex
-from stages import compare, simplex, triangle
+from stages import compare, simplex, triangle, validate
 
 from .stage_utils import invoke, tiny_params, write_params
 
@@ -125,6 +125,18 @@ def test_bad_input_is_one_line_naming_the_key(tiny_workspace, tmp_path, monkeypa
     r = invoke(simplex, "--seed", 0, *ws, *outs(tmp_path), "--device", "cpu")
     assert r.exit_code == 1 and message in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
     assert not (tmp_path / "data/simplex").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_the_params_stage_checks_the_simplex_section_before_any_stage(tmp_path):
+    for changes, message in (
+        ({"simplex__batch_size": 1000}, "simplex.batch_size 1000 is larger than the 192 training images"),
+        ({"simplex__start_files": ["nowhere.pt"]}, "simplex.start_files: nowhere.pt not found"),
+        ({"simplex__volume_weight": -1.0}, "simplex.volume_weight must be non-negative"),
+    ):
+        path = write_params(tmp_path, tiny_params(**changes))
+        r = invoke(validate, "--params", path, "--out", tmp_path / "ok", "--batch-sizes", "train,simplex")
+        assert r.exit_code == 1 and message in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "ok").exists()
 
 
 def test_triangle_of_a_seed_never_trained_and_compare_without_simplexes_name_what_to_run(
