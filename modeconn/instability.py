@@ -120,12 +120,13 @@ def spawn(parent: Training, schedule: Schedule, seed: int | None, runtime: Runti
     on with a data order and augmentation of its own, drawn from ``seed`` (``None``: the parent's own, from the
     state the parent's generator holds: the run the parent would have gone on with)."""
     module = copy.deepcopy(parent.module)
-    batches = copy.copy(parent.batches)  # the same images, a generator of its own
-    batches.generator = torch.Generator().manual_seed(0)  # type: ignore[attr-defined]
+    generator = torch.Generator()
     if seed is None:
-        batches.generator.set_state(parent.batches.generator.get_state())  # type: ignore[attr-defined]
+        generator.set_state(parent.batches.generator.get_state())  # type: ignore[attr-defined]
     else:
-        batches.generator.manual_seed(seed)  # type: ignore[attr-defined]
+        generator.manual_seed(seed)
+    batches = copy.copy(parent.batches)  # the same images, a generator of its own
+    batches.generator = generator  # type: ignore[attr-defined]
     child = start(module, batches, schedule, runtime)
     child.optimizer.load_state_dict(copy.deepcopy(parent.optimizer.state_dict()))  # momentum: not shared
     child.iteration = parent.iteration
@@ -279,7 +280,8 @@ def plot(summary: pd.DataFrame, path, title: str = "", threshold: float = STABLE
         ax.plot(summary["k"], mean, marker="o", label=label)
         ax.fill_between(summary["k"], mean - std, mean + std, alpha=0.2)
     ax.axhline(100 * threshold, color="k", linestyle="--", linewidth=1, label=f"stable below {100 * threshold:g}%")
-    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xscale("symlog", linthresh=1)  # linear in [0, 1], logarithmic above: k = 0 at the left end
+    ax.set_xlim(-0.5, 1.5 * max(float(summary["k"].max()), 1.0))
     ax.set_xlabel("k, the parent's training iterations before the children split")
     ax.set_ylabel("error barrier height (%)")
     ax.set_title(title, fontsize=9)
