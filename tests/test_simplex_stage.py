@@ -14,7 +14,7 @@ from modeconn import budget, ensemble
 from modeconn.data import eval_batches
 from modeconn.models import from_spec, model_spec
 from modeconn.simplex import Simplex, load_simplex, measure_samples, measure_simplex, save_simplex
-from stages import compare, simplex, triangle, validate
+from stages import compare, report, simplex, triangle, validate
 
 from .stage_utils import invoke, tiny_params, write_params
 
@@ -72,17 +72,24 @@ def test_triangle_stage_measures_the_simplex_of_the_endpoints(tiny_workspace):
     assert set(s["vertices"]) == {"vertex_0", "vertex_1"} and 0 <= s["interior"]["test_error"]["mean"] <= 1
 
 
-def test_espro_rows_in_compare_the_report_and_the_headline(tiny_workspace):
-    ws = tiny_workspace
-    c = json.loads((ws / "metrics/compare.json").read_text())
-    n = tiny_params()["simplex"]["samples"]
+def test_espro_rows_in_compare_the_report_and_the_headline(tiny_workspace, tmp_path, monkeypatch):
+    """Compare and the report run again here, writing to ``tmp_path``: other tests rerun compare in the workspace
+    without ``--simplex``."""
+    ws, n = tiny_workspace, tiny_params()["simplex"]["samples"]
+    monkeypatch.chdir(ws)
+    out = ["--metrics", tmp_path / "c.json", "--table", tmp_path / "c.md", "--curve-csv", tmp_path / "epochs"]
+    out += ["--figure", tmp_path / "c.png", "--reliability", tmp_path / "r.png"]
+    assert invoke(compare, "--simplex", "data/simplex", *out).exit_code == 0
+    c = json.loads((tmp_path / "c.json").read_text())
     assert c["1B"]["espro"]["members"] == n and c["2B"]["espro"]["members"] == 2 * n  # B = 2 = 1 + 1 epochs each
     assert c["1B_over_seeds"]["espro"]["n"] == 2 and c["val"]["1B"]["espro"]["members"] == n
-    assert "| ESPRO (points of trained simplexes) | test |" in (ws / "metrics/compare.md").read_text()
-    assert len(pd.read_csv(ws / "metrics/compare_epochs/espro.csv")) == 2 * n
-    text = (ws / "metrics/report.md").read_text()
+    assert "| ESPRO (points of trained simplexes) | test |" in (tmp_path / "c.md").read_text()
+    assert len(pd.read_csv(tmp_path / "epochs/espro.csv")) == 2 * n
+    r = invoke(report, "--out", tmp_path / "report.md", "--headline", tmp_path / "h.json")
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "report.md").read_text()
     assert "## Simplexes of low loss" in text and "| from seed 1 |" in text and "| independent endpoints |" in text
-    head = json.loads((ws / "metrics/headline.json").read_text())
+    head = json.loads((tmp_path / "h.json").read_text())
     tri = json.loads((ws / "metrics/triangle.json").read_text())
     assert head["triangle_interior_test_error"] == tri["interior"]["test_error"]["mean"]
     means = [
