@@ -63,16 +63,10 @@ def main(
     simplex = runtime.prepare(Simplex(template, [fixed], cfg.free))
     inputs = (*prepared_files(prepared), path)
     resume = resume_state(simplex_run(seed), runtime, cfg, {"spec": ckpt["spec"], "seed": seed}, inputs=inputs)
-    how = f"{cfg.free} free vertices, {cfg.epochs} epochs on {data.info.name}"
-    log.info(f"simplex from seed {seed}'s endpoint at epoch {cfg.start_epoch} and {how}")
+    log.info(f"simplex from {path} and {cfg.free} free vertices: {cfg.epochs} epochs on {data.info.name}")
     sgd = dict(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, wd=cfg.wd, volume_weight=cfg.volume_weight)
-    batches, report = (
-        train_loader(data, cfg.batch_size, cfg.seed + seed, runtime),
-        functools.partial(progress, "simplex"),
-    )
-    history = fit_simplex(
-        simplex, batches, **sgd, seed=cfg.seed + seed, runtime=runtime, resume=resume, progress=report
-    )
+    sgd.update(seed=cfg.seed + seed, runtime=runtime, resume=resume, progress=functools.partial(progress, "simplex"))
+    history = fit_simplex(simplex, train_loader(data, cfg.batch_size, cfg.seed + seed, runtime), **sgd)
     sizes = dict(bn_samples=cfg.bn_samples, train_samples=cfg.train_samples, seed=cfg.seed)
     measuring = eval_batches(data, cfg.eval_batch_size, **sizes, channels_last=runtime.channels_last)
     points = torch.Generator().manual_seed(cfg.seed + seed)  # the interior points measured: ESPRO's members
