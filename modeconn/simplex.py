@@ -32,7 +32,8 @@ ESPRO: an ensemble of points sampled uniformly from one or several independently
 (:func:`sample_points`, :func:`measure_samples`); its members' test probabilities combine as any other ensemble's
 (:mod:`modeconn.ensemble`). :func:`measure_simplex` measures a simplex's vertices and sampled interior points
 together (:class:`SimplexMeasure`: volume, vertices against interior, the sampled points' ensemble and stored
-predictions); :func:`save_simplex` / :func:`load_simplex` keep one on disk. A point is parameters only (DESIGN decision 11): :meth:`Simplex.weights` goes to
+predictions); :func:`save_simplex` / :func:`load_simplex` keep one on disk.
+A point is parameters only (DESIGN decision 11): :meth:`Simplex.weights` goes to
 :func:`modeconn.points.measure` or :func:`modeconn.path.measure_path`, BatchNorm recalibrated there.
 """
 
@@ -380,9 +381,10 @@ class SimplexMeasure:
         return out
 
     def summary(self, wd: float, method: str = "probs") -> dict:
-        """The volume (of face 0; ``volumes``: every face of a complex), each vertex's measures and their mean, the interior's
-        (the sampled points') mean, std, min and max of each measure, and the ensemble of the sampled points
-        (ESPRO over this simplex: its test, and val, error and NLL, members combined by ``method``)."""
+        """The volume (of face 0; ``volumes``: every face of a complex), each vertex's measures and their mean,
+        the interior's (the sampled points') mean, std, min and max of each measure, and the ensemble of the
+        sampled points (ESPRO over this simplex: its test, and val, error and NLL, members combined by
+        ``method``)."""
         vertices = [self.row(r, wd) for r in self.vertices]
         samples = [self.row(r, wd) for r in self.samples]
 
