@@ -56,12 +56,15 @@ each with BatchNorm recalibrated and, for a network with BatchNorm, with the end
 (for the aligned segment, θ_B's permuted with its units). For a network with BatchNorm, Jordan et al.'s "RESET" is
 the recalibration: the aligned segment's ``recalibrated`` rows are its RESET, its ``interpolated`` rows the plain
 interpolation of the two checkpoints. A network without BatchNorm has one treatment, labelled ``none``.
-:func:`path_cards` gives every path's card over the pairs, :func:`card_summary` the same as nested dicts,
+:func:`measure_pairs` measures them for every pair of several networks (:func:`split_states` their state dicts
+into parameters and buffers), :func:`curve_of_pair` adds a fitted curve to its pair's paths, :func:`path_cards`
+gives every path's card over the pairs, :func:`card_summary` the same as nested dicts,
 :func:`repair_effect` the barrier without and with REPAIR, :func:`card_record` all of it for a report.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
@@ -388,6 +391,84 @@ def curve_rows(
     ts = rows["t"].tolist()
     interpolated = measure_path_interpolated_bn(curve.template, curve, ts, batches, buffers, runtime, wd=wd)
     return {BN_LABELS[0]: rows, BN_LABELS[1]: interpolated}
+
+
+def split_states(
+    template: nn.Module, states: Mapping[Hashable, Mapping[str, torch.Tensor]]
+) -> tuple[dict[Hashable, dict[str, torch.Tensor]], dict[Hashable, dict[str, torch.Tensor]]]:
+    """Networks' state dicts (name → state dict of ``template``'s architecture) split for :func:`measure_pairs`:
+    (name → parameters, name → buffers), the buffers (:func:`buffers_of`) only for a network with BatchNorm
+    (else an empty dict). The tensors are the state dicts' own, not copies."""
+    names = [n for n, _ in template.named_parameters()]
+    weights = {k: {n: state[n] for n in names} for k, state in states.items()}  # parameters only
+    buffers = {k: buffers_of(template, state) for k, state in states.items()} if has_bn(template) else {}
+    return weights, buffers
+
+
+def pairs_of(names: Sequence[Hashable]) -> list[tuple[Hashable, Hashable]]:
+    """Every pair of ``names``, each once, in order: ``[0, 1, 2]`` → ``[(0, 1), (0, 2), (1, 2)]``."""
+    return list(itertools.combinations(names, 2))
+
+
+def pairs_points(networks: int, points: int, *, bn: bool, align: bool = True, repair: bool = True) -> int:
+    """How many points of t :func:`measure_pairs` measures (its ``progress`` calls) for ``networks`` networks,
+    ``points`` values of t per path: per pair the segment, the aligned segment with ``align`` (each twice for a
+    network with BatchNorm ``bn``: recalibrated and interpolated) and the aligned segment with REPAIR."""
+    return math.comb(networks, 2) * points * ((1 + bn) * (1 + align) + repair)
+
+
+def measure_pairs(
+    make_template: Callable[[], nn.Module],
+    weights: Mapping[Hashable, Mapping[str, torch.Tensor]],
+    ts: Sequence[float],
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    buffers: Mapping[Hashable, Mapping[str, torch.Tensor]] | None = None,
+    example: torch.Tensor | None = None,
+    seed: int = 0,
+    repair: bool = True,
+    wd: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[tuple, dict[str, dict[str, pd.DataFrame]]], dict[str, dict[str, float]]]:
+    """:func:`measure_pair` for every pair of the networks ``weights`` (name → parameters of ``make_template()``;
+    the pairs of :func:`pairs_of` their names, in order), with their ``buffers`` (name → :func:`buffers_of`) for a
+    network with BatchNorm (empty or None without).
+
+    Returns (pair → path → BN treatment → rows, ready for :func:`path_cards` and :func:`along_t_rows`;
+    :func:`pair_label` of a pair → its alignment's numbers). ``example``, ``seed``, ``repair``, ``wd`` and
+    ``progress`` as in :func:`measure_pair`, for every pair alike."""
+    measured, alignment = {}, {}
+    for a, b in pairs_of(list(weights)):
+        ends = (buffers[a], buffers[b]) if buffers else None
+        measured[(a, b)], alignment[pair_label((a, b))] = measure_pair(
+            make_template, weights[a], weights[b], ts, batches, runtime,
+            buffers=ends, example=example, seed=seed, repair=repair, wd=wd, progress=progress,
+        )  # fmt: skip
+    return measured, alignment
+
+
+def curve_of_pair(
+    measured: Mapping[Hashable, Mapping[str, Mapping[str, pd.DataFrame]]],
+    pair: Hashable,
+    curve: Curve,
+    rows: pd.DataFrame,
+    batches: EvalBatches,
+    runtime: Runtime = CPU,
+    *,
+    buffers: Mapping[Hashable, Mapping[str, torch.Tensor]] | None = None,
+    wd: float = 0.0,
+) -> dict[tuple, dict[str, dict[str, pd.DataFrame]]] | None:
+    """``measured`` (:func:`measure_pairs`) with the fitted ``curve`` of ``pair`` added as that pair's path
+    ``curve`` (:func:`curve_rows` of eval_curve's ``rows`` of the path ``curve``, the curve put on the runtime's
+    device, measured on train and test), or None where ``pair`` is not one of ``measured``'s pairs. ``buffers``:
+    name → the networks' buffers, for a network with BatchNorm (empty or None without)."""
+    if pair not in measured:
+        return None
+    ends = (buffers[pair[0]], buffers[pair[1]]) if buffers else None
+    on_path = rows[rows["path"] == "curve"]
+    added = curve_rows(runtime.prepare(curve), on_path, batches._replace(val=None), runtime, buffers=ends, wd=wd)
+    return {k: {**paths, "curve": added} if k == pair else paths for k, paths in measured.items()}
 
 
 def _card_of(by_bn: Mapping[str, pd.DataFrame | PathResult], threshold: float) -> pd.DataFrame:

@@ -1,16 +1,13 @@
 """Stage barriers: the barrier card of every path between every pair of networks (modeconn.barriers).
 
-For each pair of train.seeds' endpoints (or of ``barriers.files``, checkpoints of your own): the straight segment,
-the aligned segment and the aligned segment with REPAIR (:func:`modeconn.barriers.measure_pair`) at
-``barriers.num_points`` values of t, on train and test; with ``--curve`` and ``--curve-table``, the fitted curve of
-its pair from eval_curve's rows (measured again here only with the endpoints' BatchNorm statistics interpolated,
-for a network with BatchNorm). Each path's card (the worst value, Frankle et al.'s and Entezari et al.'s barriers,
-the stable verdict) per pair and mean ± std over pairs (:func:`modeconn.barriers.path_cards`).
+Every pair of train.seeds' endpoints (or of ``barriers.files``): the segment, the aligned segment and the aligned
+segment with REPAIR at ``barriers.num_points`` values of t (:func:`modeconn.barriers.measure_pairs`); with ``--curve``
+and ``--curve-table``, the fitted curve of its pair (:func:`modeconn.barriers.curve_of_pair`). Each path's card per
+pair and mean ± std over pairs (:func:`modeconn.barriers.path_cards`).
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 
@@ -37,11 +34,11 @@ from .kit.records import write_csv, write_json, write_metrics
 def load_networks(cfg: BarriersConfig, seeds, endpoints: Path, params: Path, prepared: Path) -> tuple[dict, dict]:
     """(spec, name → checkpoint): ``barriers.files``, or the endpoints of ``train.seeds`` (named by their seed)."""
     if cfg.files:
-        files = list(map(Path, cfg.files))
-        ckpts = dict(zip(cfg.files, user_checkpoints(files, params, prepared, "barriers.files", new_head=False)))
+        found = user_checkpoints(list(map(Path, cfg.files)), params, prepared, "barriers.files", new_head=False)
+        ckpts = dict(zip(cfg.files, found))
+    elif len(seeds) < 2:
+        raise ConfigError(f"barriers: train.seeds lists one seed ({seeds[0]}): a barrier joins two networks")
     else:
-        if len(seeds) < 2:
-            raise ConfigError(f"barriers: train.seeds lists one seed ({seeds[0]}): a barrier joins two networks")
         paths = {s: endpoint_model(endpoints, s) for s in seeds}
         for s, path in paths.items():
             if not path.is_file():
@@ -70,34 +67,24 @@ def main(
     t0 = time.perf_counter()
     spec, ckpts = load_networks(cfg, list(train.seeds), endpoints, params, prepared)
     template = from_spec(spec)
-    names, bn = [n for n, _ in template.named_parameters()], has_bn(template)
-    weights = {k: {n: c["state_dict"][n] for n in names} for k, c in ckpts.items()}  # parameters only
-    buffers = {k: bar.buffers_of(template, c["state_dict"]) for k, c in ckpts.items()} if bn else {}
+    weights, buffers = bar.split_states(template, {k: c["state_dict"] for k, c in ckpts.items()})
     data = prepared_data(prepared, runtime)
     batches, ts = measurement_batches(data, cfg, runtime), torch.linspace(0, 1, cfg.num_points).tolist()
-    pairs = list(itertools.combinations(ckpts, 2))
     example = data.test.x[:2].float().cpu() if cfg.align else None
-    points = len(pairs) * cfg.num_points * ((1 + bn) * (1 + cfg.align) + cfg.repair)
-    log.info(f"barriers of {len(pairs)} pairs ({', '.join(map(bar.pair_label, pairs))}) on {data.info.name}")
-    measured, alignment = {}, {}
+    points = bar.pairs_points(len(ckpts), cfg.num_points, bn=has_bn(template), align=cfg.align, repair=cfg.repair)
+    log.info(f"barriers of {', '.join(map(bar.pair_label, bar.pairs_of(list(ckpts))))} on {data.info.name}")
     with progress("barriers", points) as advance:
-        for a, b in pairs:
-            ends = (buffers[a], buffers[b]) if bn else None
-            make = dict(buffers=ends, example=example, seed=cfg.seed, repair=cfg.repair, wd=train.wd, progress=advance)
-            measured[(a, b)], alignment[bar.pair_label((a, b))] = bar.measure_pair(
-                lambda: from_spec(spec), weights[a], weights[b], ts, batches, runtime, **make
-            )
+        measured, alignment = bar.measure_pairs(
+            lambda: from_spec(spec), weights, ts, batches, runtime,
+            buffers=buffers, example=example, seed=cfg.seed, repair=cfg.repair, wd=train.wd, progress=advance,
+        )  # fmt: skip
     if curve_dir is not None and curve_table is not None:
         curve, blob = load_curve(curve_dir / "curve.pt", from_spec, hint=CURVE_HINT)
-        pair, rows = tuple(blob.get("endpoints") or ()), pd.read_csv(curve_table)
-        if pair not in measured:
+        pair, on = tuple(blob.get("endpoints") or ()), dict(buffers=buffers, wd=blob.get("wd", 0.0))
+        with_curve = bar.curve_of_pair(measured, pair, curve, pd.read_csv(curve_table), batches, runtime, **on)
+        if with_curve is None:
             log.warning(f"the curve joins {pair}, not a pair of {list(ckpts)}: it has no card here")
-        else:
-            ends = (buffers[pair[0]], buffers[pair[1]]) if bn else None
-            measured[pair]["curve"] = bar.curve_rows(
-                runtime.prepare(curve), rows[rows["path"] == "curve"], batches._replace(val=None), runtime,
-                buffers=ends, wd=blob.get("wd", 0.0),
-            )  # fmt: skip
+        measured = with_curve or measured
     cards = bar.path_cards(measured, cfg.threshold)
     summary = bar.card_record(cards, cfg.threshold, alignment)
     run = dict(dataset=data.info.name, model=spec["name"], num_points=cfg.num_points, bn_samples=batches.bn.n)
@@ -114,7 +101,7 @@ def main(
         write_json(headline, head)
     said = ", ".join(f"{k.removesuffix('_test_error')} {v:.4f}" for k, v in head["barriers"].items() if v is not None)
     console.print(
-        f"mean test error barrier (Frankle): {said} over {len(pairs)} pairs ({run['seconds']:.0f} s) → {table}"
+        f"mean test error barrier (Frankle): {said} over {len(measured)} pairs ({run['seconds']:.0f} s) → {table}"
     )
 
 

@@ -28,12 +28,17 @@ from modeconn.barriers import (
     buffers_of,
     card_over_pairs,
     card_record,
+    curve_of_pair,
     interpolated_buffers,
     is_stable,
     measure_pair,
+    measure_pairs,
     measure_path_interpolated_bn,
+    pairs_of,
+    pairs_points,
     path_cards,
     repair_effect,
+    split_states,
     worst,
 )
 from modeconn.curves import Curve
@@ -368,6 +373,46 @@ def test_measure_pair_aligned_ends_are_the_networks_with_their_own_statistics_an
     assert each["barrier_mean_ends"].abs().max() < 1e-5 and each["barrier_linear"].abs().max() < 1e-5, each
     assert each[each["measure"].str.endswith("error")]["stable"].all()
     assert set(names) == set(params["a"])
+
+
+def test_measure_pairs_is_measure_pair_for_each_pair_and_a_curve_joins_its_own_pair_only():
+    data = small_data()
+    a, b = endpoints(data)
+    c = trained_statistics(bn_convnet(3), data, 2.0)
+    states = {"a": a.state_dict(), "b": b.state_dict(), "c": c.state_dict()}
+    weights, buffers = split_states(bn_convnet(5), states)
+    assert set(weights["c"]) == {n for n, _ in c.named_parameters()} and "1.running_mean" in buffers["c"]
+    assert weights["a"]["0.weight"] is states["a"]["0.weight"]  # the state dicts' own tensors
+    assert split_states(nn.Linear(2, 3), {"x": nn.Linear(2, 3).state_dict()})[1] == {}  # no BatchNorm: no buffers
+    batches, example, ts = eval_batches(data, 16), data.test.x[:2].float(), [0.0, 0.5, 1.0]
+    said: list[str] = []
+    measured, alignment = measure_pairs(
+        lambda: bn_convnet(5), weights, ts, batches, buffers=buffers, example=example, seed=3, progress=said.append
+    )
+    assert list(measured) == pairs_of(["a", "b", "c"]) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert list(alignment) == ["a-b", "a-c", "b-c"] and len(said) == pairs_points(3, 3, bn=True)
+    for x, y in measured:  # each pair as measure_pair measures it alone
+        paths, numbers = measure_pair(
+            lambda: bn_convnet(5), weights[x], weights[y], ts, batches,
+            buffers=(buffers[x], buffers[y]), example=example, seed=3,
+        )  # fmt: skip
+        assert numbers == alignment[f"{x}-{y}"] and list(paths) == list(measured[(x, y)])
+        for path, by_bn in paths.items():
+            for bn, rows in by_bn.items():
+                pd.testing.assert_frame_equal(rows, measured[(x, y)][path][bn], check_exact=True)
+    assert pairs_points(4, 11, bn=False, align=False, repair=False) == 6 * 11
+
+    # the fitted curve of one pair is that pair's path "curve"; of a pair not measured, None
+    curve = Curve(bn_convnet(6), weights["a"], weights["c"], "bezier", 3)
+    rows = pd.DataFrame([{"path": p, "t": t, **{m: t for m in MEASURES}} for p in ("segment", "curve") for t in ts])
+    assert curve_of_pair(measured, ("c", "a"), curve, rows, batches, buffers=buffers) is None
+    added = curve_of_pair(measured, ("a", "c"), curve, rows, batches, buffers=buffers)
+    assert list(added) == list(measured) and list(added[("a", "c")]) == [*measured[("a", "c")], "curve"]
+    assert "curve" not in measured[("a", "c")], "measured is left as it was"
+    curve_bn = added[("a", "c")]["curve"]
+    assert set(curve_bn) == {"recalibrated", "interpolated"} and curve_bn["recalibrated"]["t"].tolist() == ts
+    assert curve_bn["recalibrated"]["test_error"].tolist() == ts  # eval_curve's rows of the curve, as given
+    assert added[("a", "b")] is measured[("a", "b")]
 
 
 def test_cards_over_pairs_and_the_repair_effect_on_closed_forms():
