@@ -511,23 +511,35 @@ def card_summary(cards: pd.DataFrame) -> dict:
 
 
 def card_record(cards: pd.DataFrame, threshold: float = STABLE_BELOW, alignment: Mapping | None = None) -> dict:
-    """:func:`path_cards`' table as one record for a report: ``card`` (:func:`card_summary`), ``bn`` (whether
-    the network has BatchNorm), ``pairs``, ``paths`` (each with its description), ``threshold``, ``definitions``
-    (:data:`DEFINITIONS`), ``alignment`` (per pair, as given) and, where the card has the aligned segment with
-    REPAIR, ``repair``: :func:`repair_effect` on the test error and the train loss."""
+    """:func:`path_cards`' table as one record of numbers (what a metrics file holds: no text, no list, no null;
+    a value the card lacks, e.g. the std over one pair or the verdict of a loss, is left out): ``card``
+    (:func:`card_summary`; its keys other than ``mean`` and ``std`` are the pairs), ``bn`` (whether the network
+    has BatchNorm), ``threshold``, ``alignment`` (per pair, as given) and, where the card has the aligned segment
+    with REPAIR, ``repair``: :func:`repair_effect` on the test error and the train loss. The definitions' text is
+    :data:`DEFINITIONS`; the paths' descriptions, :data:`PATHS`."""
     summary = card_summary(cards)
     record = {
         "card": summary,
         "bn": NO_BN not in set(cards["bn"]),
-        "pairs": [p for p in dict.fromkeys(cards["pair"]) if p not in ("mean", "std")],
-        "paths": {p: PATHS.get(p, p) for p in dict.fromkeys(cards["path"])},
         "threshold": threshold,
-        "definitions": DEFINITIONS,
         "alignment": dict(alignment or {}),
     }
-    if "aligned_repair" in record["paths"]:
+    if "aligned_repair" in set(cards["path"]):
         record["repair"] = {m: repair_effect(summary, m) for m in ("test_error", "train_loss")}
-    return record
+    return _without_none(record)
+
+
+def _without_none(tree):
+    """``tree`` with every None leaf (and every dict left empty by that) left out."""
+    if not isinstance(tree, Mapping):
+        return tree
+    out = {k: _without_none(v) for k, v in tree.items() if v is not None}
+    return {k: v for k, v in out.items() if not (isinstance(v, dict) and not v)}
+
+
+def card_pairs(record: Mapping) -> list[str]:
+    """The pairs of a :func:`card_record`, in its order."""
+    return [p for p in record["card"] if p not in ("mean", "std")]
 
 
 def repair_effect(

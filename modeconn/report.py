@@ -416,7 +416,7 @@ def barrier_card_lines(b: dict, level: int = 2) -> list[str]:
     treatment, the test error's and the train loss's worst value and both barriers, mean ± std over the pairs,
     and Frankle et al.'s verdict per pair; then REPAIR's effect on the aligned segment. ``level``: the heading's."""
     mean, std = b["card"]["mean"], b["card"].get("std", {})
-    pairs, thr = _seq(b["pairs"]), b["threshold"]
+    pairs, thr = [p for p in b["card"] if p not in ("mean", "std")], b["threshold"]
     L = [
         f"{'#' * level} Barrier card: every path, every pair of endpoints, each definition",
         "",

@@ -27,6 +27,7 @@ from modeconn.barriers import (
     barrier_mean_ends,
     buffers_of,
     card_over_pairs,
+    card_pairs,
     card_record,
     curve_of_pair,
     interpolated_buffers,
@@ -436,9 +437,13 @@ def test_cards_over_pairs_and_the_repair_effect_on_closed_forms():
         std.loc["curve", "barrier_mean_ends"]
     )
     record = card_record(card, alignment={"0-1": {"moved_fraction": 0.5}})
-    assert record["bn"] is False and record["pairs"] == ["0-1", "0-2", "1-2"] and set(record["paths"]) == set(PATHS)
+    assert (
+        record["bn"] is False
+        and card_pairs(record) == ["0-1", "0-2", "1-2"]
+        and set(record["card"]["mean"]) == set(PATHS)
+    )
     effect = record["repair"]["test_error"]
-    assert effect["none"] == pytest.approx(0.5) and effect["repair"] == pytest.approx(0.2) and effect["reset"] is None
+    assert effect["none"] == pytest.approx(0.5) and effect["repair"] == pytest.approx(0.2) and "reset" not in effect
     assert effect["reduction"] == pytest.approx(0.6)
     assert repair_effect(record["card"], "train_loss")["reduction"] == pytest.approx(0.6)
     long = along_t_rows(measured)

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
+from modeconn.barriers import card_pairs
 from modeconn.io import save_checkpoint
 from modeconn.models import from_spec, model_spec
 from stages import barriers, report
-from stages.kit.records import seq
 
 from .stage_utils import invoke, tiny_params, write_params
 
@@ -49,7 +49,7 @@ def test_the_card_of_every_path_with_both_bn_treatments_and_the_report(tiny_work
     assert "aligned_repair_recalibrated_test_error" in wide.columns and wide["t"].is_monotonic_increasing
 
     s = json.loads((m / "barriers.json").read_text())
-    assert s["bn"] is True and seq(s["pairs"]) == ["0-1"] and set(s["paths"]) == PATHS
+    assert s["bn"] is True and card_pairs(s) == ["0-1"] and set(s["card"]["mean"]) == PATHS
     rep = s["repair"]["test_error"]
     assert rep["none"] == s["card"]["mean"]["aligned"]["interpolated"]["test_error"]["barrier_mean_ends"]
     assert rep["reset"] == s["card"]["mean"]["aligned"]["recalibrated"]["test_error"]["barrier_mean_ends"]
