@@ -170,17 +170,17 @@ def children_at(
     num_points: int = 11,
     runtime: Runtime = CPU,
 ) -> Pair:
-    """Train a parent of ``seed`` (its initialisation ``model_fn()`` after seeding, its data order ``seed``) to
-    step ``k``, two children from there to the end (data orders ``derived_seed(seed, 1)``, ``…(seed, 2)``) and
-    measure the segment between them at ``num_points`` α (BatchNorm recalibrated at each)."""
+    """Train a parent of ``seed`` (its initialisation ``model_fn()`` and its data order seeded
+    ``derived_seed(seed, 0)``) to step ``k``, two children from there to the end (data orders ``derived_seed(seed,
+    1)``, ``…(seed, 2)``: no stream is shared by two seeds' runs) and measure the segment between them at ``num_points`` α (BatchNorm recalibrated at each)."""
     total = schedule.total(batches)
     if not 0 <= k <= total:
         raise ConfigError(f"instability: k = {k} is outside 0 … {total}, the iterations of the run")
     if num_points < 2:
         raise ConfigError(f"instability: num_points must be at least 2 (the segment's ends), got {num_points}")
-    seed_everything(seed)
+    seed_everything(derived_seed(seed, 0))  # 0: the parent; 1, 2: its children (no stream shared across seeds)
     batches = copy.copy(batches)
-    batches.generator = torch.Generator().manual_seed(seed)  # type: ignore[attr-defined]
+    batches.generator = torch.Generator().manual_seed(derived_seed(seed, 0))  # type: ignore[attr-defined]
     parent = train_to(start(runtime.prepare(model_fn()), batches, schedule, runtime), k + 1, runtime)
     children = []
     for c in range(1, CHILDREN + 1):

@@ -71,7 +71,7 @@ def curvature_along_t(rows: list[dict], path: Path | str, title: str = "") -> No
         axes[1].plot(t, [r["top_eigenvalue"] for r in pts], style, marker=".", label=name)
         err = [0.0 if r["trace_stderr"] != r["trace_stderr"] else r["trace_stderr"] for r in pts]  # NaN: one probe
         axes[2].errorbar(t, [r["trace"] for r in pts], yerr=err, fmt=style, marker=".", capsize=2, label=name)
-    axes[0].set_ylabel("train loss (with L2 term)")
+    axes[0].set_ylabel("train loss (cross-entropy)")
     axes[0].set_yscale("log")
     axes[1].set_ylabel("top Hessian eigenvalue λ_max")
     axes[2].set_ylabel("Hessian trace (Hutchinson)")

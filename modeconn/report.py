@@ -596,7 +596,7 @@ def curvature_section(r: Results, figures: Mapping[str, str]) -> list[str]:
         "## Curvature along the paths",
         "",
         f"Top Hessian eigenvalue λ_max (Lanczos, ≤ {run['iters']} products, tolerance {run['tol']:g}) and trace tr(H) "
-        f"(Hutchinson, {run['probes']} Rademacher probes) of the train loss with its L2 term over "
+        f"(Hutchinson, {run['probes']} Rademacher probes) of the train loss (cross-entropy, no L2 term) over "
         f"{run['train_samples']} training images, at {run['num_points']} points of t per path{bn} "
         f"({run['seconds']:.0f} s). At the endpoints (mean): λ_max {e['top_eigenvalue']:.4g}, tr(H) "
         f"{e['trace']:.4g}.{note}",

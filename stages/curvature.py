@@ -3,7 +3,8 @@
 At ``curvature.num_points`` equally spaced t of the fitted curve, of its straight segment and, with ``eval.align``,
 of the aligned segment ŵ1 → π(ŵ2) (the permutation eval_curve finds, found again from the same seed), BatchNorm
 recalibrated at each point: λ_max by Lanczos (at most ``curvature.iters`` products) and tr(H) by Hutchinson
-(``curvature.probes`` probes) of the training loss with the curve's L2 term over one fixed subset of
+(``curvature.probes`` probes) of the training loss (cross-entropy: the data's Hessian, PyHessian's, without the
+L2 term, which would add wd to every eigenvalue and wd·P to the trace) over one fixed subset of
 ``curvature.train_samples`` training images (:func:`modeconn.curvature.curvature_paths`; products in float32 under
 any precision). The ends, shared by the curve and its segment, are measured once. Data-parallel where training is
 ($MODECONN_NPROC): each process takes its shard of every Hessian batch, the products are summed over them.
@@ -66,7 +67,7 @@ def main(
         f"curvature of the train loss over {batches.train.n} images at {cfg.num_points} points of t on "
         f"{', '.join(paths)} (≤ {cfg.iters} Lanczos steps, {cfg.probes} probes per point)"
     )
-    options = dict(wd=float(blob.get("wd", 0.0)), iters=cfg.iters, tol=TOL, probes=cfg.probes, seed=cfg.seed)
+    options = dict(iters=cfg.iters, tol=TOL, probes=cfg.probes, seed=cfg.seed)
     with progress("curvature", len(paths) * cfg.num_points) as advance:
         tables = curvature_paths(paths, ts, batches.bn, loss_batches, runtime, progress=advance, **options)
     if not runtime.is_main:  # rank 0 writes; the others took their shares of the products
@@ -75,7 +76,7 @@ def main(
     summary = curvature_summary(tables)
     run = dict(dataset=data.info.name, model=blob["spec"]["name"], type=blob["kind"], paths=list(paths))
     run.update(num_points=cfg.num_points, train_samples=batches.train.n, iters=cfg.iters, tol=TOL, probes=cfg.probes)
-    run.update(bn_samples=batches.bn.n if has_bn(curve.template) else 0, wd=options["wd"], seed=cfg.seed)
+    run.update(bn_samples=batches.bn.n if has_bn(curve.template) else 0, seed=cfg.seed)
     write_csv(table, rows)
     write_metrics(metrics, summary, {**run, **runtime.as_dict(), "seconds": time.perf_counter() - t0})
     curvature_along_t(rows, figure, title=f"{run['type']} vs segment, {run['model']} on {run['dataset']}")

@@ -54,7 +54,7 @@ def main(
         path = Path(cfg.start_files[seed])
         ckpt = user_checkpoints([path], params, prepared, key, new_head=False)[0]
     else:
-        path = endpoint_checkpoint_at(endpoints, seed, cfg.start_epoch)
+        path = endpoint_checkpoint_at(endpoints, seed, cfg.start_epoch, "simplex.start_epoch")
         ckpt = endpoint_checkpoint(path)
     data = prepared_data(prepared, runtime)
     check_batch_size("simplex.batch_size", cfg.batch_size, len(data.train), prepared)

@@ -44,9 +44,9 @@ def main(
     ckpts = [endpoint_checkpoint(endpoint_model(endpoints, s)) for s in cfg.triangle]
     names = [f"simplex.triangle: seed {s}" for s in cfg.triangle]
     spec = same_architecture(ckpts, names, "its vertices must be networks of one model")
-    template = runtime.prepare(from_spec(spec))
+    template = from_spec(spec)
     names = [n for n, _ in template.named_parameters()]
-    simplex = Simplex(template, [{n: c["state_dict"][n] for n in names} for c in ckpts], free=0)
+    simplex = runtime.prepare(Simplex(template, [{n: c["state_dict"][n] for n in names} for c in ckpts], free=0))
     data = prepared_data(prepared, runtime)
     sizes = dict(bn_samples=cfg.bn_samples, train_samples=cfg.train_samples, seed=cfg.seed)
     measuring = eval_batches(data, cfg.eval_batch_size, **sizes, channels_last=runtime.channels_last)

@@ -24,13 +24,22 @@ from modeconn.errors import ConfigError
 from modeconn.io import atomic_write_text
 
 from .kit.cli import ParamsOpt, console, stage_app
-from .kit.config import OTHER_SECTIONS, SECTIONS, SubsetConfig, check_batch_size, read_params, require, section
+from .kit.config import (
+    OTHER_SECTIONS,
+    SECTIONS,
+    SubsetConfig,
+    check_batch_size,
+    check_endpoint_refs,
+    read_params,
+    require,
+    section,
+)
 
 MARKER = "params validated: every other stage depends on this file; its text never changes\n"
 ALL_SECTIONS: dict[str, type] = {**SECTIONS, **OTHER_SECTIONS}  # the experiments' sections too
 TRAINING = ("train", "curve", "fge", "sse", "instability", "simplex")  # sections whose batch_size draws training images
 FILES = (("model", "weights"), ("curve", "endpoint_files"), ("curve", "init"), ("fge", "start_files"))  # user files
-FILES += (("simplex", "start_files"),)
+FILES += (("simplex", "start_files"), ("barriers", "files"))
 
 
 def check_files(raw: dict, path: Path) -> None:
@@ -84,6 +93,7 @@ def main(
     for name in raw:
         section(raw, name, ALL_SECTIONS[name], params)
     check_files(raw, params)
+    check_endpoint_refs(raw, params)
     names = [n for n in batch_sizes.split(",") if n]
     unknown = sorted(set(names) - set(TRAINING))
     if unknown:

@@ -63,6 +63,7 @@ def test_a_missing_key_names_the_key_and_the_file(tmp_path):
         ({"curve__endpoint_files": ["a.pt", "b.pt"]}, "curve.endpoint_files: a.pt not found"),
         ({"curve__init": "curves/old.pt"}, "curve.init: curves/old.pt not found"),
         ({"model__weights": "w.pt"}, "model.weights: w.pt not found"),
+        ({"barriers__files": ["a.pt", "b.pt"]}, "barriers.files: a.pt not found"),
     ],
 )
 def test_a_missing_file_of_the_users_own_stops_the_params_check(tmp_path, monkeypatch, changes, said):
@@ -75,6 +76,30 @@ def test_a_missing_file_of_the_users_own_stops_the_params_check(tmp_path, monkey
         (tmp_path / file).write_bytes(b"")
     code, output, out = check(tmp_path, tiny_params(**changes))  # present: the params check passes
     assert code == 0, output
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"fge__start_seeds": [0, 5]}, "fge.start_seeds: seed 5 is not in train.seeds [0, 1]"),
+        ({"simplex__seeds": [7]}, "simplex.seeds: seed 7 is not in train.seeds [0, 1]"),
+        ({"simplex__triangle": [0, 3]}, "simplex.triangle: seed 3 is not in train.seeds [0, 1]"),
+        ({"simplex__start_epoch": 3}, "simplex.start_epoch 3 is neither in train.save_epochs nor train.epochs"),
+        ({"fge__start_epoch": 3}, "fge.start_epoch 3 is neither in train.save_epochs nor train.epochs"),
+    ],
+)
+def test_the_endpoints_other_sections_start_from_must_be_trained(tmp_path, monkeypatch, changes, said):
+    """A seed or start epoch that no train_endpoint makes is named by its key before any stage runs (else DVC
+    would stop on a missing dependency naming a file, not the setting)."""
+    code, output, out = check(tmp_path, tiny_params(**changes))
+    assert code == 1 and said in output and "Traceback" not in output, output
+    assert len(output.strip().splitlines()) == 1 and not out.exists()
+    start_files = {"fge__start_files": ["a.pt"]} if "fge" in said else {"simplex__start_files": ["a.pt"]}
+    if "triangle" not in said:  # with files of your own, the endpoint settings are not used
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "a.pt").write_bytes(b"")
+        code, output, out = check(tmp_path, tiny_params(**changes, **start_files))
+        assert code == 0, output
 
 
 def test_batch_sizes_must_fit_the_training_images(tmp_path):

@@ -158,6 +158,33 @@ def check_batch_size(key: str, batch_size: int, n_train: int, where: str | Path)
     )
 
 
+STARTS = (("fge", "start_seeds"), ("simplex", "seeds"), ("simplex", "triangle"))  # endpoint seeds named elsewhere
+START_EPOCHS = ("fge", "simplex")  # sections whose start_epoch names an endpoint checkpoint
+
+
+def check_endpoint_refs(raw: dict, path: str | Path) -> None:
+    """The endpoints other sections start from are ones the pipeline trains: each seed they name is in
+    train.seeds and each start_epoch in train.save_epochs or train.epochs. A section given ``start_files`` of
+    your own names no endpoint and is not checked (nor is anything without a train section)."""
+    train = raw.get("train") or {}
+    if not train:
+        return
+    seeds, epochs = list(train.get("seeds") or []), {*(train.get("save_epochs") or []), train.get("epochs")}
+    for name, key in STARTS:
+        sec = raw.get(name) or {}
+        if key == "triangle" or not sec.get("start_files"):
+            for s in sec.get(key) or []:
+                require(s in seeds, f"{name}.{key}: seed {s} is not in train.seeds {seeds} (in {path}): add it there")
+    for name in START_EPOCHS:
+        sec = raw.get(name) or {}
+        if "start_epoch" in sec and not sec.get("start_files"):
+            require(
+                sec["start_epoch"] in epochs,
+                f"{name}.start_epoch {sec['start_epoch']} is neither in train.save_epochs nor train.epochs (in "
+                f"{path}): add it to train.save_epochs (an endpoint checkpoint is kept only at those epochs)",
+            )
+
+
 def check_sgd(name: str, cfg: Any) -> None:
     """The SGD settings every training section shares: batch_size, momentum, wd (and lr where it has one)."""
     require(cfg.batch_size >= 1, f"{name}.batch_size must be at least 1, got {cfg.batch_size}")

@@ -54,9 +54,10 @@ def endpoint_model(endpoints: Path, seed: int) -> Path:
     return endpoint_dir(endpoints, seed) / "model.pt"
 
 
-def endpoint_checkpoint_at(endpoints: Path, seed: int, epoch: int) -> Path:
-    """The checkpoint of seed ``seed``'s endpoint at ``epoch`` (where FGE starts): epoch_<e>.pt, or model.pt if it
-    is of that epoch; else a CheckpointError saying which settings make it."""
+def endpoint_checkpoint_at(endpoints: Path, seed: int, epoch: int, key: str = "fge.start_epoch") -> Path:
+    """The checkpoint of seed ``seed``'s endpoint at ``epoch`` (where FGE or a simplex starts; ``key`` the setting
+    that names the epoch): epoch_<e>.pt, or model.pt if it is of that epoch; else a CheckpointError saying which
+    settings make it."""
     path, final = endpoint_dir(endpoints, seed) / f"epoch_{epoch}.pt", endpoint_model(endpoints, seed)
     if path.is_file():
         return path
@@ -64,7 +65,7 @@ def endpoint_checkpoint_at(endpoints: Path, seed: int, epoch: int) -> Path:
         return final
     raise CheckpointError(
         f"no checkpoint of endpoint seed {seed} at epoch {epoch} ({path} does not exist): add {epoch} to "
-        f"train.save_epochs (or set fge.start_epoch to one of them) and make sure {seed} is in train.seeds, "
+        f"train.save_epochs (or set {key} to one of them) and make sure {seed} is in train.seeds, "
         "then `dvc repro`"
     )
 
