@@ -440,6 +440,16 @@ def barrier_card_lines(b: dict, level: int = 2) -> list[str]:
                 f"{sum(map(bool, stable))}/{len(stable)} | {_pm(lo, sl, 'worst', num)} | "
                 f"{_pm(lo, sl, 'barrier_mean_ends', num)} | {_pm(lo, sl, 'barrier_linear', num)} |"
             )
+    if len(pairs) > 1:  # each pair's own card (the table above: their mean ± std)
+        L += ["", "The test error's Frankle barrier per pair (✓ stable, ✗ not):", ""]
+        L += [f"| path | BN | {' | '.join(pairs)} |", f"|---|---|{'---|' * len(pairs)}"]
+        for path, by_bn in mean.items():
+            for bn in by_bn:
+                cells = []
+                for p in pairs:
+                    e = b["card"].get(p, {}).get(path, {}).get(bn, {}).get("test_error")
+                    cells.append("—" if e is None else f"{pct(e['barrier_mean_ends'])} {'✓' if e['stable'] else '✗'}")
+                L.append(f"| {CARD_PATHS.get(path, path)} | {bn} | {' | '.join(cells)} |")
     L.append("")
     if b["bn"]:
         L.append(

@@ -47,6 +47,7 @@ from modeconn.data import DATASETS, Prepared, eval_batches, make_synthetic
 from modeconn.errors import ModeconnError
 from modeconn.path import loss_barrier, measure_path
 from modeconn.points import MEASURES
+from modeconn.report import barrier_card_lines
 from modeconn.runtime import CPU, Runtime
 from modeconn.train import predict
 
@@ -446,6 +447,11 @@ def test_cards_over_pairs_and_the_repair_effect_on_closed_forms():
     assert effect["none"] == pytest.approx(0.5) and effect["repair"] == pytest.approx(0.2) and "reset" not in effect
     assert effect["reduction"] == pytest.approx(0.6)
     assert repair_effect(record["card"], "train_loss")["reduction"] == pytest.approx(0.6)
+    text = "\n".join(barrier_card_lines(record))  # the report's card: mean ± std, then each pair's own barrier
+    assert "| segment | none | 80.00% ± 10.00% |" in text and "| 0-1 | 0-2 | 1-2 |" in text
+    assert (
+        "| segment | none | 80.00% ✗ | 60.00% ✗ | 70.00% ✗ |" in text and "| curve | none | 1.00% ✓ | — | — |" in text
+    )
     long = along_t_rows(measured)
     assert len(long) == (3 * 3 + 1) * len(GRID) and list(long.columns[:4]) == ["pair", "path", "bn", "t"]
     wide = along_t_mean(long)
