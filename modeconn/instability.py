@@ -172,7 +172,8 @@ def children_at(
 ) -> Pair:
     """Train a parent of ``seed`` (its initialisation ``model_fn()`` and its data order seeded
     ``derived_seed(seed, 0)``) to step ``k``, two children from there to the end (data orders ``derived_seed(seed,
-    1)``, ``…(seed, 2)``: no stream is shared by two seeds' runs) and measure the segment between them at ``num_points`` α (BatchNorm recalibrated at each)."""
+    1)``, ``…(seed, 2)``: no stream is shared by two seeds' runs) and measure the segment between them at
+    ``num_points`` α (BatchNorm recalibrated at each)."""
     total = schedule.total(batches)
     if not 0 <= k <= total:
         raise ConfigError(f"instability: k = {k} is outside 0 … {total}, the iterations of the run")
