@@ -309,11 +309,12 @@ def test_the_readmes_steps_on_two_classes_of_twenty_images(tmp_path):
     assert code != 0 and "val_size=5000 must be smaller than the 40 training images" in out, out
     assert "Traceback" not in out
     code, out = repro(data__val_size=8)  # 32 training images left
-    said = re.search(r"(curve|fge)\.batch_size 128 is larger than the 32 training images", out)
+    said = re.search(r"(curve|fge|simplex)\.batch_size 128 is larger than the 32 training images", out)
     assert code != 0 and said and "Traceback" not in out, out
-    code, out = repro(curve__batch_size=8, fge__batch_size=8)
+    code, out = repro(curve__batch_size=8, fge__batch_size=8, simplex__batch_size=8)
     assert code == 0, out
-    assert ran(out) | {"prepare"} == OWN_STAGES  # prepare ran (and succeeded) in the run before
+    stages = {name.split("@")[0] for name in ran(out)}  # simplex@0: a foreach stage
+    assert stages | {"prepare"} == OWN_STAGES  # prepare ran (and succeeded) in the run before
     info = json.loads((own / "metrics/fge.run.json").read_text())
     assert info["snapshots_per_run"] == {"0": 4} and info["warnings"] == {}  # 4 iterations per epoch, cycle 2
     assert json.loads((own / "metrics/curve.json").read_text())["curve"]["test_error"]["max"] <= 1

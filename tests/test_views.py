@@ -26,9 +26,10 @@ from .stage_utils import DVC, ROOT, tool_env
 from .test_pipeline import run
 
 MAX_COLUMNS = 60  # what `dvc exp show` fits on a wide screen beside the params that changed
-PIPELINES = ("dvc.yaml", "experiments/width/dvc.yaml", "own/dvc.template.yaml")
+EXPERIMENTS = ("experiments/width", "experiments/bn", "experiments/instability")
+PIPELINES = ("dvc.yaml", *(f"{e}/dvc.yaml" for e in EXPERIMENTS), "own/dvc.template.yaml")
 TEMPLATE = ROOT / "own/dvc.template.yaml"
-HEADLINES = {"metrics/headline.json", "experiments/width/metrics/headline.json", "own/metrics/headline.json"}
+HEADLINES = {"metrics/headline.json", *(f"{e}/metrics/headline.json" for e in EXPERIMENTS), "own/metrics/headline.json"}
 
 
 def _entries(body: dict, key: str) -> list[str]:
@@ -108,7 +109,8 @@ def test_exp_show_lists_a_screen_of_metrics_with_every_pipeline_present(tmp_path
     # stages' files stand in for them), and its headline written by its own command.
     shutil.copy(repo / "own/dvc.template.yaml", repo / "own/dvc.yaml")
     (repo / "own/metrics").mkdir()
-    for name in ("curve_train.json", "curve.json", "fge.json"):
+    (repo / "own/metrics/simplex").mkdir()
+    for name in ("curve_train.json", "curve.json", "fge.json", "barriers.json", "simplex/seed_0.json"):
         shutil.copy(repo / "metrics" / name, repo / "own/metrics" / name)
     for pipeline in ("experiments/width/dvc.yaml", "own/dvc.yaml"):
         _run_headline(repo, pipeline)
